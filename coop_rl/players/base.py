@@ -1,0 +1,52 @@
+"""The player interface: whoever sits in a seat, scripted or a model, answers batches of turns.
+
+The match runner gathers every pending turn that a player must answer, across all matches in flight, and hands
+them over in one call, so a model backend can serve them with one batched generate call. A scripted player just
+answers them one by one.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+from coop_rl.envs.base import TextGame, Turn
+
+
+class PlayerSpecError(ValueError):
+    """A player spec that cannot be understood or loaded (a user error: exit status 2)."""
+
+
+@dataclass
+class TurnRequest:
+    """One turn to answer: the match it belongs to, and what the seat sees."""
+
+    match_id: int
+    game: TextGame
+    turn: Turn
+
+
+@dataclass
+class Action:
+    """A player's answer. Model players also return what the trainer needs: token ids and sampler logprobs."""
+
+    text: str
+    prompt_ids: list[int] = field(default_factory=list)
+    completion_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+
+
+class Player(ABC):
+    """Serves one or more seats. ``start_match`` is called for every (match, seat) it sits in before play."""
+
+    spec: str = ""
+
+    def start_match(self, match_id: int, seat: int, seed: int) -> None:  # noqa: B027 - optional hook
+        """Reset any per-match state (scripted strategies' memory and randomness)."""
+
+    @abstractmethod
+    def act(self, requests: list[TurnRequest]) -> list[Action]:
+        """Answer every request, in order."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release engines and servers."""

@@ -1,0 +1,163 @@
+"""The match runner: keeps many matches in flight and batches every pending turn per player.
+
+At each step it collects the pending turns of every unfinished match, groups them by the player that serves the
+seat, asks each player once for the whole group (one batched generate call for a model), then steps every game
+whose turns are all answered. Matches in a seed group share a game seed (same hands, values, noise), which the
+group-relative baseline relies on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from coop_rl.envs import make_game
+from coop_rl.envs.base import MatchResult, TextGame
+from coop_rl.players.base import Action, Player, TurnRequest
+
+
+@dataclass
+class TurnRecord:
+    """One answered turn, as the rollout layer hands it to the trainer."""
+
+    match_id: int
+    seed_group: int
+    seat: int
+    timestep: int
+    phase: str
+    action: Action
+    messages: list[dict[str, str]] = field(default_factory=list)
+
+
+def match_seed(seed: int, match_id: int, group_size: int) -> int:
+    """The game seed of a match: consecutive ``group_size`` matches share one."""
+    return seed * 1_000_003 + match_id // group_size
+
+
+def run_matches(
+    game_name: str,
+    game_params: dict[str, Any],
+    seat_players: Sequence[Player],
+    matches: int,
+    seed: int = 0,
+    group_size: int = 1,
+    on_turns: Callable[[list[TurnRecord]], None] | None = None,
+    keep_transcripts: bool = False,
+    progress: bool = False,
+) -> list[MatchResult]:
+    """Play ``matches`` matches of a game, seat ``i`` served by ``seat_players[i]``, all at once.
+
+    ``on_turns`` receives the answered turns of each batched step (the rollout layer records trajectories
+    through it).
+    """
+    games: list[TextGame] = []
+    for match_id in range(matches):
+        game = make_game(game_name, **game_params)
+        if len(seat_players) != game.num_players:
+            raise ValueError(f"{game_name} is set for {game.num_players} players, got {len(seat_players)}")
+        game_seed = match_seed(seed, match_id, group_size)
+        game.reset(game_seed)
+        for seat, player in enumerate(seat_players):
+            player.start_match(match_id, seat, game_seed)
+        games.append(game)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=matches, desc=f"{game_name} matches", unit="match", leave=False)
+    active = [m for m in range(matches) if not games[m].done]
+    while active:
+        # One batch per player object: seats served by the same player (same model) share one call.
+        batches: dict[int, tuple[Player, list[TurnRequest]]] = {}
+        for match_id in active:
+            for turn in games[match_id].pending_turns():
+                player = seat_players[turn.seat]
+                batches.setdefault(id(player), (player, []))[1].append(TurnRequest(match_id, games[match_id], turn))
+        answers: dict[int, dict[int, str]] = {m: {} for m in active}
+        records: list[TurnRecord] = []
+        for player, requests in batches.values():
+            actions = player.act(requests)
+            if len(actions) != len(requests):
+                raise RuntimeError(f"player {player.spec!r} answered {len(actions)} of {len(requests)} turns")
+            for request, action in zip(requests, actions, strict=True):
+                answers[request.match_id][request.turn.seat] = action.text
+                if on_turns is not None:
+                    records.append(
+                        TurnRecord(
+                            match_id=request.match_id,
+                            seed_group=request.match_id // group_size,
+                            seat=request.turn.seat,
+                            timestep=request.turn.timestep,
+                            phase=request.turn.phase,
+                            action=action,
+                            messages=request.turn.messages,
+                        )
+                    )
+        for match_id in active:
+            games[match_id].step(answers[match_id])
+        if on_turns is not None:
+            on_turns(records)
+        still_active = [m for m in active if not games[m].done]
+        if bar is not None:
+            bar.update(len(active) - len(still_active))
+        active = still_active
+    if bar is not None:
+        bar.close()
+
+    return [
+        MatchResult(
+            seed=game.seed if game.seed is not None else 0,
+            returns=game.returns(),
+            rewards=[list(r) for r in game.rewards],
+            invalid_counts=list(game.invalid_counts),
+            action_counts=list(game.action_counts),
+            metrics=game.metrics(),
+            transcript=game.transcript_dicts() if keep_transcripts else [],
+        )
+        for game in games
+    ]
+
+
+def _mean(values: Sequence[float]) -> float:
+    return math.fsum(values) / len(values) if values else 0.0
+
+
+def aggregate_metrics(results: Sequence[MatchResult]) -> dict[str, Any]:
+    """Average every metric over matches: scalars to a scalar, per-seat lists elementwise."""
+    out: dict[str, Any] = {}
+    keys = sorted({key for result in results for key in result.metrics})
+    for key in keys:
+        values = [result.metrics[key] for result in results if key in result.metrics]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            out[key] = _mean(values)
+        elif all(isinstance(v, list) for v in values) and len({len(v) for v in values}) == 1:
+            out[key] = [_mean([v[i] for v in values]) for i in range(len(values[0]))]
+    return out
+
+
+def summarize(game_name: str, specs: Sequence[str], results: Sequence[MatchResult]) -> dict[str, Any]:
+    """The ``coop-rl play --json`` object (architecture.md's command-line contract)."""
+    metrics = aggregate_metrics(results)
+    players = []
+    for seat, spec in enumerate(specs):
+        invalid = sum(r.invalid_counts[seat] for r in results)
+        acted = sum(r.action_counts[seat] for r in results)
+        entry: dict[str, Any] = {
+            "spec": spec,
+            "mean_return": _mean([r.returns[seat] for r in results]),
+            "invalid_rate": invalid / acted if acted else 0.0,
+        }
+        for key in ("cooperation_rate", "mean_contribution", "mean_claim"):
+            if isinstance(metrics.get(key), list) and len(metrics[key]) == len(specs):
+                entry[key] = metrics[key][seat]
+        players.append(entry)
+    return {
+        "game": game_name,
+        "matches": len(results),
+        "players": players,
+        "welfare": sum(p["mean_return"] for p in players),
+        "metrics": metrics,
+    }

@@ -1,0 +1,216 @@
+"""The multi-agent text-game interface every game implements.
+
+A game is a seeded, stateful match between ``num_players`` seats. At each step the game names the seats that
+must act now (several at once for simultaneous moves, one for sequential moves) together with what each sees,
+as chat messages. Each acting seat answers with free text; the game parses it, applies a documented default
+for text it cannot parse (counted as invalid), and advances. Rewards are recorded per seat per *timestep*
+(one timestep = one round: the unit the credit assignment works on), so a round may span several steps
+(Trust-and-Split: a chat step per speaker, then a simultaneous split step).
+
+Games are pure Python: they know nothing of models, tokenizers or torch. Scripted strategies read the
+structured state through :meth:`TextGame.view`; model players read :attr:`Turn.messages`.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+Messages = list[dict[str, str]]
+
+
+class GameConfigError(ValueError):
+    """A game parameter has an unknown key or a value out of its domain (a user error: exit status 2)."""
+
+
+@dataclass(frozen=True)
+class Turn:
+    """A request for one seat to act now."""
+
+    seat: int
+    phase: str  # game-specific: "action", "chat", "split", "contribute", "answer"
+    messages: Messages  # the observation as chat messages (system + user)
+    timestep: int  # the round this action belongs to (credit is per timestep)
+
+
+@dataclass
+class Event:
+    """One line of a match transcript: who acted, what text they sent, what the game made of it."""
+
+    timestep: int
+    seat: int
+    phase: str
+    text: str
+    parsed: Any
+    valid: bool
+
+    def to_dict(self) -> dict:
+        return {
+            "timestep": self.timestep,
+            "seat": self.seat,
+            "phase": self.phase,
+            "text": self.text,
+            "parsed": self.parsed,
+            "valid": self.valid,
+        }
+
+
+@dataclass
+class GameParam:
+    """A game parameter settable with ``--set key=value``: its type, default, domain check and help text."""
+
+    default: Any
+    help: str
+    type: type = float
+    choices: tuple | None = None
+    low: float | None = None
+    high: float | None = None
+
+    def coerce(self, key: str, value: Any) -> Any:
+        """Convert a command-line string (or a YAML value) into this parameter's type, checking its domain."""
+        try:
+            if self.type is bool and isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered not in {"true", "false", "1", "0", "yes", "no"}:
+                    raise ValueError
+                converted: Any = lowered in {"true", "1", "yes"}
+            elif self.type is int and isinstance(value, str):
+                converted = int(value.strip())
+            elif self.type is float and isinstance(value, str):
+                converted = float(value.strip())
+            else:
+                converted = self.type(value)
+        except (TypeError, ValueError):
+            raise GameConfigError(f"{key}={value!r}: expected {self.type.__name__}") from None
+        if self.type is float and converted != converted:  # NaN
+            raise GameConfigError(f"{key}={value!r}: expected a number")
+        if self.choices is not None and converted not in self.choices:
+            raise GameConfigError(f"{key}={value!r}: expected one of {', '.join(map(str, self.choices))}")
+        if self.low is not None and converted < self.low:
+            raise GameConfigError(f"{key}={value!r}: must be >= {self.low}")
+        if self.high is not None and converted > self.high:
+            raise GameConfigError(f"{key}={value!r}: must be <= {self.high}")
+        return converted
+
+
+class TextGame(ABC):
+    """Base class of every text game. Subclasses define ``PARAMS`` and the game logic.
+
+    Life cycle: ``game = Cls(**params)`` then ``game.reset(seed)``; while not ``game.done``:
+    ``turns = game.pending_turns()`` and ``game.step({turn.seat: text for each turn})``.
+    """
+
+    name: str = ""
+    PARAMS: dict[str, GameParam] = {}
+    #: strategies usable on this game's seats, by command-line name (filled by the strategies module)
+    min_players: int = 2
+    max_players: int = 2
+
+    def __init__(self, **params: Any) -> None:
+        unknown = sorted(set(params) - set(self.PARAMS))
+        if unknown:
+            raise GameConfigError(
+                f"unknown parameter {unknown[0]!r} for game {self.name!r}; known: {', '.join(sorted(self.PARAMS))}"
+            )
+        self.params: dict[str, Any] = {
+            key: spec.coerce(key, params[key]) if key in params else spec.default for key, spec in self.PARAMS.items()
+        }
+        self.num_players = self._num_players()
+        if not self.min_players <= self.num_players <= self.max_players:
+            raise GameConfigError(
+                f"game {self.name!r} takes {self.min_players}..{self.max_players} players, got {self.num_players}"
+            )
+        self.validate()
+        self.seed: int | None = None
+        self.rng = random.Random(0)
+        self.transcript: list[Event] = []
+        self.rewards: list[list[float]] = []
+        self.invalid_counts: list[int] = []
+        self.action_counts: list[int] = []
+
+    # ----- parameters -------------------------------------------------------------------------------------
+    def _num_players(self) -> int:
+        return int(self.params.get("players", 2))
+
+    def validate(self) -> None:  # noqa: B027 - optional hook
+        """Cross-parameter checks; raise GameConfigError."""
+
+    # ----- life cycle -------------------------------------------------------------------------------------
+    def reset(self, seed: int) -> None:
+        """Start a new match. The same seed gives the same hands, values, orders and noise."""
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.transcript = []
+        self.rewards = [[] for _ in range(self.num_players)]
+        self.invalid_counts = [0] * self.num_players
+        self.action_counts = [0] * self.num_players
+        self._reset()
+
+    @abstractmethod
+    def _reset(self) -> None: ...
+
+    @property
+    @abstractmethod
+    def done(self) -> bool: ...
+
+    @abstractmethod
+    def pending_turns(self) -> list[Turn]:
+        """The seats that must act now, with their observations. Empty when the match is over."""
+
+    @abstractmethod
+    def step(self, actions: dict[int, str]) -> None:
+        """Apply the text actions of every pending seat (all of them at once)."""
+
+    @abstractmethod
+    def view(self, seat: int) -> dict[str, Any]:
+        """The structured state a scripted strategy of this seat may see (what the seat's prompt says)."""
+
+    # ----- accounting -------------------------------------------------------------------------------------
+    def _record(self, timestep: int, seat: int, phase: str, text: str, parsed: Any, valid: bool) -> None:
+        self.transcript.append(Event(timestep, seat, phase, text, parsed, valid))
+        self.action_counts[seat] += 1
+        if not valid:
+            self.invalid_counts[seat] += 1
+
+    def _check_actions(self, actions: dict[int, str]) -> None:
+        expected = {turn.seat for turn in self.pending_turns()}
+        if set(actions) != expected:
+            raise ValueError(f"step() needs actions for seats {sorted(expected)}, got {sorted(actions)}")
+
+    def returns(self) -> list[float]:
+        """Undiscounted sum of each seat's rewards so far."""
+        return [float(sum(r)) for r in self.rewards]
+
+    def invalid_rates(self) -> list[float]:
+        return [inv / max(1, n) for inv, n in zip(self.invalid_counts, self.action_counts, strict=True)]
+
+    def metrics(self) -> dict[str, Any]:
+        """Game-specific metrics of this match (per-seat lists or scalars). Aggregated by the runner."""
+        return {}
+
+    def transcript_dicts(self) -> list[dict]:
+        return [event.to_dict() for event in self.transcript]
+
+
+def clean_text(text: Any, limit: int = 100_000) -> str:
+    """Make any model output safe to parse: a str, bounded in length, without NUL characters."""
+    if not isinstance(text, str):
+        text = "" if text is None else str(text)
+    if len(text) > limit:
+        text = text[:limit]
+    return text.replace("\x00", "")
+
+
+@dataclass
+class MatchResult:
+    """What a finished match leaves behind."""
+
+    seed: int
+    returns: list[float]
+    rewards: list[list[float]]
+    invalid_counts: list[int]
+    action_counts: list[int]
+    metrics: dict[str, Any]
+    transcript: list[dict] = field(default_factory=list)

@@ -1,0 +1,521 @@
+"""Sequential public goods game (``spgg``), after MAC-SPGG (arXiv 2508.02076).
+
+N players (``players``, default 3) act one after another in seat order (seat 0 first) in each of ``rounds``
+rounds; every round is one stage game and pays every seat one reward at its end (timestep = round index).
+Each player's score q_i in [0, 1] enters one of two reward rules (the formulas live in
+:mod:`coop_rl.envs.spgg_solver`, which the game calls, so the game and the SPNE solver cannot disagree):
+
+* ``classic``:     u_i = e*(1 - q_i) + (r/N) * e * sum_j q_j
+* ``redesigned``:  u_i = (rho/N)*e*sum_j q_j + gamma*e*q_i*m_i - kappa*e*q_i^2 - P*[ (1/N)*sum_j q_j < B ],
+  m_i = mean q of the players before i this round (1 for the first mover).
+
+Rewards are computed exactly (fractions) and paid as floats.
+
+Modes:
+
+* ``contribution``: each player declares q_i, a contribution level k/K of its endowment (K = ``levels``).
+* ``task``: each round the game draws an arithmetic question from its seeded generator (the same seed gives
+  the same questions whatever the players do); players answer in turn and q_i = 1 when player i's answer is
+  correct, else 0 (the verifier). The group's output is the correctness of the last player's answer.
+
+Observation: ``full`` - a player sees every predecessor's contribution (task mode: answer) and message this
+round; ``partial`` - only its immediate predecessor's. Players also see their own contribution and reward of
+the previous round. Predecessors' correctness is never shown in task mode.
+
+Answer formats (stated in the prompts):
+
+* contribution: ``<contribute>X</contribute>``, X a number in [0, 1] ("0.7", ".7", "1"), a percentage ("70%")
+  or a fraction ("7/10"); a bare answer that is just such a number is accepted too. X is snapped to the
+  nearest level k/K (halves round up). Out of range, unparseable, longer than 64 characters, "nan", "inf",
+  or no tag around other text: invalid, and the player contributes 0 (free rides).
+* task: ``<answer>N</answer>``, N an integer written with ASCII digits (sign, thousands commas "1,234" and a
+  trailing ".0"/"." allowed, at most 50 characters); a bare integer as the whole answer is accepted too.
+  Anything else is invalid and scores q = 0.
+* both modes, optional: ``<message>text</message>`` (at most 300 characters, longer is truncated) is shown to
+  the players after you who can see you.
+
+Tags are matched case-insensitively, may carry spaces inside the brackets, and the last complete tag counts
+(nested tags resolve to the innermost one). Parsing is linear in the text length and never raises.
+
+Scripted strategies: ``free_rider`` (contributes 0; task mode: answers 0, which is never a correct answer),
+``full`` (contributes 1; task mode: the correct answer), ``conditional`` (the mean of the visible predecessors'
+contributions snapped to a level, 1 as first mover; task mode: the correct answer when first or when the
+immediate predecessor's answer is correct, otherwise a copy of that answer).
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import random
+import re
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
+from typing import Any
+
+from coop_rl.envs.base import GameConfigError, GameParam, TextGame, Turn, clean_text
+from coop_rl.envs.parsing import last_tag_content
+from coop_rl.envs.spgg_solver import SPNEResult, exact, solve_params, stage_utilities
+from coop_rl.envs.strategies import ScriptedStrategy, register
+
+MAX_MESSAGE_CHARS = 300
+# Numbers longer than this are not answers a player means; rejecting them before conversion keeps parsing
+# cheap (no million-digit Fractions) and avoids int()'s 4300-digit limit on Python >= 3.11.
+_MAX_NUMBER_CHARS = 64
+_MAX_ANSWER_CHARS = 50
+
+# ----- parsing -----------------------------------------------------------------------------------------------
+# ASCII only ([0-9], not \d): unicode digits are not accepted. Exponents are short: 1e999 is still read (and is
+# out of range), 1e99999 is unparseable.
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?")
+_INTEGER = re.compile(r"[+-]?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.0*)?")
+
+
+def _decimal(text: str) -> Fraction | None:
+    if not _DECIMAL.fullmatch(text):
+        return None
+    try:
+        # Through Decimal: exact, and (text at most 64 characters, exponent at most 3 digits) cheap.
+        return Fraction(Decimal(text))
+    except (InvalidOperation, ValueError):
+        return None
+
+
+def parse_fraction_of_endowment(text: str) -> Fraction | None:
+    """The number written in ``text`` ("0.7", "70%", "7/10"), exactly, or None when it is not one such number.
+    The result may lie outside [0, 1]; range checks are the caller's."""
+    text = text.strip()
+    if not text or len(text) > _MAX_NUMBER_CHARS:
+        return None
+    if text.endswith("%"):
+        value = _decimal(text[:-1].rstrip())
+        return None if value is None else value / 100
+    if "/" in text:
+        numerator, _, denominator = text.partition("/")
+        top, bottom = _decimal(numerator.strip()), _decimal(denominator.strip())
+        if top is None or not bottom:  # None or zero
+            return None
+        return top / bottom
+    return _decimal(text)
+
+
+def snap(value: Fraction, levels: int) -> Fraction:
+    """The level k/K nearest to ``value`` in [0, 1] (a value half-way between two levels goes up)."""
+    return Fraction(math.floor(value * levels + Fraction(1, 2)), levels)
+
+
+def parse_contribution(text: Any, levels: int = 10) -> Fraction | None:
+    """The contribution level (k/K, exact) declared in ``text``, or None when the answer is invalid."""
+    text = clean_text(text)
+    content = last_tag_content(text, "contribute")
+    value = parse_fraction_of_endowment(content if content is not None else text)
+    if value is None or not 0 <= value <= 1:
+        return None
+    return snap(value, levels)
+
+
+def parse_answer(text: Any) -> int | None:
+    """The integer answer in ``text`` (``<answer>N</answer>`` or a bare integer), or None when invalid."""
+    text = clean_text(text)
+    content = last_tag_content(text, "answer")
+    candidate = (content if content is not None else text).strip()
+    if len(candidate) > _MAX_ANSWER_CHARS or not _INTEGER.fullmatch(candidate):
+        return None
+    return int(candidate.split(".")[0].replace(",", ""))
+
+
+def parse_message(text: Any) -> str:
+    """The optional message in ``text`` (stripped, truncated), or "" when there is none."""
+    content = last_tag_content(clean_text(text), "message")
+    return "" if content is None else content.strip()[:MAX_MESSAGE_CHARS]
+
+
+def format_contribution(q: Fraction | float) -> str:
+    """The answer text declaring ``q`` (what the scripted strategies send)."""
+    return f"<contribute>{float(q):.6g}</contribute>"
+
+
+def format_answer(answer: int | None) -> str:
+    return f"<answer>{0 if answer is None else answer}</answer>"
+
+
+# ----- the synthetic task family -----------------------------------------------------------------------------
+# Every template is positive for positive operands, so 0 is never a correct answer (the free rider's answer).
+_TEMPLATES = (
+    ("{a} + {b} * {c}", lambda a, b, c: a + b * c),
+    ("{a} * {c} + {b}", lambda a, b, c: a * c + b),
+    ("({a} + {b}) * {c}", lambda a, b, c: (a + b) * c),
+    ("({a} + {b}) * {c} - {b}", lambda a, b, c: (a + b) * c - b),
+)
+
+
+def make_task(rng: random.Random, digits: int = 2) -> tuple[str, int]:
+    """An arithmetic expression with two ``digits``-digit operands and a one-digit factor, and its value."""
+    low, high = 10 ** (digits - 1), 10**digits - 1
+    a, b, c = rng.randint(low, high), rng.randint(low, high), rng.randint(2, 9)
+    text, value = _TEMPLATES[rng.randrange(len(_TEMPLATES))]
+    return text.format(a=a, b=b, c=c), value(a, b, c)
+
+
+_OPS = {ast.Add: lambda x, y: x + y, ast.Sub: lambda x, y: x - y, ast.Mult: lambda x, y: x * y}
+
+
+def evaluate_expression(expression: str) -> int | None:
+    """Value of an integer expression with + - * and parentheses (the task family), or None if it is not one.
+    Walks the syntax tree itself: no eval()."""
+
+    def walk(node: ast.AST) -> int:
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            return node.value
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](walk(node.left), walk(node.right))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -walk(node.operand)
+        raise ValueError("not an arithmetic task")
+
+    try:
+        return walk(ast.parse(expression.strip(), mode="eval").body)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+
+
+def _num(x: Fraction | float) -> str:
+    """A coefficient as the prompt shows it: exact integers as integers, the rest with 6 significant digits."""
+    x = exact(x)
+    return str(x.numerator) if x.denominator == 1 else f"{float(x):.6g}"
+
+
+# ----- the game ----------------------------------------------------------------------------------------------
+class SequentialPublicGoods(TextGame):
+    """MAC-SPGG: players act in seat order; one reward per seat per round from the classic or redesigned rule."""
+
+    name = "spgg"
+    min_players = 2
+    max_players = 8
+    PARAMS = {
+        "players": GameParam(3, "number of players N (they act in seat order)", int, low=2, high=8),
+        "levels": GameParam(10, "K: a contribution is a level k/K of the endowment, k = 0..K", int, low=1, high=1000),
+        "endowment": GameParam(10.0, "e: each player's endowment per round", float, low=0.0),
+        "r": GameParam(1.8, "classic reward: multiplier of the public pot", float, low=0.0),
+        "rho": GameParam(1.8, "redesigned reward: multiplier of the public pot", float, low=0.0),
+        "gamma": GameParam(1.5, "redesigned reward: cooperation bonus tied to the predecessors' mean", float, low=0.0),
+        "kappa": GameParam(1.0, "redesigned reward: convex effort cost", float, low=0.0),
+        "penalty": GameParam(15.0, "redesigned reward: P, collective penalty under the threshold", float, low=0.0),
+        "threshold": GameParam(
+            0.85,
+            "redesigned reward: B, the mean contribution under which the penalty applies",
+            float,
+            low=0.0,
+            high=1.0,
+        ),
+        "reward": GameParam(
+            "redesigned", "reward rule: 'redesigned' (MAC-SPGG) or 'classic'", str, choices=("redesigned", "classic")
+        ),
+        "observation": GameParam(
+            "full",
+            "'full': see every predecessor; 'partial': only the immediate predecessor",
+            str,
+            choices=("full", "partial"),
+        ),
+        "mode": GameParam(
+            "contribution",
+            "'contribution': declare a level; 'task': answer an arithmetic question",
+            str,
+            choices=("contribution", "task"),
+        ),
+        "rounds": GameParam(1, "number of stage games (one reward per seat per round)", int, low=1, high=100_000),
+        "task_digits": GameParam(2, "task mode: digits of the two main operands", int, low=1, high=9),
+    }
+
+    def validate(self) -> None:
+        for key in ("endowment", "r", "rho", "gamma", "kappa", "penalty", "threshold"):
+            if not math.isfinite(self.params[key]):
+                raise GameConfigError(f"{key}={self.params[key]!r}: must be finite")
+
+    # --- life cycle ---------------------------------------------------------------------------------------
+    def _reset(self) -> None:
+        self.round = 0
+        # Per round (the last one may be in progress), in seat order as the players act:
+        self.q: list[list[Fraction]] = []  # scores: declared level, or 1/0 answer correctness
+        self.answers: list[list[int | None]] = []  # task mode: parsed answers (None = invalid)
+        self.messages: list[list[str]] = []
+        self.tasks: list[tuple[str, int]] = []  # task mode: (expression, correct value)
+        self._over = False
+        self._start_round()
+
+    def _start_round(self) -> None:
+        self.q.append([])
+        self.answers.append([])
+        self.messages.append([])
+        if self.params["mode"] == "task":
+            # Only the task draws use the generator, one per round: the tasks are a function of the seed alone.
+            self.tasks.append(make_task(self.rng, self.params["task_digits"]))
+
+    @property
+    def done(self) -> bool:
+        return self._over
+
+    @property
+    def acting_seat(self) -> int:
+        return len(self.q[-1])
+
+    def _visible(self, seat: int) -> list[int]:
+        """Seats before ``seat`` that have acted this round and that ``seat`` may see."""
+        acted = range(min(seat, len(self.q[-1]) if self.q else 0))
+        if self.params["observation"] == "partial":
+            return [j for j in acted if j == seat - 1]
+        return list(acted)
+
+    # --- prompts ------------------------------------------------------------------------------------------
+    def _formula(self) -> str:
+        p, n = self.params, self.num_players
+        e = exact(p["endowment"])
+        if p["reward"] == "classic":
+            formula = (
+                f"Your reward for a round = {_num(e)} * (1 - q_you) + {_num(exact(p['r']) / n * e)} * "
+                f"(sum of the {n} players' q)."
+            )
+            if p["mode"] == "contribution":
+                formula += (
+                    f" (What you keep is yours; the pot is multiplied by {_num(p['r'])} and shared equally among "
+                    f"the {n} players.)"
+                )
+            return formula
+        return (
+            f"Your reward for a round = {_num(exact(p['rho']) / n * e)} * (sum of the {n} players' q) "
+            f"+ {_num(exact(p['gamma']) * e)} * q_you * m - {_num(exact(p['kappa']) * e)} * q_you^2 "
+            f"- {_num(p['penalty'])} if the average q of the {n} players is below {_num(p['threshold'])} "
+            "(no penalty otherwise), where m is the average q of the players who acted before you this round "
+            "(m = 1 for the first player)."
+        )
+
+    def rules_text(self) -> str:
+        p, n = self.params, self.num_players
+        rounds = p["rounds"]
+        parts = [
+            f"You are playing a sequential public goods game with {n} players over {rounds} "
+            f"round{'s' if rounds != 1 else ''}. Each round the players act one after another in a fixed order "
+            "(player 1 first)."
+        ]
+        if p["mode"] == "contribution":
+            step = _num(Fraction(1, p["levels"]))
+            parts.append(
+                f"Each round every player has an endowment of {_num(p['endowment'])} points and chooses q, the "
+                f"fraction of it to contribute to the public pot: a number from 0 to 1 in steps of {step}."
+            )
+        else:
+            parts.append(
+                "Each round the group answers an arithmetic question. The players answer one after another; the "
+                "last player's answer is the group's answer. Your score q is 1 if your answer is correct and 0 "
+                f"otherwise. Each player has an endowment of {_num(p['endowment'])} points."
+            )
+        parts.append(self._formula())
+        if p["observation"] == "full":
+            seen = "the answers" if p["mode"] == "task" else "the contributions"
+            parts.append(f"You see {seen} and messages of all players who acted before you this round.")
+        else:
+            seen = "answer" if p["mode"] == "task" else "contribution"
+            parts.append(
+                f"You see only the {seen} and message of the player right before you, not those of earlier players."
+            )
+        parts.append("Maximize your total reward.")
+        return " ".join(parts)
+
+    def _prompt(self, seat: int) -> str:
+        p, n = self.params, self.num_players
+        task_mode = p["mode"] == "task"
+        parts = [f"Round {self.round + 1} of {p['rounds']}. You are player {seat + 1} of {n}."]
+        if self.round > 0:
+            mine, reward = self.q[self.round - 1][seat], self.rewards[seat][self.round - 1]
+            if task_mode:
+                expression, value = self.tasks[self.round - 1]
+                outcome = "correct" if mine == 1 else "wrong"
+                parts.append(
+                    f"Last round the answer to {expression} was {value}; yours was {outcome} and you earned "
+                    f"{reward:g} points."
+                )
+            else:
+                parts.append(f"Last round you contributed {_num(mine)} and earned {reward:g} points.")
+        if task_mode:
+            parts.append(f"Question: What is {self.tasks[-1][0]}?")
+        visible = self._visible(seat)
+        if seat == 0:
+            parts.append("You act first this round.")
+        elif not visible:
+            parts.append("You see nothing of the players before you.")
+        for j in visible:
+            done = (
+                f"answered {self._answer_text(self.answers[-1][j])}"
+                if task_mode
+                else (f"contributed {_num(self.q[-1][j])}")
+            )
+            line = f"Player {j + 1} {done}."
+            if self.messages[-1][j]:
+                line += f' Player {j + 1} said: "{self.messages[-1][j]}"'
+            parts.append(line)
+        if task_mode:
+            parts.append("Reply with your answer as <answer>N</answer>, N an integer.")
+        else:
+            parts.append(
+                f"Reply with your contribution as <contribute>X</contribute>, X from 0 to 1 in steps of "
+                f"{_num(Fraction(1, p['levels']))} (for example <contribute>0.5</contribute>)."
+            )
+        if seat < n - 1:
+            parts.append("You may add a short message for the players after you as <message>...</message>.")
+        return "\n".join(parts)
+
+    @staticmethod
+    def _answer_text(answer: int | None) -> str:
+        return "nothing valid" if answer is None else str(answer)
+
+    def pending_turns(self) -> list[Turn]:
+        if self._over:
+            return []
+        seat = self.acting_seat
+        return [
+            Turn(
+                seat=seat,
+                phase="answer" if self.params["mode"] == "task" else "contribute",
+                messages=[
+                    {"role": "system", "content": self.rules_text()},
+                    {"role": "user", "content": self._prompt(seat)},
+                ],
+                timestep=self.round,
+            )
+        ]
+
+    # --- acting -------------------------------------------------------------------------------------------
+    def step(self, actions: dict[int, str]) -> None:
+        self._check_actions(actions)
+        seat = self.acting_seat
+        text = clean_text(actions[seat])
+        if self.params["mode"] == "task":
+            answer = parse_answer(text)
+            valid = answer is not None
+            score = Fraction(int(valid and answer == self.tasks[-1][1]))
+            self.answers[-1].append(answer)
+            self._record(self.round, seat, "answer", text, answer, valid)
+        else:
+            level = parse_contribution(text, self.params["levels"])
+            valid = level is not None
+            score = level if level is not None else Fraction(0)  # invalid: free ride
+            self.answers[-1].append(None)
+            self._record(self.round, seat, "contribute", text, float(score), valid)
+        self.q[-1].append(score)
+        self.messages[-1].append(parse_message(text))
+        if len(self.q[-1]) == self.num_players:
+            self._end_round()
+
+    def _end_round(self) -> None:
+        p = self.params
+        utilities = stage_utilities(
+            self.q[-1],
+            p["reward"],
+            **{k: p[k] for k in ("endowment", "r", "rho", "gamma", "kappa", "penalty", "threshold")},
+        )
+        for seat, utility in enumerate(utilities):
+            self.rewards[seat].append(float(utility))
+        self.round += 1
+        if self.round >= p["rounds"]:
+            self._over = True
+        else:
+            self._start_round()
+
+    # --- state for scripted strategies and analysis -------------------------------------------------------
+    def view(self, seat: int) -> dict[str, Any]:
+        task_mode = self.params["mode"] == "task"
+        visible = self._visible(seat)
+        return {
+            "round": self.round,
+            "rounds": self.params["rounds"],
+            "position": seat,  # 0-based; players act in seat order
+            "players": self.num_players,
+            "levels": self.params["levels"],
+            "mode": self.params["mode"],
+            "observation": self.params["observation"],
+            "visible_seats": visible,
+            # contribution mode: the visible predecessors' levels; task mode: not shown (it would reveal scores)
+            "contributions": [] if task_mode else [float(self.q[-1][j]) for j in visible],
+            "answers": [self.answers[-1][j] for j in visible] if task_mode else [],
+            "messages": [self.messages[-1][j] for j in visible],
+            "task": f"What is {self.tasks[-1][0]}?" if task_mode and not self._over else None,
+            "expression": self.tasks[-1][0] if task_mode and not self._over else None,
+            "my_scores": [float(self.q[r][seat]) for r in range(self.round)],
+            "my_rewards": list(self.rewards[seat]),
+        }
+
+    def solve(self) -> SPNEResult:
+        """The subgame-perfect equilibrium of this game's stage game (backward induction, exact)."""
+        return solve_params(self.params)
+
+    def metrics(self) -> dict[str, Any]:
+        n = self.num_players
+        scores = [s for row in self.q for s in row]  # every action taken, the round in progress included
+        per_position = [[row[j] for row in self.q if len(row) > j] for j in range(n)]
+        finished = self.q[: self.round]
+        # Task mode: the group's output is the last answer's correctness; contribution mode: the mean level.
+        task_mode = self.params["mode"] == "task"
+        outputs = [row[-1] if task_mode else sum(row) / n for row in finished]
+        return {
+            "rounds": self.round,
+            "mean_contribution": [float(sum(col) / len(col)) if col else 0.0 for col in per_position],
+            "free_riding_rate": sum(1 for s in scores if s == 0) / len(scores) if scores else 0.0,
+            "group_output": float(sum(outputs) / len(outputs)) if outputs else 0.0,
+            "welfare": sum(self.returns()),
+            "invalid_rate": self.invalid_rates(),
+            "invalid_rate_total": sum(self.invalid_counts) / max(1, sum(self.action_counts)),
+        }
+
+
+# ----- scripted strategies -----------------------------------------------------------------------------------
+class _SpggStrategy(ScriptedStrategy):
+    def act(self, game: TextGame, turn: Turn) -> str:
+        view = game.view(turn.seat)
+        if view["mode"] == "task":
+            return format_answer(self.answer(view))
+        return format_contribution(self.contribute(view))
+
+    def contribute(self, view: dict[str, Any]) -> Fraction:
+        raise NotImplementedError
+
+    def answer(self, view: dict[str, Any]) -> int | None:
+        raise NotImplementedError
+
+
+@register(("spgg",), "free_rider")
+class FreeRider(_SpggStrategy):
+    """Contributes nothing; in task mode answers 0 (never correct: every task's value is positive)."""
+
+    def contribute(self, view):
+        return Fraction(0)
+
+    def answer(self, view):
+        return 0
+
+
+@register(("spgg",), "full")
+class FullContributor(_SpggStrategy):
+    """Contributes the whole endowment; in task mode solves the task."""
+
+    def contribute(self, view):
+        return Fraction(1)
+
+    def answer(self, view):
+        return evaluate_expression(view["expression"])
+
+
+@register(("spgg",), "conditional")
+class ConditionalCooperator(_SpggStrategy):
+    """Matches what it sees: the mean of the visible predecessors' contributions (1 as first mover) snapped to a
+    level; in task mode, solves the task when first or when the visible predecessor got it right, else copies it."""
+
+    def contribute(self, view):
+        seen = [exact(x) for x in view["contributions"]]
+        return snap(sum(seen) / len(seen), view["levels"]) if seen else Fraction(1)
+
+    def answer(self, view):
+        correct = evaluate_expression(view["expression"])
+        if view["position"] == 0 or not view["answers"]:
+            return correct
+        previous = view["answers"][-1]  # the immediate predecessor (the last visible seat)
+        return correct if previous == correct else previous

@@ -1,0 +1,232 @@
+"""Subgame-perfect equilibrium of the one-shot sequential public goods stage game (MAC-SPGG), by backward induction.
+
+Players 1..N choose, in this order, a contribution level q_i in {0, 1/K, ..., 1} of their endowment e; each sees
+every predecessor's choice (perfect information), so backward induction over the game tree gives the
+subgame-perfect equilibria. Two reward rules (docs/games.md, section 3):
+
+- classic:     u_i = e*(1 - q_i) + (r/N) * e * sum_j q_j
+- redesigned:  u_i = (rho/N)*e*sum_j q_j + gamma*e*q_i*m_i - kappa*e*q_i^2 - P*[ (1/N)*sum_j q_j < B ]
+  with m_i the mean of the predecessors' q (1 for the first mover).
+
+The utility functions here are the game's single source of truth: the game pays its rewards with them.
+Everything is computed with :class:`fractions.Fraction` (floats enter through their decimal text, so 1.8 is
+exactly 9/5): a tie between two levels is then a real tie, not a rounding accident, and "unique" means unique.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from numbers import Rational
+
+from coop_rl.envs.base import GameConfigError
+
+Number = int | float | Fraction
+
+REWARDS = ("redesigned", "classic")
+
+#: the game parameters the solver reads (the game has more: observation, mode, rounds, ...)
+SOLVER_KEYS = ("players", "levels", "endowment", "r", "rho", "gamma", "kappa", "penalty", "threshold", "reward")
+
+
+def exact(x: Number) -> Fraction:
+    """``x`` as an exact fraction; a float is read through its shortest decimal text (1.8 -> 9/5, not the binary
+    neighbour 8106479329266893/4503599627370496), which is what the user typed."""
+    if isinstance(x, Fraction):
+        return x
+    if isinstance(x, float):
+        return Fraction(str(x))
+    if isinstance(x, int | Rational):
+        return Fraction(x)
+    return Fraction(str(x))  # Decimal and other numeric types with an exact decimal text
+
+
+def classic_utility(q: Sequence[Number], i: int, endowment: Number = 10, r: Number = 1.8) -> Fraction:
+    """Classic linear public goods payoff of player ``i`` (0-based) for the contribution profile ``q``."""
+    qs = [exact(x) for x in q]
+    e, n = exact(endowment), len(qs)
+    return e * (1 - qs[i]) + exact(r) / n * e * sum(qs)
+
+
+def redesigned_utility(
+    q: Sequence[Number],
+    i: int,
+    endowment: Number = 10,
+    rho: Number = 1.8,
+    gamma: Number = 1.5,
+    kappa: Number = 1.0,
+    penalty: Number = 15,
+    threshold: Number = 0.85,
+) -> Fraction:
+    """MAC-SPGG redesigned payoff of player ``i`` (0-based): public share + predecessor-tied cooperation bonus
+    - convex effort cost - collective penalty when the mean contribution is under the quality threshold."""
+    qs = [exact(x) for x in q]
+    e, n = exact(endowment), len(qs)
+    total = sum(qs, Fraction(0))
+    m_i = sum(qs[:i], Fraction(0)) / i if i > 0 else Fraction(1)
+    below = total / n < exact(threshold)
+    return (
+        exact(rho) / n * e * total
+        + exact(gamma) * e * qs[i] * m_i
+        - exact(kappa) * e * qs[i] ** 2
+        - (exact(penalty) if below else 0)
+    )
+
+
+def stage_utilities(q: Sequence[Number], reward: str = "redesigned", **params: Number) -> list[Fraction]:
+    """Every player's payoff for the profile ``q`` under ``reward``; ``params`` are the formula's parameters
+    (endowment, r for classic; endowment, rho, gamma, kappa, penalty, threshold for redesigned)."""
+    if reward == "classic":
+        keys = ("endowment", "r")
+        return [classic_utility(q, i, **{k: params[k] for k in keys if k in params}) for i in range(len(q))]
+    if reward == "redesigned":
+        keys = ("endowment", "rho", "gamma", "kappa", "penalty", "threshold")
+        return [redesigned_utility(q, i, **{k: params[k] for k in keys if k in params}) for i in range(len(q))]
+    raise GameConfigError(f"reward={reward!r}: expected one of {', '.join(REWARDS)}")
+
+
+@dataclass
+class SPNEResult:
+    """What backward induction finds for the stage game.
+
+    Two notions of uniqueness are reported because they differ here: with exact arithmetic many off-path
+    nodes of the redesigned game have two equally good levels (the last mover's concave payoff peaks exactly
+    half-way between two levels, for instance), so the equilibrium *strategy profile* is not unique (``strict``
+    is False), yet every such tie leads to the same on-path play, so the equilibrium *outcome* is (``unique``).
+    """
+
+    spne: list[float]  # on-path contributions q_1..q_N (fractions of the endowment); ties broken to the lowest level
+    unique: bool  # every subgame-perfect equilibrium has this same on-path play (a unique SPNE outcome)
+    payoffs: list[float]  # on-path utilities u_1..u_N
+    strict: bool = True  # every decision node of the whole tree, on and off path, has exactly one best response
+    tie_nodes: int = 0  # decision nodes of the whole tree with several best responses
+    outcomes: int = 1  # number of distinct on-path plays over all subgame-perfect equilibria
+
+    def to_dict(self) -> dict:
+        return {
+            "spne": self.spne,
+            "unique": self.unique,
+            "payoffs": self.payoffs,
+            "strict": self.strict,
+            "tie_nodes": self.tie_nodes,
+            "outcomes": self.outcomes,
+        }
+
+
+def solve_spgg(
+    players: int = 3,
+    levels: int = 10,
+    endowment: Number = 10,
+    r: Number = 1.8,
+    rho: Number = 1.8,
+    gamma: Number = 1.5,
+    kappa: Number = 1.0,
+    penalty: Number = 15,
+    threshold: Number = 0.85,
+    reward: str = "redesigned",
+) -> SPNEResult:
+    """Backward induction over the stage game tree with ``players`` movers and ``levels`` + 1 levels each.
+
+    ``spne`` is the path of the equilibrium that breaks every tie towards the lowest contribution; ``outcomes``
+    counts the on-path plays of all subgame-perfect equilibria (whatever the tie-breaking), ``unique`` says
+    there is only one, ``strict`` that no node anywhere in the tree has a tie.
+    """
+    if reward not in REWARDS:
+        raise GameConfigError(f"reward={reward!r}: expected one of {', '.join(REWARDS)}")
+    if int(players) < 1 or int(levels) < 1:
+        raise GameConfigError("the solver needs players >= 1 and levels >= 1")
+    n, k_max = int(players), int(levels)
+    if reward == "classic":
+        params = {"endowment": exact(endowment), "r": exact(r)}
+
+        def util(q: list[Fraction], i: int) -> Fraction:
+            return classic_utility(q, i, **params)
+
+    else:
+        params = {
+            "endowment": exact(endowment),
+            "rho": exact(rho),
+            "gamma": exact(gamma),
+            "kappa": exact(kappa),
+            "penalty": exact(penalty),
+            "threshold": exact(threshold),
+        }
+
+        def util(q: list[Fraction], i: int) -> Fraction:
+            return redesigned_utility(q, i, **params)
+
+    grid = [Fraction(k, k_max) for k in range(k_max + 1)]
+
+    # Both utilities depend on the predecessors only through their sum (the total and the mean m_i), so two
+    # prefixes of equal length and equal sum root identical subgames: memoising on (position, prefix sum)
+    # instead of on the whole prefix is exact and keeps the tree polynomial (N=8 would otherwise be 11^7 nodes).
+    # The full tree is still covered: every reachable (position, sum) is expanded with all its K+1 choices.
+    #
+    # Each state keeps (a) the continuation under lowest-level tie-breaking and (b) the set of continuations of
+    # *every* SPNE of its subgame, summarised by their level sum: every earlier player's utility depends on the
+    # continuation only through that sum, so {sum: (a representative continuation, how many distinct ones)}
+    # carries all a predecessor needs while staying at most N*K+1 entries long.
+    Entries = dict[int, tuple[tuple[int, ...], int]]
+    memo: dict[tuple[int, int], tuple[tuple[int, ...], Entries]] = {}
+    tie_states: list[tuple[int, int]] = []
+
+    def solve(prefix: tuple[int, ...]) -> tuple[tuple[int, ...], Entries]:
+        """Equilibrium levels (integers 0..K) of players len(prefix)..N-1 after ``prefix``."""
+        key = (len(prefix), sum(prefix))
+        if key in memo:
+            return memo[key]
+        i = len(prefix)
+        lowest_value: list[Fraction] = []  # each level's value under the lowest-tie-break continuation
+        lowest_path: list[tuple[int, ...]] = []
+        worst: list[Fraction] = []  # each level's worst value over its subgame's SPNE continuations
+        candidates: list[tuple[int, tuple[int, ...], int, Fraction]] = []  # (level, continuation, count, value)
+        for k in range(k_max + 1):
+            head = prefix + (k,)
+            low, entries = solve(head) if i + 1 < n else ((), {0: ((), 1)})
+            lowest_path.append((k,) + low)
+            lowest_value.append(util([grid[x] for x in head + low], i))
+            values = [(c, count, util([grid[x] for x in head + c], i)) for c, count in entries.values()]
+            worst.append(min(v for _, _, v in values))
+            candidates += [(k, c, count, v) for c, count, v in values]
+        best = max(lowest_value)
+        if lowest_value.count(best) > 1:
+            tie_states.append(key)
+        chosen = lowest_path[lowest_value.index(best)]  # first maximiser = lowest contribution
+        # Level k followed by continuation c is an SPNE play iff some choice of SPNE in the other subgames makes
+        # k a best response; the most punishing choice gives each other level k' its worst value, hence the test.
+        best_other = [max((w for j, w in enumerate(worst) if j != k), default=None) for k in range(k_max + 1)]
+        merged: Entries = {}
+        for k, c, count, v in candidates:
+            if best_other[k] is None or v >= best_other[k]:
+                total = k + sum(c)
+                previous = merged.get(total)
+                merged[total] = ((k,) + c, count) if previous is None else (previous[0], previous[1] + count)
+        memo[key] = (chosen, merged)
+        return chosen, merged
+
+    path, root = solve(())
+    # Weight each tied state by the number of prefixes that reach it: ways[i][s] = #prefixes of length i, sum s.
+    ways = [[1]]
+    for _ in range(n):
+        row = [0] * (len(ways[-1]) + k_max)
+        for s, count in enumerate(ways[-1]):
+            for k in range(k_max + 1):
+                row[s + k] += count
+        ways.append(row)
+    q = [grid[x] for x in path]
+    outcomes = sum(count for _, count in root.values())
+    return SPNEResult(
+        spne=[float(x) for x in q],
+        unique=outcomes == 1,
+        payoffs=[float(util(q, i)) for i in range(n)],
+        strict=not tie_states,
+        tie_nodes=sum(ways[i][s] for i, s in tie_states),
+        outcomes=outcomes,
+    )
+
+
+def solve_params(params: dict) -> SPNEResult:
+    """Solve for a game's parameter dict (e.g. ``SequentialPublicGoods(...).params``), ignoring the keys the
+    stage game does not use."""
+    return solve_spgg(**{key: params[key] for key in SOLVER_KEYS if key in params})

@@ -1,0 +1,1 @@
+"""Evaluation against frozen opponents (shipped as ``coop_rl.eval``)."""

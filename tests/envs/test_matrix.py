@@ -1,0 +1,182 @@
+import itertools
+
+import axelrod
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from coop_rl.envs import GameConfigError, make_game
+from coop_rl.envs.matrix import COOPERATE, DEFECT, parse_option
+
+from helpers import play_scripted
+
+DETERMINISTIC = {
+    "allc": axelrod.Cooperator,
+    "alld": axelrod.Defector,
+    "tft": axelrod.TitForTat,
+    "tf2t": axelrod.TitFor2Tats,
+    "grim": axelrod.Grudger,
+    "wsls": axelrod.WinStayLoseShift,
+    "stft": axelrod.SuspiciousTitForTat,
+    "alternator": axelrod.Alternator,
+}
+
+
+@pytest.mark.parametrize("a,b", list(itertools.combinations_with_replacement(sorted(DETERMINISTIC), 2)))
+def test_every_pair_scores_what_axelrod_scores(a, b):
+    match = axelrod.Match((DETERMINISTIC[a](), DETERMINISTIC[b]()), turns=200)
+    match.play()
+    expected = [float(s) for s in match.final_score()]
+    game = play_scripted("ipd", [a, b], rounds=200)
+    assert game.returns() == expected
+    # and the moves themselves, round by round
+    to_index = {axelrod.Action.C: COOPERATE, axelrod.Action.D: DEFECT}
+    assert game.moves[0] == [to_index[p] for p, _ in match.result]
+    assert game.moves[1] == [to_index[q] for _, q in match.result]
+
+
+def test_tft_vs_alld_over_ten_rounds():
+    game = play_scripted("ipd", ["tft", "alld"])
+    assert game.returns() == [9.0, 14.0]
+    assert game.metrics()["cooperation_rate"] == [0.1, 0.0]
+
+
+def test_axelrod_library_strategy_plays_like_the_builtin():
+    from coop_rl.players.scripted import ScriptedPlayer
+
+    player = ScriptedPlayer("axelrod:TitForTat", "ipd")
+    opponent = ScriptedPlayer("alternator", "ipd")
+    from coop_rl.runner import run_matches
+
+    results = run_matches("ipd", {"rounds": 20}, [player, opponent], matches=1)
+    builtin = play_scripted("ipd", ["tft", "alternator"], rounds=20)
+    assert results[0].returns == builtin.returns()
+
+
+def test_mutual_cooperation_payoffs_and_labels_akata():
+    game = play_scripted("ipd", ["allc", "allc"], payoffs="akata", rounds=4)
+    assert game.returns() == [32.0, 32.0]
+    assert game.labels == ("J", "F")
+    game = play_scripted("ipd", ["allc", "alld"], payoffs="akata", rounds=1)
+    assert game.returns() == [0.0, 10.0]
+
+
+def test_bos_payoffs():
+    assert play_scripted("bos", ["allc", "allc"], rounds=3).returns() == [30.0, 21.0]
+    assert play_scripted("bos", ["alld", "alld"], rounds=3).returns() == [21.0, 30.0]
+    assert play_scripted("bos", ["allc", "alld"], rounds=3).returns() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("C", COOPERATE),
+        ("d", DEFECT),
+        ("I choose C.", COOPERATE),
+        ("<action> D </action>", DEFECT),
+        ("C or D? <action>C</action>", COOPERATE),
+        ("<prediction>D</prediction> <action>C</action>", COOPERATE),
+        ("C D", None),
+        ("", None),
+        ("Cooperate", None),
+        ("<action>X</action>", None),
+    ],
+)
+def test_parse_option(text, expected):
+    assert parse_option(text, ("C", "D")) == expected
+
+
+def test_invalid_counts_as_defection_in_pd():
+    game = make_game("ipd", rounds=1)
+    game.reset(0)
+    game.step({0: "no idea", 1: "C"})
+    assert game.moves == [[DEFECT], [COOPERATE]]
+    assert game.returns() == [5.0, 0.0]
+    assert game.invalid_counts == [1, 0]
+    assert game.invalid_rates() == [1.0, 0.0]
+
+
+def test_invalid_is_a_seeded_random_option_in_bos():
+    chosen = set()
+    for seed in range(20):
+        game = make_game("bos", rounds=1)
+        game.reset(seed)
+        game.step({0: "???", 1: "J"})
+        chosen.add(game.moves[0][0])
+        again = make_game("bos", rounds=1)
+        again.reset(seed)
+        again.step({0: "???", 1: "J"})
+        assert again.moves == game.moves
+    assert chosen == {0, 1}
+
+
+def test_same_seed_same_transcript_with_noise_and_random():
+    def transcript(seed):
+        return play_scripted("ipd", ["random", "tft"], seed=seed, noise=0.1, continuation=0.95).transcript_dicts()
+
+    assert transcript(3) == transcript(3)
+    assert transcript(3) != transcript(4)
+
+
+def test_noise_flips_do_not_depend_on_actions():
+    a = play_scripted("ipd", ["allc", "allc"], seed=7, noise=0.3, rounds=50)
+    b = play_scripted("ipd", ["alld", "alld"], seed=7, noise=0.3, rounds=50)
+    flipped_a = [m == DEFECT for m in a.moves[0]]
+    flipped_b = [m == COOPERATE for m in b.moves[0]]
+    assert flipped_a == flipped_b and any(flipped_a)
+
+
+def test_continuation_ends_matches_early_and_by_seed():
+    lengths = {play_scripted("ipd", ["tft", "tft"], seed=s, continuation=0.5, rounds=100).round for s in range(10)}
+    assert max(lengths) < 100 and len(lengths) > 1
+
+
+def test_history_window_in_prompt():
+    game = make_game("ipd", history="full", rounds=5)
+    game.reset(0)
+    for _ in range(3):
+        game.step({0: "C", 1: "D"})
+    prompt = game.pending_turns()[0].messages[-1]["content"]
+    assert "Round 1:" in prompt and "Round 3:" in prompt
+    assert prompt.strip().endswith("Answer C or D.")
+    assert "Last round the other played D and you played C." in prompt
+    game = make_game("ipd", history="2", rounds=5)
+    game.reset(0)
+    for _ in range(3):
+        game.step({0: "C", 1: "D"})
+    prompt = game.pending_turns()[0].messages[-1]["content"]
+    assert "Round 1:" not in prompt and "Round 2:" in prompt
+
+
+def test_social_cot_prediction_accuracy():
+    game = make_game("ipd", social_cot=True, rounds=2)
+    game.reset(0)
+    assert "<prediction>" in game.pending_turns()[0].messages[-1]["content"]
+    game.step({0: "<prediction>D</prediction><action>C</action>", 1: "<prediction>C</prediction><action>D</action>"})
+    game.step({0: "<prediction>C</prediction><action>C</action>", 1: "<prediction>C</prediction><action>C</action>"})
+    assert game.metrics()["prediction_accuracy"] == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("params", [{"rounds": "0"}, {"noise": "2"}, {"history": "some"}, {"payoffs": "x"}, {"k": 1}])
+def test_bad_parameters(params):
+    with pytest.raises(GameConfigError):
+        make_game("ipd", **params)
+
+
+adversarial = st.one_of(
+    st.text(),
+    st.text(alphabet="CDJF<>/actionprediction \n", max_size=200),
+    st.builds(lambda s: "<action>" * 3 + s + "</action>" * 2, st.text(max_size=50)),
+    st.sampled_from(["C" * 1_000_000, "<action>" * 100_000, "\x00C\x00", "Ｃ", "ç", "<action>C<action>D</action>"]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(a=adversarial, b=adversarial, game_name=st.sampled_from(["ipd", "bos"]))
+def test_any_text_never_raises(a, b, game_name):
+    game = make_game(game_name, rounds=2, social_cot=True)
+    game.reset(0)
+    game.step({0: a, 1: b})
+    game.step({0: b, 1: a})
+    assert game.done and len(game.rewards[0]) == 2
+    assert 0 <= game.invalid_counts[0] <= 2

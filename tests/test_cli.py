@@ -1,0 +1,108 @@
+"""The command-line contract of architecture.md, run as a user runs it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from coop_rl.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def play_json(capsys, *argv):
+    code, out, err = run_cli(capsys, "play", *argv, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_play_tft_vs_alld(capsys):
+    summary = play_json(capsys, "--game", "ipd", "--players", "tft,alld", "--rounds", "10")
+    assert [p["mean_return"] for p in summary["players"]] == [9.0, 14.0]
+    assert [p["cooperation_rate"] for p in summary["players"]] == [0.1, 0.0]
+    assert [p["invalid_rate"] for p in summary["players"]] == [0.0, 0.0]
+    assert summary["game"] == "ipd" and summary["matches"] == 10 and summary["welfare"] == 23.0
+
+
+def test_play_tas_welfare(capsys):
+    greedy = play_json(capsys, "--game", "tas", "--players", "greedy,greedy", "--matches", "50")
+    honest = play_json(capsys, "--game", "tas", "--players", "honest,honest", "--matches", "50")
+    assert greedy["welfare"] == 550.0
+    assert honest["welfare"] == 1000.0
+
+
+def test_solve_spgg(capsys):
+    code, out, _ = run_cli(capsys, "solve", "--game", "spgg", "--set", "reward=classic", "--json")
+    assert code == 0
+    assert json.loads(out)["spne"] == [0, 0, 0] and json.loads(out)["unique"] is True
+    code, out, _ = run_cli(capsys, "solve", "--game", "spgg", "--set", "reward=redesigned", "--json")
+    assert json.loads(out)["spne"] == [1, 1, 1] and json.loads(out)["unique"] is True
+
+
+def test_play_spgg_three_players(capsys):
+    summary = play_json(capsys, "--game", "spgg", "--players", "full,full,full", "--set", "reward=classic")
+    assert [p["mean_return"] for p in summary["players"]] == [18.0, 18.0, 18.0]
+
+
+def test_table_output(capsys):
+    code, out, _ = run_cli(capsys, "play", "--game", "ipd", "--players", "tft,alld")
+    assert code == 0
+    assert "mean_return" in out and "tft" in out and "welfare 23.00" in out
+
+
+def test_tournament_table(capsys):
+    code, out, _ = run_cli(capsys, "tournament", "--game", "ipd", "--players", "tft,alld,allc", "--json")
+    result = json.loads(out)
+    assert result["mean_return"] == [[30.0, 9.0, 30.0], [14.0, 10.0, 50.0], [30.0, 0.0, 30.0]]
+
+
+def test_same_seed_same_transcripts(capsys, tmp_path):
+    paths = []
+    for name in ("a", "b"):
+        path = tmp_path / f"{name}.jsonl"
+        argv = ["play", "--game", "tas", "--players", "honest,greedy", "--seed", "5", "--transcripts", str(path)]
+        run_cli(capsys, *argv)
+        paths.append(path)
+    assert paths[0].read_text() == paths[1].read_text() and paths[0].read_text().count("\n") == 10
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["play", "--game", "chess", "--players", "tft,alld"], "unknown game 'chess'"),
+        (["play", "--game", "ipd", "--players", "tft,nobody"], "unknown strategy 'nobody'"),
+        (["play", "--game", "ipd", "--players", "tft,alld", "--set", "rounds"], "malformed --set"),
+        (["play", "--game", "ipd", "--players", "tft,alld", "--set", "rounds=ten"], "rounds='ten'"),
+        (["play", "--game", "ipd", "--players", "tft,alld", "--set", "colour=red"], "unknown parameter 'colour'"),
+        (["play", "--game", "ipd", "--players", "tft,,alld"], "malformed --players"),
+        (["play", "--game", "ipd", "--players", "tft,alld,allc"], "takes 2 players"),
+        (["play", "--game", "ipd", "--players", "axelrod:NoSuchThing,tft"], "NoSuchThing"),
+        (["play", "--game", "ipd"], "required"),
+        (["solve", "--game", "ipd"], "spgg only"),
+        (["solve", "--game", "spgg", "--set", "reward=nice"], "reward='nice'"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(argv, needle):
+    proc = subprocess.run([sys.executable, "-m", "coop_rl", *argv], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_scripted_play_imports_no_torch():
+    # Scripted play must answer instantly: the heavy ML stack is imported lazily, only by model players.
+    code = (
+        "import sys; from coop_rl.cli import main;"
+        "main(['play', '--game', 'tas', '--players', 'greedy,honest', '--json']);"
+        "heavy = {'torch', 'transformers', 'trl', 'vllm', 'datasets'} & set(sys.modules);"
+        "assert not heavy, heavy"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
