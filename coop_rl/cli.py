@@ -84,12 +84,15 @@ def cmd_play(args: argparse.Namespace) -> int:
     if cls.min_players == cls.max_players and len(specs) != cls.min_players:
         raise UsageError(f"game {args.game!r} takes {cls.min_players} players, got {len(specs)}")
 
+    from coop_rl.players import SamplingConfig
+
+    sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
     players: dict[str, Any] = {}
     seat_players = []
     try:
         for spec in specs:  # seats with the same spec share one player (one engine for a model)
             if spec not in players:
-                players[spec] = make_player(spec, args.game)
+                players[spec] = make_player(spec, args.game, sampling=sampling, seed=args.seed)
             seat_players.append(players[spec])
         results = run_matches(
             args.game,
@@ -167,7 +170,33 @@ def cmd_solve(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----- init-model ---------------------------------------------------------------------------------------------
+def cmd_init_model(args: argparse.Namespace) -> int:
+    import logging
+
+    from coop_rl.tiny_model import TinyModelConfig, init_tiny_model
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.kind != "tiny":
+        raise UsageError(f"unknown model kind {args.kind!r}; known: tiny")
+    games = tuple(g.strip() for g in args.games.split(",") if g.strip())
+    config = TinyModelConfig(seed=args.seed, data_scale=args.data_scale, games=games)
+    try:
+        out = init_tiny_model(args.out, config)
+    except (FileExistsError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    print(out)
+    return 0
+
+
 # ----- entry point --------------------------------------------------------------------------------------------
+def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model players (hf:, vllm:, openai:)")
+    group.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
+    group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
+    group.add_argument("--max-new-tokens", type=int, default=128, help="longest answer in tokens")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="coop-rl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -182,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     play.add_argument("--set", action="append", metavar="KEY=VALUE", help="a game parameter (repeatable)")
     play.add_argument("--transcripts", metavar="FILE", help="write every match's transcript as JSON lines")
     play.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    _add_sampling_arguments(play)
     play.set_defaults(func=cmd_play)
 
     tournament = sub.add_parser("tournament", help="round robin of two-player matches, printed as a table")
@@ -199,6 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument("--set", action="append", metavar="KEY=VALUE", help="a game parameter (repeatable)")
     solve.add_argument("--json", action="store_true", help="print one JSON object")
     solve.set_defaults(func=cmd_solve)
+    init_model = sub.add_parser("init-model", help="build a model offline (tiny: the embedded default model)")
+    init_model.add_argument("kind", help="tiny")
+    init_model.add_argument("--out", required=True, help="directory to save the model and tokenizer into")
+    init_model.add_argument("--seed", type=int, default=0, help="seed of the data, initialisation and training")
+    init_model.add_argument(
+        "--data-scale", type=float, default=1.0, help="fraction of the default warm-start corpus (tests use less)"
+    )
+    init_model.add_argument(
+        "--games", default="ipd,bos", help="games whose scripted populations the warm start imitates (default ipd,bos)"
+    )
+    init_model.set_defaults(func=cmd_init_model)
     return parser
 
 

@@ -29,6 +29,7 @@ class TurnRecord:
     phase: str
     action: Action
     messages: list[dict[str, str]] = field(default_factory=list)
+    valid: bool = True  # whether the game could parse the answer (filled in after the game steps)
 
 
 def match_seed(seed: int, match_id: int, group_size: int) -> int:
@@ -96,8 +97,16 @@ def run_matches(
                             messages=request.turn.messages,
                         )
                     )
+        records_by_match: dict[int, dict[int, TurnRecord]] = {}
+        for record in records:
+            records_by_match.setdefault(record.match_id, {})[record.seat] = record
         for match_id in active:
-            games[match_id].step(answers[match_id])
+            game = games[match_id]
+            seen = len(game.transcript)
+            game.step(answers[match_id])
+            for event in game.transcript[seen:]:  # the game's verdict on each answer of this step
+                if event.seat in records_by_match.get(match_id, {}):
+                    records_by_match[match_id][event.seat].valid = event.valid
         if on_turns is not None:
             on_turns(records)
         still_active = [m for m in active if not games[m].done]

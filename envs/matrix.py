@@ -126,9 +126,10 @@ class IteratedMatrixGame(TextGame):
             parts.append("This is the first round.")
         else:
             other = 1 - seat
+            # The co-player's last move is stated last, right before the question: what reciprocity reads.
             parts.append(
-                f"Last round the other played {self.labels[self.moves[other][-1]]} "
-                f"and you played {self.labels[self.moves[seat][-1]]}."
+                f"Last round you played {self.labels[self.moves[seat][-1]]} "
+                f"and the other played {self.labels[self.moves[other][-1]]}."
             )
         if self.params["social_cot"]:
             parts.append(

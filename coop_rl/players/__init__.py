@@ -1,26 +1,67 @@
 """Players: who sits in a seat. :func:`make_player` turns a command-line spec into a :class:`Player`.
 
-Specs: a scripted strategy name (``tft``, ``greedy``, ...), ``axelrod:<StrategyName>``. Model backends are
+Specs: a scripted strategy name (``tft``, ``greedy``, ...), ``axelrod:<StrategyName>``,
+``hf:<model_dir>[@<adapter_dir>]`` (transformers), ``vllm:<model_dir>[@<adapter_dir>]`` (a vLLM engine),
+``openai:<model>@<base_url>`` (an OpenAI-compatible server; key from ``OPENAI_API_KEY``). Model backends are
 imported lazily so that scripted play never imports torch.
 """
 
 from __future__ import annotations
 
 from coop_rl.players.base import Action, Player, PlayerSpecError, TurnRequest
+from coop_rl.players.sampling import SamplingConfig
 from coop_rl.players.scripted import ScriptedPlayer
 
 MODEL_PREFIXES = ("hf:", "vllm:", "openai:")
 
 
-def make_player(spec: str, game_name: str) -> Player:
-    """Build the player a spec names, for a game (scripted strategies are per game)."""
+def make_player(spec: str, game_name: str, sampling: SamplingConfig | None = None, seed: int = 0) -> Player:
+    """Build the player a spec names, for a game (scripted strategies are per game).
+
+    ``sampling`` (temperature, top_p, max_new_tokens) and ``seed`` apply to model players.
+    """
     spec = spec.strip()
     if not spec:
         raise PlayerSpecError("empty player spec")
+    if spec.startswith("openai:"):
+        return _make_openai_player(spec, sampling)
+    if spec.startswith("hf:"):
+        from coop_rl.players.hf import HFPlayer
+
+        return HFPlayer(spec, sampling=sampling, seed=seed)
+    if spec.startswith("vllm:"):
+        from coop_rl.players.vllm_player import VLLMPlayer  # imports vllm itself only when an engine starts
+
+        return VLLMPlayer(spec, sampling=sampling, seed=seed)
     if spec.startswith(MODEL_PREFIXES):
         prefix = spec.split(":", 1)[0]
         raise PlayerSpecError(f"player backend {prefix!r} is not available in this build")
     return ScriptedPlayer(spec, game_name)
 
 
-__all__ = ["Action", "Player", "PlayerSpecError", "TurnRequest", "make_player"]
+def parse_openai_spec(spec: str) -> tuple[str, str]:
+    """``openai:<model>@<base_url>`` -> (model, base_url); a malformed spec raises :class:`PlayerSpecError`."""
+    rest = spec.strip()[len("openai:") :]
+    model, at, base_url = rest.partition("@")
+    model, base_url = model.strip(), base_url.strip()
+    usage = "expected openai:<model>@<base_url>, e.g. openai:Qwen2.5-72B@http://127.0.0.1:8000/v1"
+    if not at:
+        raise PlayerSpecError(f"bad player spec {spec!r}: no '@' before the server URL; {usage}")
+    if not model:
+        raise PlayerSpecError(f"bad player spec {spec!r}: empty model name; {usage}")
+    if not base_url.startswith(("http://", "https://")) or len(base_url.split("://", 1)[1]) == 0:
+        raise PlayerSpecError(f"bad player spec {spec!r}: the server URL must start with http:// or https://; {usage}")
+    return model, base_url
+
+
+def _make_openai_player(spec: str, sampling: SamplingConfig | None) -> Player:
+    model, base_url = parse_openai_spec(spec)
+    from coop_rl.players.openai_player import OpenAIPlayer, redact_url
+
+    options = {}
+    if sampling is not None:
+        options = dict(temperature=sampling.temperature, top_p=sampling.top_p, max_new_tokens=sampling.max_new_tokens)
+    return OpenAIPlayer(model, base_url, spec=f"openai:{model}@{redact_url(base_url)}", **options)
+
+
+__all__ = ["Action", "Player", "PlayerSpecError", "SamplingConfig", "TurnRequest", "make_player"]

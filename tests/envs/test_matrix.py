@@ -139,7 +139,7 @@ def test_history_window_in_prompt():
     prompt = game.pending_turns()[0].messages[-1]["content"]
     assert "Round 1:" in prompt and "Round 3:" in prompt
     assert prompt.strip().endswith("Answer C or D.")
-    assert "Last round the other played D and you played C." in prompt
+    assert "Last round you played C and the other played D." in prompt
     game = make_game("ipd", history="2", rounds=5)
     game.reset(0)
     for _ in range(3):

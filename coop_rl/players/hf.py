@@ -1,0 +1,212 @@
+"""transformers backend: ``hf:<model_dir>[@<adapter_dir>]``.
+
+One :class:`HFEngine` per base model holds the model and tokenizer; every seat served by that base shares it:
+adapters are loaded by name into one peft model (multi-adapter), and the base model is the same weights with
+the adapter disabled. Each call answers a whole batch of turns with one left-padded ``generate`` call and
+returns, per turn, the completion text, its token ids and the per-token logprobs of the sampled tokens under the
+model's raw distribution (what the trainer's importance weights compare against).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+from pathlib import Path
+from typing import Any
+
+from coop_rl.players.base import Action, Player, PlayerSpecError, TurnRequest
+from coop_rl.players.sampling import SamplingConfig
+
+logger = logging.getLogger("coop_rl.players.hf")
+
+
+def resolve_model_dir(path: str) -> tuple[Path, Path | None]:
+    """(base model dir, adapter dir or None) for ``model_dir`` or a peft adapter dir (as a trainer saves it)."""
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        raise PlayerSpecError(f"model directory not found: {path}")
+    if (directory / "config.json").exists():
+        return directory.resolve(), None
+    adapter_config = directory / "adapter_config.json"
+    if adapter_config.exists():
+        try:
+            base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
+        except (KeyError, ValueError):
+            raise PlayerSpecError(f"{adapter_config} names no base model (base_model_name_or_path)") from None
+        base_dir = Path(base)
+        if not (base_dir / "config.json").exists():
+            raise PlayerSpecError(f"adapter {path} needs base model {base}, which is not a local model directory")
+        return base_dir.resolve(), directory.resolve()
+    raise PlayerSpecError(f"{path} holds neither a model (config.json) nor a peft adapter (adapter_config.json)")
+
+
+class HFEngine:
+    """A base model and its tokenizer, with named LoRA adapters loaded on demand."""
+
+    def __init__(self, model_dir: Path, device: str | None = None) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model_dir = model_dir
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+        except (OSError, ValueError) as error:
+            raise PlayerSpecError(f"cannot load model from {model_dir}: {error}".splitlines()[0]) from None
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model: Any = model.to(self.device).eval()
+        self.adapters: dict[Path, str] = {}
+        self.max_length = getattr(model.config, "max_position_embeddings", None) or 4096
+        self.lock = threading.Lock()
+
+    def adapter_name(self, adapter_dir: Path) -> str:
+        """Load ``adapter_dir`` (once) and return its name in the multi-adapter model."""
+        if adapter_dir in self.adapters:
+            return self.adapters[adapter_dir]
+        from peft import PeftModel
+
+        name = f"adapter{len(self.adapters)}"
+        try:
+            if not self.adapters:
+                self.model = PeftModel.from_pretrained(self.model, str(adapter_dir), adapter_name=name).eval()
+            else:
+                self.model.load_adapter(str(adapter_dir), adapter_name=name)
+        except (OSError, ValueError, KeyError) as error:
+            raise PlayerSpecError(f"cannot load adapter {adapter_dir}: {error}".splitlines()[0]) from None
+        self.adapters[adapter_dir] = name
+        return name
+
+    def encode_prompts(self, conversations: list[list[dict[str, str]]], max_new_tokens: int):
+        texts = [
+            self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            for messages in conversations
+        ]
+        # Keep the end of over-long prompts (the question and the latest state) rather than failing the match.
+        self.tokenizer.truncation_side = "left"
+        return self.tokenizer(
+            texts,
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=max(16, self.max_length - max_new_tokens),
+            add_special_tokens=False,
+        )
+
+    def generate(
+        self,
+        conversations: list[list[dict[str, str]]],
+        adapter: str | None,
+        sampling: SamplingConfig,
+        seed: int,
+        max_batch_size: int = 256,
+    ) -> list[Action]:
+        actions: list[Action] = []
+        for start in range(0, len(conversations), max_batch_size):
+            actions += self._generate_batch(conversations[start : start + max_batch_size], adapter, sampling, seed)
+            seed += 1
+        return actions
+
+    def _generate_batch(self, conversations, adapter, sampling: SamplingConfig, seed: int) -> list[Action]:
+        import contextlib
+
+        import torch
+
+        encoded = self.encode_prompts(conversations, sampling.max_new_tokens).to(self.device)
+        eos = self.tokenizer.eos_token_id
+        with self.lock, torch.inference_mode():
+            if self.adapters:
+                if adapter is None:
+                    context = self.model.disable_adapter()
+                else:
+                    self.model.set_adapter(adapter)
+                    context = contextlib.nullcontext()
+            else:
+                context = contextlib.nullcontext()
+            torch.manual_seed(seed)
+            with context:
+                output = self.model.generate(
+                    **encoded,
+                    do_sample=sampling.temperature > 0,
+                    temperature=sampling.temperature if sampling.temperature > 0 else None,
+                    top_p=sampling.top_p,
+                    top_k=None,
+                    max_new_tokens=sampling.max_new_tokens,
+                    return_dict_in_generate=True,
+                    output_logits=True,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    eos_token_id=eos,
+                )
+        prompt_length = encoded["input_ids"].shape[1]
+        completions = output.sequences[:, prompt_length:]
+        # Raw logits (before temperature/top-p): the model's own distribution, as vLLM reports logprobs.
+        logprobs = torch.log_softmax(torch.stack(output.logits, dim=1).float(), dim=-1)
+        token_logprobs = logprobs.gather(-1, completions.unsqueeze(-1)).squeeze(-1)
+        actions = []
+        for row in range(completions.shape[0]):
+            ids = completions[row].tolist()
+            length = ids.index(eos) + 1 if eos in ids else len(ids)  # keep EOS: its probability is learned too
+            ids = ids[:length]
+            mask = encoded["attention_mask"][row].bool()
+            actions.append(
+                Action(
+                    text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                    prompt_ids=encoded["input_ids"][row][mask].tolist(),
+                    completion_ids=ids,
+                    logprobs=token_logprobs[row, :length].tolist(),
+                )
+            )
+        return actions
+
+
+_ENGINES: dict[tuple[Path, str | None], HFEngine] = {}
+
+
+def get_engine(model_dir: Path, device: str | None = None) -> HFEngine:
+    """The shared engine of a base model: seats served by one base model share its weights."""
+    key = (model_dir, device)
+    if key not in _ENGINES:
+        _ENGINES[key] = HFEngine(model_dir, device)
+    return _ENGINES[key]
+
+
+class HFPlayer(Player):
+    """A seat served by transformers generate, with an optional LoRA adapter."""
+
+    def __init__(
+        self,
+        spec: str,
+        sampling: SamplingConfig | None = None,
+        seed: int = 0,
+        device: str | None = None,
+        max_batch_size: int = 256,
+    ) -> None:
+        self.spec = spec
+        body = spec.split(":", 1)[1] if spec.startswith("hf:") else spec
+        model_path, _, adapter_path = body.partition("@")
+        if not model_path:
+            raise PlayerSpecError(f"malformed spec {spec!r}: expected hf:<model_dir>[@<adapter_dir>]")
+        base_dir, implied_adapter = resolve_model_dir(model_path)
+        if adapter_path:
+            if implied_adapter is not None:
+                raise PlayerSpecError(f"{model_path} is itself an adapter; give hf:<base>@<adapter>")
+            if not (Path(adapter_path) / "adapter_config.json").exists():
+                raise PlayerSpecError(f"adapter directory not found or not a peft adapter: {adapter_path}")
+            implied_adapter = Path(adapter_path).resolve()
+        self.engine = get_engine(base_dir, device)
+        self.adapter = self.engine.adapter_name(implied_adapter) if implied_adapter else None
+        self.sampling = sampling or SamplingConfig()
+        self.max_batch_size = max_batch_size
+        self._rng = random.Random(f"hf:{seed}:{spec}")
+
+    def act(self, requests: list[TurnRequest]) -> list[Action]:
+        if not requests:
+            return []
+        conversations = [request.turn.messages for request in requests]
+        return self.engine.generate(
+            conversations, self.adapter, self.sampling, self._rng.randrange(2**31), self.max_batch_size
+        )

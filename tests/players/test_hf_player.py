@@ -1,0 +1,151 @@
+"""The transformers backend on the embedded tiny model: valid, history-aware play, exact logprobs, adapters."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from coop_rl.cli import main
+from coop_rl.envs import make_game
+from coop_rl.players import PlayerSpecError, SamplingConfig, make_player
+from coop_rl.players.hf import HFPlayer, get_engine
+from coop_rl.players.scripted import ScriptedPlayer
+from coop_rl.rollout import COLUMNS, collect_rollout
+
+# Tests on the tiny model are slow: it is built once per session (a few minutes on 2 cores).
+
+
+@pytest.mark.slow
+def test_model_plays_valid_and_undecided_against_tft(tiny_model_dir, capsys):
+    code = main(["play", "--game", "ipd", "--players", f"hf:{tiny_model_dir},tft", "--matches", "64", "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    model = summary["players"][0]
+    assert model["invalid_rate"] <= 0.05
+    assert 0.1 <= model["cooperation_rate"] <= 0.9
+
+
+def _p_cooperate(engine, history):
+    game = make_game("ipd")
+    game.reset(0)
+    for mine, theirs in history:
+        game.step({0: mine, 1: theirs})
+    encoded = engine.encode_prompts([game.pending_turns()[0].messages], max_new_tokens=8)
+    with torch.no_grad():
+        probs = engine.model(**encoded).logits[0, -1].softmax(-1)
+    return probs[engine.tokenizer.convert_tokens_to_ids("C")].item()
+
+
+@pytest.mark.slow
+def test_model_reads_the_history(tiny_model_dir):
+    engine = HFPlayer(f"hf:{tiny_model_dir}").engine
+    after_cooperation = _p_cooperate(engine, [("C", "C")])
+    after_defection = _p_cooperate(engine, [("D", "D")])
+    # The warm start imitates a population in which cooperation follows cooperation far more often.
+    assert after_cooperation - after_defection > 0.15
+
+
+@pytest.mark.slow
+def test_sampler_logprobs_match_a_forward_pass(tiny_model_dir):
+    player = HFPlayer(f"hf:{tiny_model_dir}", sampling=SamplingConfig(temperature=1.0, max_new_tokens=16))
+    rollout = collect_rollout("ipd", {"rounds": 2}, [player, ScriptedPlayer("tft", "ipd")], matches=8)
+    model = player.engine.model
+    for row in rollout.rows:
+        ids = torch.tensor([row["prompt_ids"] + row["completion_ids"]])
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+        start = len(row["prompt_ids"])
+        targets = ids[0, start:]
+        forward = logprobs[start - 1 : -1].gather(-1, targets[:, None]).squeeze(-1)
+        assert torch.allclose(forward, torch.tensor(row["sampler_logprobs"]), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_rollout_dataset_rows(tiny_model_dir, tmp_path):
+    from datasets import load_from_disk
+
+    player = HFPlayer(f"hf:{tiny_model_dir}")
+    rollout = collect_rollout("ipd", {"rounds": 3}, [player, player], matches=4, group_size=2)
+    dataset = rollout.to_dataset()
+    assert set(dataset.column_names) == set(COLUMNS)
+    assert len(dataset) == 4 * 3 * 2  # matches x rounds x model seats
+    assert sorted(set(dataset["seed_group"])) == [0, 1]
+    for row in dataset:
+        result = rollout.results[row["match_id"]]
+        assert row["reward"] == result.rewards[row["seat"]][row["timestep"]]
+        assert row["completion_ids"][-1] == player.engine.tokenizer.eos_token_id or len(row["completion_ids"]) == 128
+    dataset.save_to_disk(str(tmp_path / "rollout"))
+    assert load_from_disk(str(tmp_path / "rollout"))["completion_text"] == dataset["completion_text"]
+    summary = rollout.summary()
+    assert summary["rollout/matches"] == 4 and summary["rollout/tokens_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_same_seed_same_answers(tiny_model_dir):
+    def texts(seed):
+        player = HFPlayer(f"hf:{tiny_model_dir}", seed=seed)
+        rollout = collect_rollout("ipd", {"rounds": 3}, [player, ScriptedPlayer("tft", "ipd")], matches=8)
+        return [row["completion_text"] for row in rollout.rows]
+
+    assert texts(1) == texts(1)
+    assert texts(1) != texts(2)
+
+
+def _make_adapter(base_dir, out_dir, seed):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"]))
+    for name, parameter in peft_model.named_parameters():
+        if "lora_B" in name:  # B starts at zero (a no-op adapter); make it change the outputs
+            parameter.data.normal_(0, 0.5)
+    peft_model.save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.mark.slow
+def test_adapters_share_one_engine_and_the_base_is_the_adapter_disabled(tiny_model_dir, tmp_path):
+    adapter_a = _make_adapter(tiny_model_dir, tmp_path / "a", seed=1)
+    adapter_b = _make_adapter(tiny_model_dir, tmp_path / "b", seed=2)
+    base = make_player(f"hf:{tiny_model_dir}", "ipd")
+    with_a = make_player(f"hf:{tiny_model_dir}@{adapter_a}", "ipd")
+    with_b = make_player(f"hf:{adapter_b}", "ipd")  # an adapter directory alone names its base model
+    assert base.engine is with_a.engine is with_b.engine is get_engine(tiny_model_dir.resolve())
+    assert with_a.adapter != with_b.adapter
+
+    game = make_game("ipd")
+    game.reset(0)
+    messages = [game.pending_turns()[0].messages]
+
+    def answer_logprob(adapter):
+        sampling = SamplingConfig(temperature=0.0, max_new_tokens=4)
+        return base.engine.generate(messages, adapter, sampling, seed=0)[0].logprobs[0]
+
+    lp_base, lp_a, lp_b = answer_logprob(None), answer_logprob(with_a.adapter), answer_logprob(with_b.adapter)
+    assert lp_a != pytest.approx(lp_base, abs=1e-4) and lp_b != pytest.approx(lp_a, abs=1e-4)
+    # the base seat equals the model loaded without any adapter
+    from transformers import AutoModelForCausalLM
+
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    encoded = base.engine.encode_prompts(messages, max_new_tokens=4)
+    with torch.no_grad():
+        reference = torch.log_softmax(fresh(**encoded).logits[0, -1], -1).max().item()
+    assert lp_base == pytest.approx(reference, abs=1e-4)
+
+
+def test_bad_model_specs_are_user_errors(tmp_path):
+    with pytest.raises(PlayerSpecError, match="not found"):
+        make_player(f"hf:{tmp_path / 'missing'}", "ipd")
+    with pytest.raises(PlayerSpecError, match="neither a model"):
+        make_player(f"hf:{tmp_path}", "ipd")
+    proc = subprocess.run(
+        [sys.executable, "-m", "coop_rl", "play", "--game", "ipd", "--players", f"hf:{tmp_path / 'nope'},tft"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1

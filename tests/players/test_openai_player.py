@@ -1,0 +1,626 @@
+"""The ``openai:<model>@<base_url>`` player against a scripted fake chat-completions server (fault cases), and,
+marked slow, against vLLM's own OpenAI-compatible server on CPU serving the tiny model."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coop_rl.envs import make_game
+from coop_rl.envs.base import Turn
+from coop_rl.players import PlayerSpecError, SamplingConfig, TurnRequest, make_player
+from coop_rl.players.openai_player import OpenAIPlayer, OpenAIPlayerError
+from coop_rl.players.scripted import ScriptedPlayer
+from coop_rl.runner import run_matches, summarize
+
+SECRET = "sk-coop-test-SECRET-7f3a9c1e5b"
+MODEL = "fake-model"
+
+
+# -- a scripted fake chat-completions server ----------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    """What the fake server answers to one request."""
+
+    status: int = 200
+    body: Any = None  # a dict (sent as JSON), bytes or str (sent as is); None: a completion of ``text``
+    text: str | None = "C"
+    delay: float = 0.0
+    content_type: str = "application/json"
+    headers: dict[str, str] | None = None
+
+
+def completion(text: str | None) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 0,
+        "model": MODEL,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+
+
+class FakeServer:
+    """``POST /v1/chat/completions`` answered by ``script(n, body)`` (n counts requests from 0), on loopback.
+
+    Records every request body and Authorization header, and the most requests ever in flight at once.
+    """
+
+    def __init__(self, script: Callable[[int, dict], Reply]) -> None:
+        self.script = script
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.count = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.bodies: list[dict] = []
+        self.auth: list[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format, *args):  # quiet
+                pass
+
+            def do_POST(self):
+                length = int(self.headers.get("content-length", 0))
+                raw = self.rfile.read(length)
+                with server.lock:
+                    n = server.count
+                    server.count += 1
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                    server.auth.append(self.headers.get("authorization", ""))
+                try:
+                    body = json.loads(raw)
+                    with server.lock:
+                        server.bodies.append(body)
+                    if self.path.rstrip("/") != "/v1/chat/completions":
+                        reply = Reply(status=404, body={"error": {"message": f"no route {self.path}"}})
+                    else:
+                        reply = server.script(n, body)
+                    if reply.delay:
+                        server.stopping.wait(reply.delay)
+                    payload = reply.body if reply.body is not None else completion(reply.text)
+                    if isinstance(payload, dict):
+                        payload = json.dumps(payload)
+                    if isinstance(payload, str):
+                        payload = payload.encode()
+                    try:
+                        self.send_response(reply.status)
+                        self.send_header("content-type", reply.content_type)
+                        self.send_header("content-length", str(len(payload)))
+                        for key, value in (reply.headers or {}).items():
+                            self.send_header(key, value)
+                        self.end_headers()
+                        self.wfile.write(payload)
+                    except OSError:  # the client gave up (timeout) and closed the connection
+                        pass
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.handle_error = lambda request, client_address: None
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def fake_server():
+    servers: list[FakeServer] = []
+
+    def start(script: Callable[[int, dict], Reply]) -> FakeServer:
+        server = FakeServer(script)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture(autouse=True)
+def no_key(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+
+
+def player_for(server: FakeServer, **kwargs) -> OpenAIPlayer:
+    options = {"timeout_s": 5.0, "max_retries": 3, "backoff_s": 0.01, "concurrency": 4}
+    options.update(kwargs)
+    return OpenAIPlayer(MODEL, server.base_url, **options)
+
+
+def requests_for(contents: list[str]) -> list[TurnRequest]:
+    game = make_game("ipd", rounds=3)
+    return [
+        TurnRequest(
+            match_id=i,
+            game=game,
+            turn=Turn(seat=0, phase="action", messages=[{"role": "user", "content": c}], timestep=0),
+        )
+        for i, c in enumerate(contents)
+    ]
+
+
+def last_user(body: dict) -> str:
+    return body["messages"][-1]["content"]
+
+
+# -- answers ------------------------------------------------------------------------------------------------------
+
+
+def test_answers_and_sends_the_turn_and_sampling_params(fake_server):
+    server = fake_server(lambda n, body: Reply(text="echo " + last_user(body)))
+    player = player_for(server, temperature=0.7, top_p=0.9, max_new_tokens=17)
+    try:
+        actions = player.act(requests_for(["hello", "world"]))
+    finally:
+        player.close()
+    assert [a.text for a in actions] == ["echo hello", "echo world"]
+    assert all(a.completion_ids == [] and a.logprobs == [] for a in actions)
+    assert server.count == 2
+    body = server.bodies[0]
+    assert body["model"] == MODEL
+    assert body["messages"] in ([{"role": "user", "content": "hello"}], [{"role": "user", "content": "world"}])
+    assert (body["temperature"], body["top_p"], body["max_tokens"]) == (0.7, 0.9, 17)
+    assert server.auth == ["Bearer EMPTY", "Bearer EMPTY"]  # no key in the environment: "EMPTY"
+
+
+def test_empty_and_null_content_are_valid_empty_answers(fake_server):
+    server = fake_server(lambda n, body: Reply(text=None if last_user(body) == "a" else ""))
+    player = player_for(server)
+    try:
+        assert [a.text for a in player.act(requests_for(["a", "b"]))] == ["", ""]
+    finally:
+        player.close()
+    assert server.count == 2  # not retried
+
+
+def test_concurrency_limit_and_order(fake_server):
+    n = 24
+
+    def script(_, body):
+        i = int(last_user(body))
+        return Reply(text=f"answer {i}", delay=0.005 * (n - i) + 0.02)  # later requests finish first
+
+    server = fake_server(script)
+    player = player_for(server, concurrency=3)
+    try:
+        started = time.perf_counter()
+        actions = player.act(requests_for([str(i) for i in range(n)]))
+        elapsed = time.perf_counter() - started
+    finally:
+        player.close()
+    assert [a.text for a in actions] == [f"answer {i}" for i in range(n)]
+    assert server.count == n
+    assert 2 <= server.max_in_flight <= 3
+    serial = sum(0.005 * (n - i) + 0.02 for i in range(n))
+    assert elapsed < serial  # really concurrent
+
+
+def test_full_ipd_matches_against_the_fake_server(fake_server):
+    server = fake_server(lambda n, body: Reply(text="C"))
+    player = player_for(server)
+    try:
+        results = run_matches("ipd", {"rounds": 3}, [player, ScriptedPlayer("tft", "ipd")], matches=4)
+    finally:
+        player.close()
+    summary = summarize("ipd", [player.spec, "tft"], results)
+    assert summary["players"][0]["cooperation_rate"] == 1.0
+    assert summary["players"][0]["invalid_rate"] == 0.0
+    assert summary["players"][1]["cooperation_rate"] == 1.0
+    assert server.count == 4 * 3
+    # the runner batches every pending turn: 4 matches in flight, one act() call per round
+    assert server.max_in_flight <= 4
+
+
+# -- retries ------------------------------------------------------------------------------------------------------
+
+
+def test_500_twice_then_ok_succeeds_after_retries(fake_server, caplog):
+    server = fake_server(lambda n, body: Reply(status=500, body={"error": {"message": "boom"}}) if n < 2 else Reply())
+    player = player_for(server, concurrency=1)
+    with caplog.at_level(logging.WARNING, logger="coop_rl.players.openai"):
+        try:
+            assert [a.text for a in player.act(requests_for(["x"]))] == ["C"]
+        finally:
+            player.close()
+    assert server.count == 3
+    warnings = [r for r in caplog.records if r.name == "coop_rl.players.openai" and r.levelno == logging.WARNING]
+    assert len(warnings) == 2
+    assert "attempt 1 of 4" in warnings[0].getMessage() and "HTTP 500" in warnings[0].getMessage()
+    assert "attempt 2 of 4" in warnings[1].getMessage()
+
+
+def test_429_is_retried(fake_server):
+    limited = Reply(status=429, body={"error": {"message": "slow down"}}, headers={"retry-after": "0"})
+    server = fake_server(lambda n, body: limited if n < 1 else Reply())
+    player = player_for(server)
+    try:
+        assert [a.text for a in player.act(requests_for(["x"]))] == ["C"]
+    finally:
+        player.close()
+    assert server.count == 2
+
+
+def assert_clear_error(error: BaseException, server: FakeServer, *words: str) -> None:
+    message = str(error)
+    assert isinstance(error, OpenAIPlayerError) and isinstance(error, RuntimeError)
+    assert "\n" not in message
+    assert server.base_url in message and MODEL in message
+    for word in words:
+        assert word in message, (word, message)
+    # no chained traceback spam: one exception, not the client's and httpx's as well
+    assert error.__cause__ is None and (error.__context__ is None or error.__suppress_context__)
+    assert "During handling" not in "".join(traceback.format_exception(error))
+
+
+def test_always_500_raises_after_max_retries(fake_server):
+    server = fake_server(lambda n, body: Reply(status=500, body={"error": {"message": "engine dead"}}))
+    player = player_for(server, max_retries=2)
+    try:
+        with pytest.raises(OpenAIPlayerError) as info:
+            player.act(requests_for(["x"]))
+    finally:
+        player.close()
+    assert server.count == 3  # the first attempt and 2 retries
+    assert_clear_error(info.value, server, "3 attempt", "HTTP 500", "engine dead")
+
+
+def test_timeout_is_retried_then_raises(fake_server):
+    server = fake_server(lambda n, body: Reply(delay=2.0))
+    player = player_for(server, timeout_s=0.2, max_retries=1)
+    started = time.perf_counter()
+    try:
+        with pytest.raises(OpenAIPlayerError) as info:
+            player.act(requests_for(["x"]))
+    finally:
+        player.close()
+    assert time.perf_counter() - started < 1.9
+    assert server.count == 2
+    assert_clear_error(info.value, server, "timed out", "2 attempt")
+
+
+def test_timeout_then_ok(fake_server):
+    server = fake_server(lambda n, body: Reply(delay=2.0) if n == 0 else Reply(text="D"))
+    player = player_for(server, timeout_s=0.2)
+    try:
+        assert [a.text for a in player.act(requests_for(["x"]))] == ["D"]
+    finally:
+        player.close()
+    assert server.count == 2
+
+
+@pytest.mark.parametrize(
+    ("reply", "words"),
+    [
+        (Reply(body=b"<html>not json</html>"), ["malformed"]),
+        (Reply(body=b"<html>not json</html>", content_type="text/html"), ["malformed", "not JSON"]),
+        (Reply(body={"id": "x", "object": "chat.completion"}), ["malformed", "choices"]),
+        (Reply(body={"id": "x", "choices": []}), ["malformed", "choices"]),
+        (Reply(body={"choices": [{"index": 0}]}), ["malformed"]),
+    ],
+    ids=["invalid-json", "html", "no-choices", "empty-choices", "no-message"],
+)
+def test_malformed_body_is_retried_then_raises(fake_server, reply, words):
+    server = fake_server(lambda n, body: reply)
+    player = player_for(server, max_retries=2)
+    try:
+        with pytest.raises(OpenAIPlayerError) as info:
+            player.act(requests_for(["x"]))
+    finally:
+        player.close()
+    assert server.count == 3
+    assert_clear_error(info.value, server, *words)
+
+
+def test_malformed_then_ok(fake_server):
+    server = fake_server(lambda n, body: Reply(body={"id": "x"}) if n == 0 else Reply(text="C"))
+    player = player_for(server)
+    try:
+        assert [a.text for a in player.act(requests_for(["x"]))] == ["C"]
+    finally:
+        player.close()
+    assert server.count == 2
+
+
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [(404, "The model `fake-model` does not exist."), (401, "bad key"), (400, "prompt too long")],
+)
+def test_4xx_fails_fast(fake_server, status, message):
+    server = fake_server(lambda n, body: Reply(status=status, body={"error": {"message": message}}))
+    player = player_for(server, max_retries=3)
+    try:
+        with pytest.raises(OpenAIPlayerError) as info:
+            player.act(requests_for(["x"]))
+    finally:
+        player.close()
+    assert server.count == 1  # no retries
+    assert_clear_error(info.value, server, f"HTTP {status}", message)
+
+
+def test_one_failing_request_fails_the_batch(fake_server):
+    """A failure surfaces from act(): never an answer list with a hole or an empty stand-in."""
+    server = fake_server(lambda n, body: Reply(status=404) if last_user(body) == "3" else Reply(delay=0.02))
+    player = player_for(server, concurrency=2)
+    try:
+        with pytest.raises(OpenAIPlayerError, match="HTTP 404"):
+            player.act(requests_for([str(i) for i in range(8)]))
+    finally:
+        player.close()
+
+
+def test_batch_reports_the_root_failure_and_stops_retrying_the_rest(fake_server):
+    """Request 0 keeps getting 500s (long backoff) when request 1 hits a 404: act() raises the 404 at once."""
+    server = fake_server(lambda n, body: Reply(status=500) if last_user(body) == "0" else Reply(status=404, delay=0.1))
+    player = player_for(server, max_retries=5, backoff_s=1.0)
+    started = time.perf_counter()
+    try:
+        with pytest.raises(OpenAIPlayerError, match="HTTP 404"):
+            player.act(requests_for(["0", "1"]))
+        elapsed = time.perf_counter() - started
+        time.sleep(0.2)  # request 0's worker wakes from its backoff and gives up instead of retrying
+    finally:
+        player.close()
+    assert elapsed < 1.0
+    assert sum(1 for body in server.bodies if last_user(body) == "0") == 1
+
+
+def test_connection_refused_is_retried_then_raises():
+    with socket.socket() as sock:  # a loopback port with nobody listening
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base_url = f"http://127.0.0.1:{port}/v1"
+    player = OpenAIPlayer(MODEL, base_url, max_retries=2, backoff_s=0.01, timeout_s=2)
+    try:
+        with pytest.raises(OpenAIPlayerError) as info:
+            player.act(requests_for(["x"]))
+    finally:
+        player.close()
+    message = str(info.value)
+    assert base_url in message and MODEL in message and "connection error" in message and "3 attempt" in message
+    assert "\n" not in message
+
+
+def test_closed_player_refuses(fake_server):
+    server = fake_server(lambda n, body: Reply())
+    player = player_for(server)
+    player.close()
+    player.close()  # idempotent
+    with pytest.raises(OpenAIPlayerError, match="closed"):
+        player.act(requests_for(["x"]))
+
+
+# -- the key ------------------------------------------------------------------------------------------------------
+
+
+def test_key_is_sent_but_never_shown(fake_server, monkeypatch, caplog, capfd):
+    monkeypatch.setenv("COOP_TEST_KEY", SECRET)
+
+    def script(n, body):
+        kind = last_user(body)
+        if kind == "500":
+            return Reply(status=500, body={"error": {"message": f"upstream rejected key {SECRET}"}})
+        if kind == "401":
+            return Reply(status=401, body={"error": {"message": f"Incorrect API key provided: {SECRET}"}})
+        if kind == "slow":
+            return Reply(delay=2.0)
+        if kind == "garbage":
+            return Reply(body=f"not json {SECRET}".encode(), content_type="text/plain")
+        return Reply(text="C")
+
+    server = fake_server(script)
+    texts: list[str] = []
+    caplog.set_level(logging.DEBUG)  # every logger, the openai client's and httpx's included
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead_url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    players = [
+        OpenAIPlayer(MODEL, server.base_url, api_key_env="COOP_TEST_KEY", timeout_s=0.3, max_retries=1, backoff_s=0.01),
+        OpenAIPlayer(MODEL, dead_url, api_key_env="COOP_TEST_KEY", max_retries=1, backoff_s=0.01),
+    ]
+    try:
+        assert [a.text for a in players[0].act(requests_for(["ok"]))] == ["C"]
+        for player, kind in [(players[0], k) for k in ("500", "401", "slow", "garbage")] + [(players[1], "ok")]:
+            with pytest.raises(OpenAIPlayerError) as info:
+                player.act(requests_for([kind]))
+            error = info.value
+            texts += [str(error), repr(error), "".join(traceback.format_exception(error)), str(error.args)]
+        texts += [repr(p) for p in players] + [str(vars(p)) for p in players] + [p.spec for p in players]
+    finally:
+        for player in players:
+            player.close()
+    assert any(auth == f"Bearer {SECRET}" for auth in server.auth)  # the key was really used
+    out, err = capfd.readouterr()
+    texts += [out, err, caplog.text] + [record.getMessage() for record in caplog.records]
+    assert any("attempt 1 of 2" in record.getMessage() for record in caplog.records)
+    for text in texts:
+        assert SECRET not in text
+    assert "***" in str(texts)  # the echoed key was redacted, not merely absent
+
+
+# -- make_player --------------------------------------------------------------------------------------------------
+
+
+def test_make_player_builds_an_openai_player():
+    player = make_player("openai:Qwen2.5-72B@http://127.0.0.1:8000/v1", "ipd")
+    try:
+        assert isinstance(player, OpenAIPlayer)
+        assert (player.model, player.base_url) == ("Qwen2.5-72B", "http://127.0.0.1:8000/v1")
+        assert player.spec == "openai:Qwen2.5-72B@http://127.0.0.1:8000/v1"
+        assert (player.temperature, player.top_p, player.max_new_tokens) == (1.0, 1.0, 256)
+        assert (player.timeout_s, player.max_retries, player.concurrency) == (60.0, 3, 8)
+    finally:
+        player.close()
+
+
+def test_make_player_passes_the_sampling_settings():
+    sampling = SamplingConfig(temperature=0.3, top_p=0.8, max_new_tokens=12)
+    player = make_player("openai:m@http://127.0.0.1:8000/v1", "ipd", sampling=sampling)
+    try:
+        assert (player.temperature, player.top_p, player.max_new_tokens) == (0.3, 0.8, 12)
+    finally:
+        player.close()
+
+
+def test_make_player_drops_url_credentials_from_the_spec():
+    player = make_player("openai:m@https://user:pw@example.invalid/v1", "ipd")
+    try:
+        assert player.spec == "openai:m@https://example.invalid/v1"
+        assert "pw" not in repr(player)
+    finally:
+        player.close()
+
+
+@pytest.mark.parametrize(
+    ("spec", "why"),
+    [
+        ("openai:Qwen2.5-72B", "no '@'"),
+        ("openai:", "no '@'"),
+        ("openai:@http://127.0.0.1:8000/v1", "empty model"),
+        ("openai:  @http://127.0.0.1:8000/v1", "empty model"),
+        ("openai:m@127.0.0.1:8000/v1", "http:// or https://"),
+        ("openai:m@ftp://host/v1", "http:// or https://"),
+        ("openai:m@", "http:// or https://"),
+        ("openai:m@http://", "http:// or https://"),
+    ],
+)
+def test_make_player_rejects_malformed_specs(spec, why):
+    with pytest.raises(PlayerSpecError) as info:
+        make_player(spec, "ipd")
+    assert why in str(info.value) and "\n" not in str(info.value)
+
+
+# -- a real OpenAI-compatible server: vLLM on CPU serving the tiny model ------------------------------------------
+
+SERVED_NAME = "coop-tiny"
+VLLM_START_TIMEOUT_S = 240.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tiny_model_dir: Path, tmp_path_factory):
+    """vLLM's OpenAI-compatible server on CPU in its own process group; yields (base_url, start seconds)."""
+    import httpx
+
+    pytest.importorskip("vllm")
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("vllm_server") / "server.log"
+    command = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(tiny_model_dir),
+        "--served-model-name",
+        SERVED_NAME,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-model-len",
+        "1024",
+        "--dtype",
+        "float32",
+        "--max-num-seqs",
+        "16",
+        "--disable-log-stats",
+        "--uvicorn-log-level",
+        "warning",
+    ]
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
+    base_url = f"http://127.0.0.1:{port}/v1"
+    started = time.perf_counter()
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def log_tail() -> str:
+        return log_path.read_text(errors="replace")[-3000:]
+
+    try:
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"vLLM server exited with status {process.returncode} during start:\n{log_tail()}")
+            if time.perf_counter() - started > VLLM_START_TIMEOUT_S:
+                pytest.fail(f"vLLM server not ready after {VLLM_START_TIMEOUT_S:.0f} s:\n{log_tail()}")
+            try:
+                response = httpx.get(f"{base_url}/models", timeout=2.0)
+                if response.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1.0)
+        start_s = time.perf_counter() - started
+        sys.stderr.write(f"\nvLLM server ready in {start_s:.1f} s\n")
+        assert SERVED_NAME in [m["id"] for m in response.json()["data"]]
+        yield base_url, start_s
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_ipd_against_vllm_server(vllm_server):
+    base_url, _ = vllm_server
+    # the tiny model answers in a token or two; 16 caps a random one's rambling
+    player = make_player(f"openai:{SERVED_NAME}@{base_url}", "ipd", sampling=SamplingConfig(max_new_tokens=16))
+    assert isinstance(player, OpenAIPlayer)
+    answered: list[str] = []
+
+    def record(turns):
+        answered.extend(t.action.text for t in turns if t.seat == 0)
+
+    try:
+        results = run_matches("ipd", {"rounds": 3}, [player, ScriptedPlayer("tft", "ipd")], matches=4, on_turns=record)
+    finally:
+        player.close()
+    assert len(answered) == 4 * 3 and all(isinstance(text, str) for text in answered)
+    summary = summarize("ipd", [player.spec, "tft"], results)
+    invalid_rate = summary["players"][0]["invalid_rate"]
+    assert isinstance(invalid_rate, float) and 0.0 <= invalid_rate <= 1.0
+    assert sum(r.action_counts[0] for r in results) == 4 * 3
+
+    # and a 404 from a real server: an unknown model fails fast with the server's own message
+    wrong = OpenAIPlayer("no-such-model", base_url, max_retries=3, backoff_s=0.01)
+    try:
+        with pytest.raises(OpenAIPlayerError, match="HTTP 404"):
+            wrong.act(requests_for(["x"]))
+    finally:
+        wrong.close()
