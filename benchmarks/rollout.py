@@ -1,9 +1,10 @@
 """Rollout throughput: batched play (all matches in flight, one generate call per step) against a loop that plays
 one match at a time, on the same model, side by side in one run.
 
-    .venv/bin/python benchmarks/rollout.py --model runs/tiny [--matches 64]
+    .venv/bin/python benchmarks/rollout.py --model runs/tiny [--matches 64] [--backends hf,vllm]
 
-Prints the ratio and merges it into benchmarks/results.json (key rollout_batched_vs_sequential).
+Prints the ratios and merges them into benchmarks/results.json: rollout_batched_vs_sequential (transformers),
+rollout_vllm_batched_vs_sequential, and rollout_vllm_vs_hf (batched games/s of vLLM over transformers).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import time
 from datetime import date
 from pathlib import Path
 
-from coop_rl.players.hf import HFPlayer
 from coop_rl.players.scripted import ScriptedPlayer
 from coop_rl.runner import run_matches
 
@@ -45,38 +45,55 @@ def merge_results(update: dict) -> dict:
     return results
 
 
+def time_backend(spec: str, matches: int, repeats: int) -> tuple[float, float]:
+    """Best batched and sequential wall times of ``matches`` IPD matches of ``spec`` against tft."""
+    from coop_rl.players import make_player
+
+    model = make_player(spec, "ipd")
+    tft = ScriptedPlayer("tft", "ipd")
+    run_matches("ipd", {}, [model, tft], matches=2)  # warm up (first-call overheads)
+    batched, sequential = [], []
+    for _ in range(repeats):  # alternate, so that machine noise hits both sides alike
+        started = time.perf_counter()
+        run_matches("ipd", {}, [model, tft], matches=matches, seed=1)
+        batched.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        for match in range(matches):
+            run_matches("ipd", {}, [model, tft], matches=1, seed=1000 + match)
+        sequential.append(time.perf_counter() - started)
+    return min(batched), min(sequential)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a model directory (coop-rl init-model tiny --out DIR)")
     parser.add_argument("--matches", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2, help="alternating repeats; the best time of each is kept")
+    parser.add_argument("--backends", default="hf,vllm", help="comma-separated: hf, vllm")
     args = parser.parse_args()
 
-    model = HFPlayer(f"hf:{args.model}")
-    tft = ScriptedPlayer("tft", "ipd")
-    run_matches("ipd", {}, [model, tft], matches=2)  # warm up (first-call overheads)
-
-    batched, sequential = [], []
-    for _ in range(args.repeats):  # alternate, so that machine noise hits both sides alike
-        started = time.perf_counter()
-        run_matches("ipd", {}, [model, tft], matches=args.matches, seed=1)
-        batched.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        for match in range(args.matches):
-            run_matches("ipd", {}, [model, tft], matches=1, seed=1000 + match)
-        sequential.append(time.perf_counter() - started)
-    ratio = min(sequential) / min(batched)
+    update: dict = {}
+    games_per_s = {}
     print(f"{args.matches} ipd matches (10 rounds) of the tiny model vs tft")
-    print(f"  batched:    {min(batched):.2f} s  ({args.matches / min(batched):.1f} games/s)")
-    print(f"  sequential: {min(sequential):.2f} s  ({args.matches / min(sequential):.1f} games/s)")
-    print(f"  rollout_batched_vs_sequential = {ratio:.1f}x")
-    merge_results(
-        {
-            "rollout_batched_vs_sequential": round(ratio, 2),
-            "rollout_batched_games_per_s": round(args.matches / min(batched), 2),
-        }
-    )
+    for backend in args.backends.split(","):
+        batched, sequential = time_backend(f"{backend}:{args.model}", args.matches, args.repeats)
+        ratio = sequential / batched
+        games_per_s[backend] = args.matches / batched
+        print(f"  {backend:5s} batched:    {batched:.2f} s  ({args.matches / batched:.1f} games/s)")
+        print(f"  {backend:5s} sequential: {sequential:.2f} s  ({args.matches / sequential:.1f} games/s)")
+        print(f"  {backend:5s} batched vs sequential = {ratio:.1f}x")
+        key = "rollout_batched_vs_sequential" if backend == "hf" else f"rollout_{backend}_batched_vs_sequential"
+        update[key] = round(ratio, 2)
+        update[f"rollout_{backend}_batched_games_per_s"] = round(games_per_s[backend], 2)
+    if {"hf", "vllm"} <= set(games_per_s):
+        update["rollout_vllm_vs_hf"] = round(games_per_s["vllm"] / games_per_s["hf"], 2)
+        print(f"  vllm vs hf (batched) = {update['rollout_vllm_vs_hf']:.2f}x")
+    merge_results(update)
+    if "vllm" in games_per_s:
+        from coop_rl.players.vllm_player import shutdown_engines
+
+        shutdown_engines()
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # vLLM's engine core runs in a child process: create it under the main guard
     main()

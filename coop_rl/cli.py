@@ -134,6 +134,42 @@ def cmd_tournament(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----- games --------------------------------------------------------------------------------------------------
+def cmd_games(args: argparse.Namespace) -> int:
+    from coop_rl.envs import GAMES, game_class, strategy_names
+
+    names = [args.game] if args.game else list(GAMES)
+    described = []
+    for name in names:
+        cls = game_class(name)
+        described.append(
+            {
+                "game": name,
+                "players": [cls.min_players, cls.max_players],
+                "strategies": strategy_names(name),
+                "params": {
+                    key: {
+                        "default": spec.default,
+                        "help": spec.help,
+                        **({"choices": list(spec.choices)} if spec.choices else {}),
+                    }
+                    for key, spec in cls.PARAMS.items()
+                },
+            }
+        )
+    if args.json:
+        print(json.dumps(described))
+        return 0
+    for game in described:
+        low, high = game["players"]
+        seats = str(low) if low == high else f"{low}-{high}"
+        print(f"{game['game']}  ({seats} players)  strategies: {', '.join(game['strategies'])}")
+        for key, spec in game["params"].items():
+            setting = f"{key}={spec['default']}"
+            print(f"  --set {setting:<24} {spec['help']}")
+    return 0
+
+
 # ----- solve --------------------------------------------------------------------------------------------------
 SOLVER_KEYS = {
     "players": "players",
@@ -224,6 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     tournament.add_argument("--json", action="store_true", help="print one JSON object")
     tournament.set_defaults(func=cmd_tournament)
 
+    games = sub.add_parser("games", help="list the games, their --set parameters and scripted strategies")
+    games.add_argument("game", nargs="?", help="one game (default: all)")
+    games.add_argument("--json", action="store_true", help="print JSON")
+    games.set_defaults(func=cmd_games)
+
     solve = sub.add_parser("solve", help="solve a game by backward induction (spgg)")
     solve.add_argument("--game", required=True, help="spgg")
     solve.add_argument("--set", action="append", metavar="KEY=VALUE", help="a game parameter (repeatable)")
@@ -257,6 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("coop-rl: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: not an error of ours
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

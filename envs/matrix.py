@@ -119,9 +119,8 @@ class IteratedMatrixGame(TextGame):
         first, second = (self.labels[i] for i in self._option_order)
         total = self.params["rounds"]
         parts = [f"Round {self.round + 1} of {total}."]
-        history = self._history_lines(seat)
-        if history and self.params["history"] != "last":
-            parts.append("History:\n" + "\n".join(history))
+        if self.params["history"] != "last" and self.round > 0:
+            parts.append("History:\n" + "\n".join(self._history_lines(seat)))
         if self.round == 0:
             parts.append("This is the first round.")
         else:

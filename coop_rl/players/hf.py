@@ -21,6 +21,8 @@ from coop_rl.players.sampling import SamplingConfig
 
 logger = logging.getLogger("coop_rl.players.hf")
 
+PROMPT_CACHE_SIZE = 100_000  # tokenized prompts kept per engine
+
 
 def resolve_model_dir(path: str) -> tuple[Path, Path | None]:
     """(base model dir, adapter dir or None) for ``model_dir`` or a peft adapter dir (as a trainer saves it)."""
@@ -63,6 +65,7 @@ class HFEngine:
         self.adapters: dict[Path, str] = {}
         self.max_length = getattr(model.config, "max_position_embeddings", None) or 4096
         self.lock = threading.Lock()
+        self._prompt_cache: dict[tuple, list[int]] = {}
 
     def adapter_name(self, adapter_dir: Path) -> str:
         """Load ``adapter_dir`` (once) and return its name in the multi-adapter model."""
@@ -82,6 +85,7 @@ class HFEngine:
         return name
 
     def encode_prompts(self, conversations: list[list[dict[str, str]]], max_new_tokens: int):
+        """Left-padded prompt batch (input_ids, attention_mask), each prompt rendered with the chat template."""
         texts = [
             self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             for messages in conversations
@@ -97,6 +101,28 @@ class HFEngine:
             add_special_tokens=False,
         )
 
+    def prompt_ids(self, conversations: list[list[dict[str, str]]], max_new_tokens: int) -> list[list[int]]:
+        """Unpadded token ids of each prompt (over-long prompts keep their end: the question and latest state).
+
+        Games repeat the same observations often (an IPD prompt is one of a few dozen), so rendered and tokenized
+        prompts are memoised: in a batched rollout of a small model, tokenization otherwise costs as much as the
+        forward pass.
+        """
+        limit = max(16, self.max_length - max_new_tokens)
+        keys = [tuple((m["role"], m["content"]) for m in messages) for messages in conversations]
+        missing = [i for i, key in enumerate(keys) if key not in self._prompt_cache]
+        if missing:
+            texts = [
+                self.tokenizer.apply_chat_template(conversations[i], tokenize=False, add_generation_prompt=True)
+                for i in missing
+            ]
+            encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+            if len(self._prompt_cache) + len(missing) > PROMPT_CACHE_SIZE:
+                self._prompt_cache.clear()
+            for i, ids in zip(missing, encoded):
+                self._prompt_cache[keys[i]] = ids
+        return [self._prompt_cache[key][-limit:] for key in keys]
+
     def generate(
         self,
         conversations: list[list[dict[str, str]]],
@@ -111,56 +137,93 @@ class HFEngine:
             seed += 1
         return actions
 
-    def _generate_batch(self, conversations, adapter, sampling: SamplingConfig, seed: int) -> list[Action]:
+    def _adapter_context(self, adapter: str | None):
         import contextlib
 
+        if not self.adapters:
+            return contextlib.nullcontext()
+        if adapter is None:
+            return self.model.disable_adapter()
+        self.model.set_adapter(adapter)
+        return contextlib.nullcontext()
+
+    def _generate_batch(self, conversations, adapter, sampling: SamplingConfig, seed: int) -> list[Action]:
         import torch
 
-        encoded = self.encode_prompts(conversations, sampling.max_new_tokens).to(self.device)
+        prompts = self.prompt_ids(conversations, sampling.max_new_tokens)
+        batch = shared_prefix_batch(prompts, self.tokenizer.pad_token_id)
+        input_ids = batch["input_ids"].to(self.device)
+        attention_mask = batch["attention_mask"].to(self.device)
+        prefix = batch["prefix_length"]
         eos = self.tokenizer.eos_token_id
-        with self.lock, torch.inference_mode():
-            if self.adapters:
-                if adapter is None:
-                    context = self.model.disable_adapter()
-                else:
-                    self.model.set_adapter(adapter)
-                    context = contextlib.nullcontext()
-            else:
-                context = contextlib.nullcontext()
+        with self.lock, torch.inference_mode(), self._adapter_context(adapter):
+            extra: dict[str, Any] = {}
+            if prefix:
+                # The prompts of one batch share their opening (the rules, the system prompt): its keys and values
+                # are computed once and handed to every row, so the batch prefills only what differs.
+                cache = self.model(input_ids=input_ids[:1, :prefix], use_cache=True).past_key_values
+                cache.batch_repeat_interleave(len(prompts))
+                extra["past_key_values"] = cache
             torch.manual_seed(seed)
-            with context:
-                output = self.model.generate(
-                    **encoded,
-                    do_sample=sampling.temperature > 0,
-                    temperature=sampling.temperature if sampling.temperature > 0 else None,
-                    top_p=sampling.top_p,
-                    top_k=None,
-                    max_new_tokens=sampling.max_new_tokens,
-                    return_dict_in_generate=True,
-                    output_logits=True,
-                    pad_token_id=self.tokenizer.pad_token_id,
-                    eos_token_id=eos,
-                )
-        prompt_length = encoded["input_ids"].shape[1]
-        completions = output.sequences[:, prompt_length:]
+            output = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                do_sample=sampling.temperature > 0,
+                temperature=sampling.temperature if sampling.temperature > 0 else None,
+                top_p=sampling.top_p,
+                top_k=None,
+                max_new_tokens=sampling.max_new_tokens,
+                return_dict_in_generate=True,
+                output_logits=True,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=eos,
+                **extra,
+            )
+        completions = output.sequences[:, input_ids.shape[1] :]
         # Raw logits (before temperature/top-p): the model's own distribution, as vLLM reports logprobs.
         logprobs = torch.log_softmax(torch.stack(output.logits, dim=1).float(), dim=-1)
         token_logprobs = logprobs.gather(-1, completions.unsqueeze(-1)).squeeze(-1)
         actions = []
-        for row in range(completions.shape[0]):
+        for row, prompt in enumerate(prompts):
             ids = completions[row].tolist()
             length = ids.index(eos) + 1 if eos in ids else len(ids)  # keep EOS: its probability is learned too
             ids = ids[:length]
-            mask = encoded["attention_mask"][row].bool()
             actions.append(
                 Action(
                     text=self.tokenizer.decode(ids, skip_special_tokens=True),
-                    prompt_ids=encoded["input_ids"][row][mask].tolist(),
+                    prompt_ids=prompt,
                     completion_ids=ids,
                     logprobs=token_logprobs[row, :length].tolist(),
                 )
             )
         return actions
+
+
+def shared_prefix_batch(prompts: list[list[int]], pad_id: int, min_prefix: int = 8) -> dict[str, Any]:
+    """Batch token-id prompts as ``prefix + padding + suffix`` rows around their longest common prefix.
+
+    Padding sits between the shared prefix and each row's own suffix (masked out; positions follow the mask), so
+    the prefix occupies the same positions in every row and its key/value cache can be computed once. Every row
+    keeps at least one token of its own after the prefix. Without a useful common prefix (shorter than
+    ``min_prefix``) this is plain left padding and ``prefix_length`` is 0.
+    """
+    import os
+
+    import torch
+
+    shortest = min(len(p) for p in prompts)
+    prefix = min(len(os.path.commonprefix(prompts)), shortest - 1)  # commonprefix compares lists element-wise
+    if prefix < min_prefix or len(prompts) == 1:
+        prefix = 0
+    width = max(len(p) for p in prompts) - prefix
+    rows, masks = [], []
+    for prompt in prompts:
+        gap = width - (len(prompt) - prefix)
+        rows.append(prompt[:prefix] + [pad_id] * gap + prompt[prefix:])
+        masks.append([1] * prefix + [0] * gap + [1] * (len(prompt) - prefix))
+    input_ids = torch.tensor(rows, dtype=torch.long)
+    attention_mask = torch.tensor(masks, dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "prefix_length": prefix}
 
 
 _ENGINES: dict[tuple[Path, str | None], HFEngine] = {}
