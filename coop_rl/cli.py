@@ -134,6 +134,94 @@ def cmd_tournament(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----- eval and exploit ---------------------------------------------------------------------------------------
+def _eval_params(args: argparse.Namespace) -> dict[str, Any]:
+    """Game parameters from --set/--rounds, checked (with --matches) before any player is loaded."""
+    from coop_rl.envs import game_class
+
+    cls = game_class(args.game)
+    params: dict[str, Any] = _parse_sets(args.set)
+    if args.rounds is not None:
+        if "rounds" not in cls.PARAMS:
+            raise UsageError(f"game {args.game!r} has no rounds parameter")
+        params["rounds"] = args.rounds
+    if args.matches < 1:
+        raise UsageError("--matches must be >= 1")
+    cls(**params)
+    return params
+
+
+def _out_dir(path: str | None) -> str | None:
+    """Check before any match that --out can become a directory (it is created when the results are written)."""
+    import os
+    from pathlib import Path
+
+    if path is None:
+        return None
+    target = Path(path)
+    existing = next((p for p in (target, *target.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise UsageError(f"cannot use --out {path!r}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot use --out {path!r}: {existing} is not writable")
+    return path
+
+
+def _sampling(args: argparse.Namespace) -> Any:
+    from coop_rl.players import SamplingConfig
+
+    return SamplingConfig(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from coop_rl.eval.suites import SuiteError, resolve_opponents
+
+    params = _eval_params(args)
+    try:
+        opponents = resolve_opponents(args.opponents, args.game)
+    except SuiteError as error:
+        raise UsageError(str(error)) from None
+    out = _out_dir(args.out)
+    from coop_rl.eval.evaluate import evaluate
+    from coop_rl.eval.report import eval_table
+
+    results = evaluate(
+        args.policy,
+        args.game,
+        opponents,
+        matches=args.matches,
+        seed=args.seed,
+        game_params=params,
+        sampling=_sampling(args),
+        swap=not args.no_swap,
+        out_dir=out,
+    )
+    print(json.dumps(results) if args.json else eval_table(results))
+    return 0
+
+
+def cmd_exploit(args: argparse.Namespace) -> int:
+    from coop_rl.eval.exploit import ExploitError, exploit
+    from coop_rl.eval.report import exploit_table
+
+    params = _eval_params(args)
+    out = _out_dir(args.out)
+    try:
+        result = exploit(
+            args.policy,
+            args.game,
+            matches=args.matches,
+            seed=args.seed,
+            game_params=params,
+            sampling=_sampling(args),
+            out_dir=out,
+        )
+    except ExploitError as error:
+        raise UsageError(str(error)) from None
+    print(json.dumps(result) if args.json else exploit_table(result))
+    return 0
+
+
 # ----- games --------------------------------------------------------------------------------------------------
 def cmd_games(args: argparse.Namespace) -> int:
     from coop_rl.envs import GAMES, game_class, strategy_names
@@ -225,6 +313,57 @@ def cmd_init_model(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----- train --------------------------------------------------------------------------------------------------
+def cmd_train(argv: Sequence[str]) -> int:
+    """``coop-rl train --config RECIPE.yaml [--key value ...]`` (also under ``accelerate launch``)."""
+    import logging
+    import os
+
+    from trl import TrlParser
+
+    from coop_rl.aa_config import AAConfig
+
+    argv = list(argv)
+    if "--config" in argv:
+        index = argv.index("--config")
+        if index + 1 >= len(argv):
+            raise UsageError("--config needs a recipe file")
+        if not os.path.isfile(argv[index + 1]):
+            raise UsageError(f"recipe not found: {argv[index + 1]}")
+    parser = TrlParser(AAConfig, prog="coop-rl train")
+
+    def one_line_error(message: str) -> NoReturn:
+        raise UsageError(message)
+
+    parser.error = one_line_error  # type: ignore[method-assign]
+    try:
+        (config,) = parser.parse_args_and_config(argv)
+    except (ValueError, TypeError) as error:
+        raise UsageError(str(error).splitlines()[0]) from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from coop_rl.aa_trainer import AATrainer
+    from coop_rl.players.hf import resolve_model_dir
+
+    if not config.model_name_or_path:
+        raise UsageError("no model: set model_name_or_path in the recipe or with --model_name_or_path")
+    try:
+        resolve_model_dir(config.model_name_or_path)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    try:
+        trainer = AATrainer(model=config.model_name_or_path, args=config)
+    except ValueError as error:
+        raise UsageError(str(error).splitlines()[0]) from None
+    if config.resume_from_checkpoint and not os.path.isdir(config.resume_from_checkpoint):
+        raise UsageError(f"checkpoint not found: {config.resume_from_checkpoint}")
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    trainer.save_model(config.output_dir)
+    if trainer.accelerator.is_main_process:
+        trainer.processing_class.save_pretrained(config.output_dir)
+        print(f"saved the trained policy to {config.output_dir} (play it as hf:{config.output_dir})")
+    return 0
+
+
 # ----- entry point --------------------------------------------------------------------------------------------
 def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model players (hf:, vllm:, openai:)")
@@ -260,6 +399,38 @@ def build_parser() -> argparse.ArgumentParser:
     tournament.add_argument("--json", action="store_true", help="print one JSON object")
     tournament.set_defaults(func=cmd_tournament)
 
+    evaluation = sub.add_parser("eval", help="evaluate a policy against frozen opponents; write results and a report")
+    evaluation.add_argument("--policy", required=True, help="the player spec to evaluate (tft, hf:DIR, vllm:DIR, ...)")
+    evaluation.add_argument("--game", required=True, help="ipd, bos, tas, split or spgg")
+    evaluation.add_argument(
+        "--opponents",
+        required=True,
+        help="comma-separated suite names (ipd-classic, tas-classic, split-classic, spgg-classic) and player specs",
+    )
+    evaluation.add_argument("--matches", type=int, default=20, help="matches per opponent (default 20)")
+    evaluation.add_argument("--rounds", type=int, default=None, help="rounds per match (the game's default otherwise)")
+    evaluation.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    evaluation.add_argument("--set", action="append", metavar="KEY=VALUE", help="a game parameter (repeatable)")
+    evaluation.add_argument("--out", required=True, help="directory for results.json, report.md and the plots")
+    evaluation.add_argument(
+        "--no-swap", action="store_true", help="symmetric games: do not also play the policy in seat 1"
+    )
+    evaluation.add_argument("--json", action="store_true", help="print the results JSON instead of a table")
+    _add_sampling_arguments(evaluation)
+    evaluation.set_defaults(func=cmd_eval)
+
+    exploit = sub.add_parser("exploit", help="search a best response to a policy (memory-one strategies, ipd/bos)")
+    exploit.add_argument("--policy", required=True, help="the player spec to exploit")
+    exploit.add_argument("--game", required=True, help="ipd or bos")
+    exploit.add_argument("--matches", type=int, default=20, help="matches per candidate exploiter (default 20)")
+    exploit.add_argument("--rounds", type=int, default=None, help="rounds per match (the game's default otherwise)")
+    exploit.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    exploit.add_argument("--set", action="append", metavar="KEY=VALUE", help="a game parameter (repeatable)")
+    exploit.add_argument("--out", default=None, help="directory for exploit.json, exploit.png and report.md")
+    exploit.add_argument("--json", action="store_true", help="print the exploit JSON instead of a summary")
+    _add_sampling_arguments(exploit)
+    exploit.set_defaults(func=cmd_exploit)
+
     games = sub.add_parser("games", help="list the games, their --set parameters and scripted strategies")
     games.add_argument("game", nargs="?", help="one game (default: all)")
     games.add_argument("--json", action="store_true", help="print JSON")
@@ -281,17 +452,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--games", default="ipd,bos", help="games whose scripted populations the warm start imitates (default ipd,bos)"
     )
     init_model.set_defaults(func=cmd_init_model)
+
+    sub.add_parser(
+        "train",
+        help="train with Advantage Alignment: coop-rl train --config RECIPE.yaml [--key value ...] (see train --help)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    if argv and argv[0] == "train":  # the trainer's own parser (TrlParser over AAConfig) reads the rest
+        if any(flag in argv[1:] for flag in ("-h", "--help")):
+            from trl import TrlParser
+
+            from coop_rl.aa_config import AAConfig
+
+            TrlParser(AAConfig, prog="coop-rl train").print_help()
+            return 0
+        run = lambda: cmd_train(argv[1:])  # noqa: E731
+    else:
+        args = parser.parse_args(argv)
+        run = lambda: args.func(args)  # noqa: E731
     from coop_rl.envs import GameConfigError, UnknownGameError
     from coop_rl.players import PlayerSpecError
 
     try:
-        return args.func(args)
+        return run()
     except (UsageError, GameConfigError, UnknownGameError, PlayerSpecError, FileNotFoundError) as error:
         print(f"coop-rl: error: {error}", file=sys.stderr)
         return 2

@@ -47,18 +47,23 @@ def run_matches(
     on_turns: Callable[[list[TurnRecord]], None] | None = None,
     keep_transcripts: bool = False,
     progress: bool = False,
+    match_seeds: Sequence[int] | None = None,
 ) -> list[MatchResult]:
     """Play ``matches`` matches of a game, seat ``i`` served by ``seat_players[i]``, all at once.
 
     ``on_turns`` receives the answered turns of each batched step (the rollout layer records trajectories
-    through it).
+    through it). ``match_seeds`` gives each match's game seed explicitly (the trainer's seed groups); otherwise
+    consecutive ``group_size`` matches share one seed derived from ``seed``. ``TurnRecord.seed_group`` is then the
+    match's seed.
     """
+    if match_seeds is not None and len(match_seeds) != matches:
+        raise ValueError(f"{len(match_seeds)} match seeds for {matches} matches")
     games: list[TextGame] = []
     for match_id in range(matches):
         game = make_game(game_name, **game_params)
         if len(seat_players) != game.num_players:
             raise ValueError(f"{game_name} is set for {game.num_players} players, got {len(seat_players)}")
-        game_seed = match_seed(seed, match_id, group_size)
+        game_seed = match_seeds[match_id] if match_seeds is not None else match_seed(seed, match_id, group_size)
         game.reset(game_seed)
         for seat, player in enumerate(seat_players):
             player.start_match(match_id, seat, game_seed)
@@ -89,7 +94,11 @@ def run_matches(
                     records.append(
                         TurnRecord(
                             match_id=request.match_id,
-                            seed_group=request.match_id // group_size,
+                            seed_group=(
+                                match_seeds[request.match_id]
+                                if match_seeds is not None
+                                else request.match_id // group_size
+                            ),
                             seat=request.turn.seat,
                             timestep=request.turn.timestep,
                             phase=request.turn.phase,

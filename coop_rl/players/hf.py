@@ -47,6 +47,13 @@ def resolve_model_dir(path: str) -> tuple[Path, Path | None]:
 class HFEngine:
     """A base model and its tokenizer, with named LoRA adapters loaded on demand."""
 
+    @classmethod
+    def from_model(cls, model: Any, tokenizer: Any) -> HFEngine:
+        """An engine over a model already in memory (the trainer's live policy): generation reads its weights."""
+        engine = cls.__new__(cls)
+        engine._setup(model, tokenizer, model_dir=None, device=str(next(model.parameters()).device))
+        return engine
+
     def __init__(self, model_dir: Path, device: str | None = None) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -59,9 +66,15 @@ class HFEngine:
             model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
         except (OSError, ValueError) as error:
             raise PlayerSpecError(f"cannot load model from {model_dir}: {error}".splitlines()[0]) from None
+        self._setup(model.to(self.device).eval(), self.tokenizer, model_dir, self.device)
+
+    def _setup(self, model: Any, tokenizer: Any, model_dir: Path | None, device: str) -> None:
+        self.model_dir = model_dir
+        self.device = device
+        self.tokenizer = tokenizer
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model: Any = model.to(self.device).eval()
+        self.model: Any = model
         self.adapters: dict[Path, str] = {}
         self.max_length = getattr(model.config, "max_position_embeddings", None) or 4096
         self.lock = threading.Lock()
@@ -147,6 +160,40 @@ class HFEngine:
         self.model.set_adapter(adapter)
         return contextlib.nullcontext()
 
+    def _prefill(self, input_ids, attention_mask, prefix: int):
+        """Key/value cache of every row but its last token, computing each distinct thing once.
+
+        The rows of a batch share their opening (the rules, the system prompt): computed once, for all rows.
+        Many rows are identical prompts (an IPD state recurs in every match): each distinct row is computed
+        once and its cache copied to its duplicates. ``generate`` then only runs the last prompt token.
+        """
+        import torch
+
+        unique_rows, inverse = torch.unique(input_ids, dim=0, return_inverse=True)
+        if not prefix and len(unique_rows) == len(input_ids):
+            return None  # nothing shared: generate() prefills as usual
+        first = torch.zeros(len(unique_rows), dtype=torch.long, device=input_ids.device)
+        first.scatter_(0, inverse.flip(0), torch.arange(len(input_ids) - 1, -1, -1, device=input_ids.device))
+        ids, mask = input_ids[first, :-1], attention_mask[first, :-1]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        end = ids.shape[1]
+        if prefix and len(ids) > 1:
+            cache = self.model(input_ids=ids[:1, :prefix], use_cache=True).past_key_values
+            cache.batch_repeat_interleave(len(ids))
+            start = prefix
+        else:
+            cache, start = None, 0
+        if end > start:
+            cache = self.model(
+                input_ids=ids[:, start:end],
+                attention_mask=mask,
+                position_ids=positions[:, start:end],
+                past_key_values=cache,
+                use_cache=True,
+            ).past_key_values
+        cache.reorder_cache(inverse)
+        return cache
+
     def _generate_batch(self, conversations, adapter, sampling: SamplingConfig, seed: int) -> list[Action]:
         import torch
 
@@ -157,13 +204,8 @@ class HFEngine:
         prefix = batch["prefix_length"]
         eos = self.tokenizer.eos_token_id
         with self.lock, torch.inference_mode(), self._adapter_context(adapter):
-            extra: dict[str, Any] = {}
-            if prefix:
-                # The prompts of one batch share their opening (the rules, the system prompt): its keys and values
-                # are computed once and handed to every row, so the batch prefills only what differs.
-                cache = self.model(input_ids=input_ids[:1, :prefix], use_cache=True).past_key_values
-                cache.batch_repeat_interleave(len(prompts))
-                extra["past_key_values"] = cache
+            cache = self._prefill(input_ids, attention_mask, prefix)
+            extra: dict[str, Any] = {"past_key_values": cache} if cache is not None else {}
             torch.manual_seed(seed)
             output = self.model.generate(
                 input_ids=input_ids,

@@ -1,0 +1,139 @@
+"""Configuration of the Advantage Alignment trainer: a TrainingArguments subclass, the way TRL's configs are.
+
+Every field has help text (shown by ``coop-rl train --help``); recipes under recipes/ set them in YAML and the
+command line overrides them (``coop-rl train --config recipes/ipd/aa_tiny.yaml --beta 0``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+CREDIT_METHODS = ("aa", "naive", "sum")
+BASELINES = ("loo", "batch", "none")
+OPPONENT_SCHEMES = ("self_play", "pool", "frozen")
+LOSS_TYPES = ("reinforce", "ppo")
+ROLLOUT_BACKENDS = ("hf", "vllm")
+
+
+@dataclass
+class AAConfig(TrainingArguments):
+    r"""Arguments of :class:`coop_rl.aa_trainer.AATrainer`.
+
+    One training iteration = one optimizer step: play ``matches_per_iteration`` matches, compute credit, take a
+    gradient step on the learner's tokens. ``max_steps`` is the number of iterations.
+    """
+
+    # ----- model --------------------------------------------------------------------------------------------
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Local model directory to train (e.g. built by `coop-rl init-model tiny`)."}
+    )
+    use_peft: bool = field(default=False, metadata={"help": "Train a LoRA adapter (peft) instead of all weights."})
+    lora_r: int = field(default=32, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=64, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target_modules: str = field(
+        default="all-linear", metadata={"help": "Modules that get LoRA: 'all-linear' or a comma-separated list."}
+    )
+
+    # ----- game and rollout ---------------------------------------------------------------------------------
+    game: str = field(default="ipd", metadata={"help": "Game to train on: ipd, bos, tas, split or spgg."})
+    game_params: dict | str | None = field(
+        default=None, metadata={"help": "Game parameters (as `coop-rl play --set`), a mapping or a JSON string."}
+    )
+    matches_per_iteration: int = field(
+        default=128, metadata={"help": "Matches played per iteration (over all processes)."}
+    )
+    group_size: int = field(
+        default=8,
+        metadata={"help": "Matches sharing a game seed: the group of the leave-one-out baseline. Divides the above."},
+    )
+    rollout_backend: str = field(default="hf", metadata={"help": "Rollout engine: 'hf' (transformers) or 'vllm'."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the rollouts."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold of the rollouts."})
+    max_new_tokens: int = field(default=16, metadata={"help": "Longest answer of a turn, in tokens."})
+
+    # ----- opponents ----------------------------------------------------------------------------------------
+    opponent: str = field(
+        default="self_play",
+        metadata={
+            "help": "'self_play': every seat is the learner (shared policy); 'pool': the paper's agent buffer (one "
+            "learner seat per group, the co-player a frozen copy of the learner or, with probability pool_prob, a "
+            "past checkpoint); 'frozen': fixed opponents from `opponents`."
+        },
+    )
+    opponents: str = field(
+        default="", metadata={"help": "Comma-separated player specs of the frozen opponents (opponent='frozen')."}
+    )
+    pool_prob: float = field(
+        default=0.5, metadata={"help": "Probability that a group's co-player is a past checkpoint."}
+    )
+    pool_size: int = field(default=8, metadata={"help": "Most past checkpoints kept in the pool (oldest dropped)."})
+    pool_every: int = field(default=5, metadata={"help": "Add the learner to the pool every this many iterations."})
+
+    # ----- credit -------------------------------------------------------------------------------------------
+    credit: str = field(
+        default="aa",
+        metadata={"help": "'aa' (Advantage Alignment), 'naive' (own advantage) or 'sum' (own + co-player's)."},
+    )
+    beta: float = field(default=0.5, metadata={"help": "Weight of the opponent-shaping term (0 = naive)."})
+    gamma: float = field(default=0.9, metadata={"help": "Discount of the returns."})
+    gamma_a: float = field(default=0.9, metadata={"help": "Discount of the past-advantage sum of the AA term."})
+    reward_scale: float = field(default=5.0, metadata={"help": "Rewards are divided by this (5 IPD, 100 TAS)."})
+    baseline: str = field(
+        default="loo",
+        metadata={"help": "'loo' (leave-one-out over a seed group), 'batch' (batch-wide) or 'none'."},
+    )
+    whiten: bool = field(default=False, metadata={"help": "Divide the advantages by their standard deviation."})
+
+    # ----- loss ---------------------------------------------------------------------------------------------
+    loss_type: str = field(
+        default="reinforce", metadata={"help": "'reinforce' (the reference) or 'ppo' (clipped surrogate)."}
+    )
+    is_clip: float = field(
+        default=2.0, metadata={"help": "Truncation of the importance weight pi_theta / pi_sampler (detached)."}
+    )
+    ppo_clip: float = field(default=0.2, metadata={"help": "Clip range of the PPO surrogate."})
+    kl_coef: float = field(
+        default=0.0, metadata={"help": "Weight of the k3 KL to the reference (the model with the adapter off)."}
+    )
+    entropy_coef: float = field(default=0.0, metadata={"help": "Weight of the entropy bonus on learner tokens."})
+
+    # ----- evaluation during training -----------------------------------------------------------------------
+    play_eval_every: int = field(
+        default=0, metadata={"help": "Every this many iterations play the policy against play_eval_opponents."}
+    )
+    play_eval_opponents: str = field(
+        default="tft,alld", metadata={"help": "Comma-separated opponents of the in-training evaluation."}
+    )
+    play_eval_matches: int = field(default=32, metadata={"help": "Matches per opponent of that evaluation."})
+
+    def __post_init__(self) -> None:
+        # The trainer's dataset is a list of iteration indices: keep its column (no model-signature filtering).
+        self.remove_unused_columns = False
+        self.per_device_train_batch_size = 1
+        super().__post_init__()
+        checks = {
+            "credit": (self.credit, CREDIT_METHODS),
+            "baseline": (self.baseline, BASELINES),
+            "opponent": (self.opponent, OPPONENT_SCHEMES),
+            "loss_type": (self.loss_type, LOSS_TYPES),
+            "rollout_backend": (self.rollout_backend, ROLLOUT_BACKENDS),
+        }
+        for name, (value, allowed) in checks.items():
+            if value not in allowed:
+                raise ValueError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
+        if self.matches_per_iteration < 1 or self.group_size < 1:
+            raise ValueError("matches_per_iteration and group_size must be >= 1")
+        if self.matches_per_iteration % self.group_size:
+            raise ValueError(
+                f"matches_per_iteration={self.matches_per_iteration} is not a multiple of group_size={self.group_size}"
+            )
+        if self.opponent == "frozen" and not self.opponents.strip():
+            raise ValueError("opponent='frozen' needs opponents (comma-separated player specs)")
+        for name in ("gamma", "gamma_a", "pool_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}={getattr(self, name)}: must be in [0, 1]")
+        if self.max_steps is None or self.max_steps < 1:
+            raise ValueError("max_steps (the number of iterations) must be >= 1")

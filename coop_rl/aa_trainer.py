@@ -1,0 +1,464 @@
+"""Group-relative Advantage Alignment, TRL-style: a transformers ``Trainer`` whose batches are played, not loaded.
+
+One iteration = one optimizer step (``gradient_accumulation_steps`` micro-batches):
+
+1. pick co-players (self-play, the paper's pool of past checkpoints, or frozen opponents);
+2. play ``matches_per_iteration`` matches at once through the rollout layer (every pending turn batched);
+3. credit (pure tensor math in :mod:`coop_rl.credit`): discounted returns, leave-one-out baseline per seed group,
+   the Advantage Alignment term, broadcast to every token the learner generated;
+4. loss on learner tokens: REINFORCE with the truncated importance weight min(pi_theta / pi_sampler, is_clip)
+   (detached) plus the k3 KL to the reference (the same model with the LoRA adapter disabled) and an entropy
+   bonus, or a PPO-clipped surrogate;
+5. the optimizer step, gradient accumulation, DeepSpeed, logging to ``report_to``, checkpoints and
+   ``resume_from_checkpoint`` all come from transformers' Trainer and accelerate.
+
+The trainer knows games only through the rollout layer (:mod:`coop_rl.rollout`, :mod:`coop_rl.runner`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import random
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer
+
+from coop_rl.aa_config import AAConfig
+from coop_rl.credit import compute_credit
+from coop_rl.envs import make_game
+from coop_rl.players import SamplingConfig, make_player
+from coop_rl.players.base import Player
+from coop_rl.players.hf import HFEngine, HFPlayer
+from coop_rl.runner import TurnRecord, run_matches
+
+logger = logging.getLogger("coop_rl.trainer")
+
+POOL_STATE_FILE = "coop_rl_trainer_state.json"
+
+
+class LivePolicyPlayer(HFPlayer):
+    """The learner as a player: generates with the trainer's current weights (no copy, no reload)."""
+
+    def __init__(self, engine: HFEngine, sampling: SamplingConfig, seed: int, spec: str = "learner") -> None:
+        self.spec = spec
+        self.engine = engine
+        self.adapter = None
+        self.sampling = sampling
+        self.max_batch_size = 256
+        self._rng = random.Random(f"{spec}:{seed}")
+
+
+def _parse_game_params(value: Any) -> dict[str, Any]:
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        value = json.loads(value)
+    if not isinstance(value, dict):
+        raise ValueError("game_params must be a mapping")
+    return dict(value)
+
+
+class AATrainer(Trainer):
+    """Trainer for group-relative Advantage Alignment (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: str | torch.nn.Module | None = None,
+        args: AAConfig | None = None,
+        processing_class: Any = None,
+        callbacks: list | None = None,
+    ) -> None:
+        from datasets import Dataset
+
+        if args is None:
+            raise ValueError("AATrainer needs an AAConfig")
+        model_id = model if isinstance(model, str) else (model is None and args.model_name_or_path)
+        if model is None or isinstance(model, str):
+            if not model_id:
+                raise ValueError("no model: set model_name_or_path")
+            model = AutoModelForCausalLM.from_pretrained(model_id, dtype=torch.float32)
+        if processing_class is None:
+            processing_class = AutoTokenizer.from_pretrained(
+                model_id or model.config._name_or_path, padding_side="left"
+            )
+        if args.use_peft:
+            from peft import LoraConfig, get_peft_model
+
+            targets: Any = args.lora_target_modules
+            if targets != "all-linear":
+                targets = [t.strip() for t in targets.split(",") if t.strip()]
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    r=args.lora_r,
+                    lora_alpha=args.lora_alpha,
+                    lora_dropout=args.lora_dropout,
+                    target_modules=targets,
+                    task_type="CAUSAL_LM",
+                ),
+            )
+        self.game_params = _parse_game_params(args.game_params)
+        probe = make_game(args.game, **self.game_params)  # fail early on a bad game or parameter
+        self.num_seats = probe.num_players
+        # One dataset item per micro-batch of every iteration: the Trainer's loop counts steps from it.
+        world = max(1, int(getattr(args, "world_size", 1)))
+        length = args.max_steps * args.gradient_accumulation_steps * world
+        dataset = Dataset.from_dict({"iteration": list(range(length))})
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            processing_class=processing_class,
+            data_collator=lambda features: features,
+            callbacks=callbacks,
+        )
+        # compute_loss returns the micro-batch's share of the iteration's loss (already normalised over every
+        # generated token of the iteration), so the Trainer must not divide it by the accumulation steps again.
+        self.loss_is_scaled_for_ga = True
+        self.sampling = SamplingConfig(args.temperature, args.top_p, args.max_new_tokens)
+        self._buffer: list[dict[str, Any]] = []
+        self._micro_step = 0
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+        self.pool: list[dict[str, torch.Tensor]] = []  # past learners' trainable weights (on CPU)
+        self._pool_players: dict[int, Player] = {}
+        self._frozen_players: dict[str, Player] = {}
+        self._rng = random.Random(args.seed)
+
+    # ----- players ------------------------------------------------------------------------------------------
+    def _live_player(self) -> LivePolicyPlayer:
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        engine = HFEngine.from_model(unwrapped, self.processing_class)
+        return LivePolicyPlayer(engine, self.sampling, seed=self.args.seed * 7919 + self.state.global_step)
+
+    def _trainable_state(self) -> dict[str, torch.Tensor]:
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        return {n: p.detach().to("cpu", copy=True) for n, p in unwrapped.named_parameters() if p.requires_grad}
+
+    def _pool_player(self, index: int) -> Player:
+        """A frozen past learner: a copy of the model with that checkpoint's trainable weights."""
+        if index not in self._pool_players:
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            frozen = copy.deepcopy(unwrapped).eval()
+            state = dict(frozen.named_parameters())
+            with torch.no_grad():
+                for name, value in self.pool[index].items():
+                    state[name].copy_(value)
+            for parameter in frozen.parameters():
+                parameter.requires_grad_(False)
+            engine = HFEngine.from_model(frozen, self.processing_class)
+            self._pool_players[index] = LivePolicyPlayer(engine, self.sampling, seed=index, spec=f"pool[{index}]")
+        return self._pool_players[index]
+
+    def _frozen_player(self, spec: str) -> Player:
+        if spec not in self._frozen_players:
+            self._frozen_players[spec] = make_player(spec, self.args.game, sampling=self.sampling, seed=self.args.seed)
+        return self._frozen_players[spec]
+
+    def _maybe_grow_pool(self) -> None:
+        step = self.state.global_step
+        if self.args.opponent == "pool" and step % max(1, self.args.pool_every) == 0:
+            self.pool.append(self._trainable_state())
+            if len(self.pool) > self.args.pool_size:
+                self.pool.pop(0)
+            self._pool_players.clear()
+
+    # ----- rollout and credit ---------------------------------------------------------------------------------
+    def _assign_groups(self, num_groups: int) -> list[tuple[tuple[int, ...], str]]:
+        """For each seed group: (learner seats, co-player key). Keys: 'live', 'pool:<i>', 'frozen:<spec>'."""
+        args = self.args
+        plan = []
+        for group in range(num_groups):
+            if args.opponent == "self_play":
+                plan.append((tuple(range(self.num_seats)), "live"))
+                continue
+            learner_seat = group % self.num_seats  # alternate the live learner's seat across groups
+            if args.opponent == "pool":
+                if self.pool and self._rng.random() < args.pool_prob:
+                    key = f"pool:{self._rng.randrange(len(self.pool))}"
+                else:
+                    key = "live"  # a frozen copy of the current learner: same weights, its turns not trained
+            else:
+                specs = [s.strip() for s in args.opponents.split(",") if s.strip()]
+                key = f"frozen:{specs[self._rng.randrange(len(specs))]}"
+            plan.append(((learner_seat,), key))
+        return plan
+
+    def _co_player(self, key: str, live: Player) -> Player:
+        if key == "live":
+            return live
+        if key.startswith("pool:"):
+            return self._pool_player(int(key.split(":", 1)[1]))
+        return self._frozen_player(key.split(":", 1)[1])
+
+    def _rollout(self) -> tuple[list[TurnRecord], list[Any], list[tuple[int, ...]], list[int]]:
+        """Play this process's share of the iteration's matches. Returns turns, results, learner seats, groups."""
+        args = self.args
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        num_groups = args.matches_per_iteration // args.group_size
+        if num_groups % world:
+            raise ValueError(f"{num_groups} seed groups cannot be split evenly over {world} processes")
+        plan = self._assign_groups(num_groups)
+        my_groups = list(range(rank, num_groups, world))  # whole groups per process: the baseline needs them
+        live = self._live_player()
+        iteration_seed = args.seed * 1_000_003 + self.state.global_step * 10_007
+        records: list[TurnRecord] = []
+        results: list[Any] = [None] * (len(my_groups) * args.group_size)
+        learner_seats: list[tuple[int, ...]] = [()] * len(results)
+        groups: list[int] = [0] * len(results)
+        # One batched run per (learner seats, co-player): matches of different co-players cannot share a call.
+        by_setting: dict[tuple, list[int]] = defaultdict(list)
+        for local, group in enumerate(my_groups):
+            by_setting[plan[group]].append(local)
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        try:
+            for (seats, key), locals_ in by_setting.items():
+                co_player = self._co_player(key, live)
+                seat_players = [live if seat in seats else co_player for seat in range(self.num_seats)]
+                match_ids = [local * args.group_size + k for local in locals_ for k in range(args.group_size)]
+                seeds = [iteration_seed + my_groups[m // args.group_size] for m in match_ids]
+                turns: list[TurnRecord] = []
+                out = run_matches(
+                    args.game, self.game_params, seat_players, matches=len(match_ids), match_seeds=seeds,
+                    on_turns=turns.extend,
+                )  # fmt: skip
+                for local_match, match_id in enumerate(match_ids):
+                    results[match_id] = out[local_match]
+                    learner_seats[match_id] = seats
+                    groups[match_id] = my_groups[match_id // args.group_size]
+                for turn in turns:
+                    turn.match_id = match_ids[turn.match_id]
+                    if turn.seat in seats:
+                        records.append(turn)
+        finally:
+            model.train(was_training)
+        return records, results, learner_seats, groups
+
+    def _credit_rows(self, records, results, learner_seats, groups) -> dict[str, Any]:
+        """Credit per learner (match, seat) and timestep, then per turn."""
+        args = self.args
+        pairs = [(m, s) for m, seats in enumerate(learner_seats) for s in seats]
+        horizon = max(len(r.rewards[0]) for r in results)
+        others = self.num_seats - 1
+        rewards_self = torch.zeros(len(pairs), horizon)
+        rewards_other = torch.zeros(len(pairs), others, horizon)
+        mask = torch.zeros(len(pairs), horizon, dtype=torch.bool)
+        group_ids = torch.zeros(len(pairs), dtype=torch.long)
+        for b, (m, s) in enumerate(pairs):
+            rewards = results[m].rewards
+            length = len(rewards[s])
+            rewards_self[b, :length] = torch.tensor(rewards[s])
+            for k, other in enumerate(o for o in range(self.num_seats) if o != s):
+                rewards_other[b, k, :length] = torch.tensor(rewards[other])
+            mask[b, :length] = True
+            group_ids[b] = groups[m] * self.num_seats + s  # same seed and same seat: like with like
+        credit = compute_credit(
+            rewards_self,
+            rewards_other if others > 1 else rewards_other[:, 0],
+            mask,
+            group_ids,
+            method=args.credit,
+            gamma=args.gamma,
+            scale=args.reward_scale,
+            beta=args.beta,
+            gamma_a=args.gamma_a,
+            baseline=args.baseline,
+            whiten=args.whiten,
+        )
+        index = {pair: b for b, pair in enumerate(pairs)}
+        turn_credit = [float(credit["credit"][index[(r.match_id, r.seat)], r.timestep]) for r in records]
+        return {"turn_credit": turn_credit, "credit": credit, "mask": mask, "pairs": pairs}
+
+    def _generate_and_score(self) -> list[dict[str, Any]]:
+        args = self.args
+        self._maybe_grow_pool()
+        records, results, learner_seats, groups = self._rollout()
+        scored = self._credit_rows(records, results, learner_seats, groups)
+        rows = merge_identical_turns(
+            [
+                (r.action.prompt_ids, r.action.completion_ids, r.action.logprobs, c)
+                for r, c in zip(records, scored["turn_credit"], strict=True)
+                if r.action.completion_ids
+            ]
+        )
+        local_tokens = torch.tensor(
+            float(sum(len(row["completion_ids"]) * row["count"] for row in rows)), device=self.args.device
+        )
+        total_tokens = self.accelerator.reduce(local_tokens, reduction="sum").item()
+        self._log_rollout(records, results, learner_seats, scored)
+        gas = args.gradient_accumulation_steps
+        chunks = [rows[k::gas] for k in range(gas)]
+        # Each process's loss is its tokens' sum over the GLOBAL token count, times the number of processes:
+        # data parallelism averages gradients, so the update is the sum over all tokens / all tokens.
+        scale = self.accelerator.num_processes / max(total_tokens, 1.0)
+        return [{"rows": chunk, "scale": scale} for chunk in chunks]
+
+    def _log_rollout(self, records, results, learner_seats, scored) -> None:
+        learner_returns = [sum(results[m].rewards[s]) for m, seats in enumerate(learner_seats) for s in seats]
+        self._metrics["rollout/learner_return"].append(sum(learner_returns) / max(1, len(learner_returns)))
+        self._metrics["rollout/invalid_rate"].append(sum(not r.valid for r in records) / max(1, len(records)))
+        coop = [results[m].metrics.get("cooperation_rate") for m in range(len(results))]
+        if coop and coop[0] is not None:
+            rates = [c[s] for m, c in enumerate(coop) for s in learner_seats[m]]
+            self._metrics["rollout/cooperation_rate"].append(sum(rates) / len(rates))
+        mutual = [r.metrics.get("mutual_cooperation_rate") for r in results]
+        if mutual and mutual[0] is not None:
+            self._metrics["rollout/mutual_cooperation_rate"].append(sum(mutual) / len(mutual))
+        credit = scored["credit"]["credit"][scored["mask"]]
+        self._metrics["credit/mean"].append(credit.mean().item())
+        self._metrics["credit/std"].append(credit.std().item() if credit.numel() > 1 else 0.0)
+        self._metrics["rollout/pool_size"].append(float(len(self.pool)))
+        self._metrics["rollout/learner_turns"].append(float(len(records)))
+
+    def _prepare_inputs(self, inputs: Any) -> dict[str, Any]:
+        gas = self.args.gradient_accumulation_steps
+        if self._micro_step % gas == 0:
+            self._buffer = self._generate_and_score()
+        chunk = self._buffer[self._micro_step % gas]
+        self._micro_step += 1
+        return chunk
+
+    # ----- loss ---------------------------------------------------------------------------------------------
+    def _batch_tensors(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Left-padded prompt+completion rows (every row ends at the last column) and masks over completions."""
+        pad = self.processing_class.pad_token_id
+        length = max(len(r["prompt_ids"]) + len(r["completion_ids"]) for r in rows)
+        window = max(len(r["completion_ids"]) for r in rows)
+        ids = torch.full((len(rows), length), pad, dtype=torch.long)
+        attention = torch.zeros((len(rows), length), dtype=torch.long)
+        completion_mask = torch.zeros((len(rows), window), dtype=torch.float)
+        sampler = torch.zeros((len(rows), window))
+        for i, row in enumerate(rows):
+            sequence = row["prompt_ids"] + row["completion_ids"]
+            ids[i, length - len(sequence) :] = torch.tensor(sequence)
+            attention[i, length - len(sequence) :] = 1
+            c = len(row["completion_ids"])
+            completion_mask[i, window - c :] = 1.0
+            sampler[i, window - c :] = torch.tensor(row["sampler_logprobs"])
+        device = self.args.device
+        return {
+            "input_ids": ids.to(device),
+            "attention_mask": attention.to(device),
+            "completion_mask": completion_mask.to(device),
+            "sampler_logprobs": sampler.to(device),
+            "credit": torch.tensor([r["credit"] for r in rows], device=device),
+            "count": torch.tensor([float(r["count"]) for r in rows], device=device),
+            "window": window,
+        }
+
+    def _token_logprobs(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        window = batch["window"]
+        position_ids = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # as generate() numbers left-padded rows
+        logits = (
+            model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                position_ids=position_ids,
+                logits_to_keep=window + 1,
+            )
+            .logits[:, :-1]
+            .float()
+        )
+        log_probs = torch.log_softmax(logits, dim=-1)
+        targets = batch["input_ids"][:, -window:]
+        entropy = -(log_probs.exp() * log_probs).sum(-1)
+        return log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1), entropy
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        args = self.args
+        rows = inputs["rows"]
+        if not rows:  # this micro-batch got no learner turn: a zero loss that still touches the graph
+            return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+        batch = self._batch_tensors(rows)
+        mask = batch["completion_mask"]
+        logprobs, entropy = self._token_logprobs(model, batch)
+        # A merged row stands for `count` identical turns: its credit is their summed credit (the policy-gradient
+        # terms of identical turns add up exactly), its entropy and KL terms count `count` times.
+        credit, count = batch["credit"][:, None], batch["count"][:, None]
+        log_ratio = (logprobs - batch["sampler_logprobs"]) * mask
+        if args.loss_type == "ppo":
+            ratio = torch.exp(log_ratio)
+            clipped = torch.clamp(ratio, 1 - args.ppo_clip, 1 + args.ppo_clip)
+            per_token = -torch.minimum(ratio * credit, clipped * credit)
+        else:
+            weight = torch.clamp(torch.exp(log_ratio), max=args.is_clip).detach()
+            per_token = -credit * weight * logprobs
+        per_token = per_token - args.entropy_coef * count * entropy
+        if args.kl_coef > 0:
+            per_token = per_token + args.kl_coef * count * self._k3_kl(model, batch, logprobs)
+        loss = (per_token * mask).sum() * inputs["scale"]
+        with torch.no_grad():
+            tokens = (mask * count).sum().clamp(min=1)
+            self._metrics["loss/entropy"].append(((entropy * mask * count).sum() / tokens).item())
+            self._metrics["loss/is_weight"].append(((torch.exp(log_ratio) * mask * count).sum() / tokens).item())
+            self._metrics["loss/unique_rows"].append(float(len(rows)))
+        return loss
+
+    def _k3_kl(self, model, batch, logprobs) -> torch.Tensor:
+        """k3 estimator exp(d) - 1 - d, d = log pi_ref - log pi_theta; the reference is the adapter switched off."""
+        unwrapped = self.accelerator.unwrap_model(model)
+        if not hasattr(unwrapped, "disable_adapter"):
+            raise ValueError("kl_coef > 0 needs use_peft: the reference policy is the model with its adapter off")
+        with torch.no_grad(), unwrapped.disable_adapter():
+            reference, _ = self._token_logprobs(model, batch)
+        delta = reference - logprobs
+        kl = torch.exp(delta) - 1 - delta
+        self._metrics["loss/kl"].append(kl.mean().item())
+        return kl
+
+    # ----- logging and checkpoints ----------------------------------------------------------------------------
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        for key, values in self._metrics.items():
+            if values:
+                logs[key] = sum(values) / len(values)
+        self._metrics.clear()
+        super().log(logs, start_time)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        # The opponent pool and the trainer's own RNG come back on resume.
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        folder = Path(self._get_output_dir(trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            torch.save({"pool": self.pool, "rng": self._rng.getstate()}, folder / "coop_rl_pool.pt")
+            (folder / POOL_STATE_FILE).write_text(json.dumps({"pool_size": len(self.pool)}))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        pool_file = Path(resume_from_checkpoint) / "coop_rl_pool.pt"
+        if pool_file.exists():
+            state = torch.load(pool_file, weights_only=False)
+            self.pool = state["pool"]
+            self._rng.setstate(state["rng"])
+
+
+def merge_identical_turns(turns: list[tuple[list[int], list[int], list[float], float]]) -> list[dict[str, Any]]:
+    """Merge turns with the same prompt and completion tokens into one row whose credit is their sum.
+
+    The loss term of a turn is C * rho * log pi(completion | prompt); for identical token sequences rho and
+    log pi are identical (same weights), so the sum over such turns is (sum of C) * rho * log pi: one forward
+    pass instead of many, with exactly the same gradient. In the IPD a few dozen distinct (prompt, answer)
+    pairs stand for thousands of turns; in games with free text nearly every turn stays its own row.
+    """
+    merged: dict[tuple[tuple[int, ...], tuple[int, ...]], dict[str, Any]] = {}
+    for prompt_ids, completion_ids, logprobs, credit in turns:
+        key = (tuple(prompt_ids), tuple(completion_ids))
+        if key in merged:
+            merged[key]["credit"] += credit
+            merged[key]["count"] += 1
+        else:
+            merged[key] = {
+                "prompt_ids": list(prompt_ids),
+                "completion_ids": list(completion_ids),
+                "sampler_logprobs": list(logprobs),
+                "credit": float(credit),
+                "count": 1,
+            }
+    return list(merged.values())

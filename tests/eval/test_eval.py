@@ -1,0 +1,213 @@
+"""Evaluation against frozen opponents: exact scripted values, reports and plots, exploitability, user errors.
+
+Expected values follow from the ipd rules (R=3, S=0, T=5, P=1, 10 rounds), tft in seat 0:
+  allc, tft, tf2t, grim, wsls: mutual cooperation every round -> 30 / 30
+  alld:       CD then DD x9 -> tft 0 + 9 = 9, alld 5 + 9 = 14
+  stft:       CD, DC, CD, DC, ... -> 0+5+0+5+... = 25 each
+  alternator: CC, then (C,D), (D,C), ... for rounds 2-10 -> tft 3 + 4*5 = 23, alternator 3 + 5*5 = 28
+"""
+
+import json
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from coop_rl.cli import main
+from coop_rl.eval.evaluate import bootstrap_ci, evaluate
+from coop_rl.eval.exploit import KNOWN_MEMORY_ONE, MemoryOneRule, exploit, memory_one_rules
+from coop_rl.eval.report import DPI, figure_size, plot_returns
+from coop_rl.eval.suites import SuiteError, resolve_opponents
+
+# opponent: (tft's return, opponent's return, tft's cooperation rate, opponent's cooperation rate)
+TFT_EXPECTED = {
+    "allc": (30.0, 30.0, 1.0, 1.0),
+    "alld": (9.0, 14.0, 0.1, 0.0),
+    "tft": (30.0, 30.0, 1.0, 1.0),
+    "tf2t": (30.0, 30.0, 1.0, 1.0),
+    "grim": (30.0, 30.0, 1.0, 1.0),
+    "wsls": (30.0, 30.0, 1.0, 1.0),
+    "stft": (25.0, 25.0, 0.5, 0.5),
+    "alternator": (23.0, 28.0, 0.6, 0.5),
+}
+MATCHES = 20
+
+
+@pytest.fixture(scope="module")
+def tft_eval(tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    results = evaluate("tft", "ipd", "ipd-classic", matches=MATCHES, seed=0, out_dir=str(out))
+    return results, out
+
+
+def rows_by_opponent(results):
+    return {row["opponent"]: row for row in results["opponents"]}
+
+
+def test_tft_against_the_classic_suite_gives_the_exact_scripted_values(tft_eval):
+    results, _ = tft_eval
+    rows = rows_by_opponent(results)
+    assert list(rows) == ["allc", "alld", "tft", "tf2t", "grim", "wsls", "stft", "alternator", "random"]
+    for name, (mine, theirs, my_coop, their_coop) in TFT_EXPECTED.items():
+        row = rows[name]
+        assert row["policy_seat"] == 0
+        assert row["policy_mean_return"] == mine, name
+        assert row["opponent_mean_return"] == theirs, name
+        assert row["policy_ci95"] == [mine, mine], name  # deterministic pair: width 0
+        assert row["policy_cooperation_rate"] == pytest.approx(my_coop)
+        assert row["opponent_cooperation_rate"] == pytest.approx(their_coop)
+        assert row["welfare"] == mine + theirs
+        assert row["policy_invalid_rate"] == 0.0
+        assert row["policy_returns"] == [mine] * MATCHES and len(row["per_match"]) == MATCHES
+        # ipd is symmetric: the same pairing with the seats swapped gives the same numbers
+        assert row["swapped"]["policy_seat"] == 1
+        assert row["swapped"]["policy_mean_return"] == mine and row["swapped"]["opponent_mean_return"] == theirs
+    assert results["self_play"]["policy_mean_return"] == 30.0 and results["self_play"]["policy_ci95"] == [30.0, 30.0]
+    # random is random: the interval brackets the mean and has a width
+    random_row = rows["random"]
+    low, high = random_row["policy_ci95"]
+    assert low < random_row["policy_mean_return"] < high
+    summary = results["summary"]
+    assert summary["mean_return"] == pytest.approx(sum(r["policy_mean_return"] for r in rows.values()) / 9)
+    assert summary["worst_opponent"] == {"opponent": "alld", "policy_mean_return": 9.0}
+    assert summary["self_play_return"] == 30.0
+
+
+def test_results_json_and_report(tft_eval):
+    results, out = tft_eval
+    on_disk = json.loads((out / "results.json").read_text())
+    for key in ("policy", "game", "matches", "seed", "opponents", "self_play", "summary", "plots"):
+        assert key in on_disk
+    assert on_disk["policy"] == "tft" and on_disk["game"] == "ipd" and on_disk["matches"] == MATCHES
+    assert on_disk["plots"] == ["returns.png", "cooperation.png"]
+    report = (out / "report.md").read_text()
+    assert "| opponent | policy return [95% CI] | opponent return |" in report
+    assert "| alld | 9.00 [9.00, 9.00] | 14.00 | 0.100 | 0.000 | 23.00 | 0.000 |" in report
+    assert "| stft | 25.00 [25.00, 25.00] | 25.00 | 0.500 | 0.500 | 50.00 | 0.000 |" in report
+    assert "## Summary" in report and "least against `alld` (9.00)" in report
+    for name in on_disk["plots"]:
+        assert f"]({name})" in report
+
+
+def png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_plots_are_real_images_of_the_reported_numbers(tft_eval, tmp_path):
+    import matplotlib.image
+    import numpy as np
+
+    results, out = tft_eval
+    groups = len(results["opponents"]) + 1  # the opponents and self-play
+    width, height = (round(inches * DPI) for inches in figure_size(groups))
+    for name in results["plots"]:
+        assert png_size(out / name) == (width, height)
+        pixels = matplotlib.image.imread(out / name)
+        assert pixels.shape[:2] == (height, width)
+        assert float(np.var(pixels[..., :3])) > 0.0  # not a blank canvas
+    # The bars are the reported numbers: the policy's bars, then the opponent's, self-play last.
+    figure = plot_returns(results, tmp_path / "again.png")
+    heights = [patch.get_height() for patch in figure.axes[0].patches]
+    rows = [*results["opponents"], results["self_play"]]
+    assert heights == [r["policy_mean_return"] for r in rows] + [r["opponent_mean_return"] for r in rows]
+    assert [t.get_text() for t in figure.axes[0].get_xticklabels()][-1] == "self-play"
+
+
+def test_exploit_allc_finds_always_defect(tmp_path):
+    result = exploit("allc", "ipd", matches=3, out_dir=str(tmp_path))
+    best = result["best"]
+    assert best["exploiter"] == "alld" and best["exploiter_cooperation_rate"] == 0.0
+    assert "first D; after CC:D, CD:D, DC:D, DD:D" in best["description"]
+    assert result["exploiter_return"] == 50.0 and result["policy_return"] == 0.0
+    assert result["self_play_return"] == 30.0
+    assert result["gain"] == 20.0 and result["gain_per_round"] == 2.0  # 50 - 30 over 10 rounds
+    assert len(result["candidates"]) == 9 + 32  # the classic suite (alld included) and every memory-one rule
+    saved = json.loads((tmp_path / "exploit.json").read_text())
+    assert saved["gain"] == 20.0 and saved["plots"] == ["exploit.png"]
+    report = (tmp_path / "report.md").read_text()
+    assert "| gain | 20.00 |" in report and "| exploiter return | 50.00 |" in report
+    assert png_size(tmp_path / "exploit.png") == tuple(round(x * DPI) for x in figure_size(10))
+
+
+def test_exploit_tft_gains_nothing():
+    # Against tft no memory-one or classic strategy beats mutual cooperation (30 over 10 rounds); tft's
+    # self-play gives 30, so the gain is exactly 0 (<= 2: defecting on the last round only would need the round).
+    result = exploit("tft", "ipd", matches=2)
+    assert result["exploiter_return"] == 30.0 and result["self_play_return"] == 30.0
+    assert result["gain"] == 0.0 <= 2.0
+    assert result["best"]["exploiter_cooperation_rate"] == 1.0
+
+
+def test_memory_one_rules_match_the_classic_strategies():
+    rules = memory_one_rules()
+    assert len(rules) == 32 and len({rule.code for rule in rules}) == 32
+    assert MemoryOneRule.from_code("CCDCD").describe() == "first C; after CC:C, CD:D, DC:C, DD:D (= tft)"
+    # Against a policy that varies its moves, each memory-one twin scores exactly like the named strategy.
+    result = exploit("alternator", "ipd", matches=2)
+    by_name = {c["exploiter"]: c for c in result["candidates"]}
+    for code, name in KNOWN_MEMORY_ONE.items():
+        twin = by_name[f"m1:{code}"]
+        assert twin["exploiter_mean_return"] == by_name[name]["exploiter_mean_return"], name
+        assert twin["policy_mean_return"] == by_name[name]["policy_mean_return"], name
+
+
+def test_cli_eval_and_exploit_write_one_report(capsys, tmp_path):
+    out = tmp_path / "run"
+    code = main(
+        ["eval", "--policy", "tft", "--game", "ipd", "--opponents", "alld,allc", "--matches", "3"]
+        + ["--out", str(out), "--json"]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0
+    results = json.loads(printed)
+    assert [row["policy_mean_return"] for row in results["opponents"]] == [9.0, 30.0]
+    assert main(["exploit", "--policy", "allc", "--game", "ipd", "--matches", "2", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "gain 20.00" in table and "alld" in table
+    report = (out / "report.md").read_text()
+    assert "# Evaluation of `tft` on ipd" in report and "## Exploitability of `allc` on ipd" in report
+    assert {p.name for p in out.iterdir()} >= {"results.json", "report.md", "returns.png", "exploit.json"}
+
+
+def test_suites_expand_and_deduplicate():
+    assert resolve_opponents("tft,ipd-classic", "ipd")[:3] == ["tft", "allc", "alld"]
+    assert len(resolve_opponents("ipd-classic,alld", "bos")) == 9
+    assert resolve_opponents("tas-classic", "tas") == ["greedy", "honest", "fair"]
+    assert resolve_opponents(["spgg-classic"], "spgg") == ["free_rider", "full", "conditional"]
+    for bad in ("", " , ", "tft,,alld", "tas-classic", "nope-classic"):
+        with pytest.raises(SuiteError):
+            resolve_opponents(bad, "ipd")
+
+
+def test_bootstrap_is_seeded_and_exact_for_constants():
+    assert bootstrap_ci([0.1] * 7) == [0.1, 0.1]
+    values = [1.0, 2.0, 3.0, 10.0]
+    assert bootstrap_ci(values, seed=3) == bootstrap_ci(values, seed=3)
+    low, high = bootstrap_ci(values, seed=3)
+    assert 1.0 <= low < 4.0 < high <= 10.0
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["eval", "--policy", "tft", "--game", "ipd", "--opponents", "tft,nobody"], "bad opponent 'nobody'"),
+        (["eval", "--policy", "hf:/no/such/dir", "--game", "ipd", "--opponents", "ipd-classic"], "not found"),
+        (["eval", "--policy", "tft", "--game", "ipd", "--opponents", ""], "empty opponent list"),
+        (["eval", "--policy", "tft", "--game", "ipd", "--opponents", "tas-classic"], "is for tas"),
+        (["exploit", "--policy", "hf:/no/such/dir", "--game", "ipd"], "not found"),
+        (["exploit", "--policy", "greedy", "--game", "tas"], "matrix games"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(argv, needle, tmp_path):
+    if argv[0] == "eval":
+        argv = [*argv, "--out", str(tmp_path / "out")]
+    proc = subprocess.run([sys.executable, "-m", "coop_rl", *argv], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()  # nothing written before the error
