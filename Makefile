@@ -20,11 +20,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	@touch $(STAMP)
 
+TINY := runs/tiny
+
+# The main job: build the offline tiny model, train Advantage Alignment and the naive learner on the IPD, and
+# evaluate both against the classic strategies (reports under runs/demo/).
 demo: install
-	$(BIN)/coop-rl tournament --game ipd --players allc,alld,tft,tf2t,grim,wsls,stft,alternator,random --matches 10
-	$(BIN)/coop-rl tournament --game tas --players greedy,honest,fair --matches 10
-	$(BIN)/coop-rl solve --game spgg --set reward=classic
-	$(BIN)/coop-rl solve --game spgg --set reward=redesigned
+	$(BIN)/coop-rl tournament --game ipd --players allc,alld,tft,grim,wsls,stft --matches 10
+	@test -f $(TINY)/coop_rl_tiny.json || $(BIN)/coop-rl init-model tiny --out $(TINY)
+	$(BIN)/coop-rl train --config recipes/ipd/aa_tiny.yaml --model_name_or_path $(TINY) --output_dir runs/demo/aa
+	$(BIN)/coop-rl train --config recipes/ipd/naive_tiny.yaml --model_name_or_path $(TINY) --output_dir runs/demo/naive
+	$(BIN)/coop-rl eval --policy hf:runs/demo/aa --game ipd --opponents ipd-classic --out runs/demo/aa-eval
+	$(BIN)/coop-rl eval --policy hf:runs/demo/naive --game ipd --opponents ipd-classic --out runs/demo/naive-eval
+	@echo "reports: runs/demo/aa-eval/report.md runs/demo/naive-eval/report.md"
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -128,12 +128,15 @@ class AATrainer(Trainer):
         self._pool_players: dict[int, Player] = {}
         self._frozen_players: dict[str, Player] = {}
         self._rng = random.Random(args.seed)
+        self._live_engine: HFEngine | None = None
 
     # ----- players ------------------------------------------------------------------------------------------
     def _live_player(self) -> LivePolicyPlayer:
         unwrapped = self.accelerator.unwrap_model(self.model)
-        engine = HFEngine.from_model(unwrapped, self.processing_class)
-        return LivePolicyPlayer(engine, self.sampling, seed=self.args.seed * 7919 + self.state.global_step)
+        # One engine for the whole run: it reads the live weights, and its tokenized-prompt memo carries over.
+        if self._live_engine is None or self._live_engine.model is not unwrapped:
+            self._live_engine = HFEngine.from_model(unwrapped, self.processing_class)
+        return LivePolicyPlayer(self._live_engine, self.sampling, seed=self.args.seed * 7919 + self.state.global_step)
 
     def _trainable_state(self) -> dict[str, torch.Tensor]:
         unwrapped = self.accelerator.unwrap_model(self.model)

@@ -1,0 +1,142 @@
+"""The Advantage Alignment trainer on the embedded tiny model: short real runs (slow) and its pure helpers."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from coop_rl.aa_trainer import merge_identical_turns
+
+
+def test_merge_identical_turns_sums_credit():
+    turns = [
+        ([1, 2, 3], [7, 0], [-0.1, -0.2], 0.5),
+        ([1, 2, 3], [7, 0], [-0.1, -0.2], -2.0),
+        ([1, 2, 3], [8, 0], [-1.0, -0.2], 1.0),
+        ([1, 2, 4], [7, 0], [-0.3, -0.2], 0.25),
+    ]
+    rows = merge_identical_turns(turns)
+    assert [(r["credit"], r["count"]) for r in rows] == [(-1.5, 2), (1.0, 1), (0.25, 1)]
+    assert rows[0]["prompt_ids"] == [1, 2, 3] and rows[0]["completion_ids"] == [7, 0]
+
+
+def _train(tmp_path, tiny_model_dir, *extra):
+    from coop_rl.cli import main
+
+    out = tmp_path / "run"
+    argv = [
+        "train",
+        "--config",
+        "recipes/ipd/aa_tiny.yaml",
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--output_dir",
+        str(out),
+        "--matches_per_iteration",
+        "16",
+        "--max_steps",
+        "2",
+        "--logging_steps",
+        "1",
+        "--save_steps",
+        "100",
+        *extra,
+    ]
+    assert main(argv) == 0
+    return out
+
+
+def _log_history(out):
+    states = sorted(out.glob("checkpoint-*/trainer_state.json"))
+    return json.loads(states[-1].read_text())["log_history"] if states else []
+
+
+@pytest.mark.slow
+def test_merged_rows_give_the_same_gradient_as_single_turns(tiny_model_dir):
+    from coop_rl.aa_config import AAConfig
+    from coop_rl.aa_trainer import AATrainer
+    from coop_rl.players.scripted import ScriptedPlayer
+    from coop_rl.runner import run_matches
+
+    args = AAConfig(output_dir="/tmp/unused", max_steps=1, report_to="none", use_cpu=True, entropy_coef=0.01)
+    trainer = AATrainer(model=str(tiny_model_dir), args=args)
+    live = trainer._live_player()
+    turns = []
+    run_matches("ipd", {"rounds": 3}, [live, ScriptedPlayer("tft", "ipd")], matches=16, on_turns=turns.extend)
+    generator = torch.Generator().manual_seed(0)
+    raw = [(t.action.prompt_ids, t.action.completion_ids, t.action.logprobs, 0.0) for t in turns if t.seat == 0]
+    raw = [(p, c, lp, float(torch.randn(1, generator=generator))) for p, c, lp, _ in raw]
+    single = [dict(r, count=1) for r in ({"prompt_ids": p, "completion_ids": c, "sampler_logprobs": lp, "credit": x}
+                                          for p, c, lp, x in raw)]  # fmt: skip
+    merged = merge_identical_turns(raw)
+    assert len(merged) < len(single)
+
+    def gradient(rows):
+        trainer.model.zero_grad()
+        trainer.compute_loss(trainer.model, {"rows": rows, "scale": 1.0 / len(rows)}).backward()
+        return torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None])
+
+    single_gradient = gradient(single) * len(single)
+    merged_gradient = gradient(merged) * len(merged)
+    assert torch.allclose(single_gradient, merged_gradient, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_short_run_trains_logs_and_saves_a_playable_policy(tmp_path, tiny_model_dir, capsys):
+    from coop_rl.cli import main
+
+    out = _train(tmp_path, tiny_model_dir, "--save_steps", "1")
+    history = _log_history(out)
+    logged = [h for h in history if "rollout/cooperation_rate" in h]
+    assert len(logged) == 2
+    assert all(0.0 <= h["rollout/cooperation_rate"] <= 1.0 and h["loss/unique_rows"] >= 1 for h in logged)
+    capsys.readouterr()
+    assert main(["play", "--game", "ipd", "--players", f"hf:{out},tft", "--matches", "8", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["players"][0]["invalid_rate"] <= 0.2
+
+
+@pytest.mark.slow
+def test_lora_run_with_kl_saves_an_adapter_that_plays(tmp_path, tiny_model_dir, capsys):
+    from coop_rl.cli import main
+
+    out = _train(tmp_path, tiny_model_dir, "--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8",
+                 "--kl_coef", "0.01", "--opponent", "pool", "--pool_every", "1")  # fmt: skip
+    assert (out / "adapter_config.json").exists() and not (out / "config.json").exists()
+    capsys.readouterr()
+    assert main(["play", "--game", "ipd", "--players", f"hf:{out},alld", "--matches", "4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["players"][0]["spec"] == f"hf:{out}"
+
+
+@pytest.mark.slow
+def test_resume_continues_at_the_saved_step_with_the_pool(tmp_path, tiny_model_dir):
+    out = _train(tmp_path, tiny_model_dir, "--max_steps", "4", "--save_steps", "2", "--opponent", "pool",
+                 "--pool_every", "1")  # fmt: skip
+    pool_before = torch.load(out / "checkpoint-2" / "coop_rl_pool.pt", weights_only=False)
+    assert len(pool_before["pool"]) == 2
+    resumed = _train(
+        tmp_path, tiny_model_dir, "--max_steps", "4", "--save_steps", "2", "--opponent", "pool", "--pool_every",
+        "1", "--resume_from_checkpoint", str(out / "checkpoint-2"),
+    )  # fmt: skip
+    state = json.loads((resumed / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    pool_after = torch.load(resumed / "checkpoint-4" / "coop_rl_pool.pt", weights_only=False)
+    assert len(pool_after["pool"]) == 4  # two restored + two grown after the resume
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["train", "--config", "no/such/recipe.yaml"], "recipe not found"),
+        (["train", "--config", "recipes/ipd/aa_tiny.yaml", "--credit", "magic"], "credit"),
+        (["train", "--config", "recipes/ipd/aa_tiny.yaml", "--no_such_key", "1"], "no_such_key"),
+        (["train", "--config", "recipes/ipd/aa_tiny.yaml", "--model_name_or_path", "/no/model"], "not found"),
+    ],
+)
+def test_train_user_errors_exit_2_with_one_line(argv, needle):
+    proc = subprocess.run([sys.executable, "-m", "coop_rl", *argv], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.strip().splitlines() if "[WARNING]" not in line]
+    assert len(lines) == 1 and needle in lines[0], proc.stderr[-2000:]
