@@ -53,6 +53,13 @@ class AAConfig(TrainingArguments):
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the rollouts."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold of the rollouts."})
     max_new_tokens: int = field(default=16, metadata={"help": "Longest answer of a turn, in tokens."})
+    constrain_answers: bool = field(
+        default=False,
+        metadata={
+            "help": "Restrict the learner's answers to the game's finite set of valid answers where there is one (the "
+            "option labels of a matrix game) and train the policy renormalised over them, as guided decoding does."
+        },
+    )
 
     # ----- opponents ----------------------------------------------------------------------------------------
     opponent: str = field(
@@ -99,6 +106,15 @@ class AAConfig(TrainingArguments):
         default=0.0, metadata={"help": "Weight of the k3 KL to the reference (the model with the adapter off)."}
     )
     entropy_coef: float = field(default=0.0, metadata={"help": "Weight of the entropy bonus on learner tokens."})
+    invalid_penalty: float = field(
+        default=0.0,
+        metadata={
+            "help": "Format penalty, in game points, subtracted from a learner's reward for each turn the game could "
+            "not parse or that ran out of max_new_tokens without ending. The game itself already applies its "
+            "default action (defection in the PD); without a penalty a small model can learn that garbage is a "
+            "cheap way to defect, as credit on an answer also moves its end-of-text token."
+        },
+    )
 
     # ----- evaluation during training -----------------------------------------------------------------------
     play_eval_every: int = field(

@@ -44,8 +44,11 @@ POOL_STATE_FILE = "coop_rl_trainer_state.json"
 class LivePolicyPlayer(HFPlayer):
     """The learner as a player: generates with the trainer's current weights (no copy, no reload)."""
 
-    def __init__(self, engine: HFEngine, sampling: SamplingConfig, seed: int, spec: str = "learner") -> None:
+    def __init__(
+        self, engine: HFEngine, sampling: SamplingConfig, seed: int, spec: str = "learner", constrain: bool = False
+    ) -> None:
         self.spec = spec
+        self.constrain = constrain
         self.engine = engine
         self.adapter = None
         self.sampling = sampling
@@ -136,7 +139,12 @@ class AATrainer(Trainer):
         # One engine for the whole run: it reads the live weights, and its tokenized-prompt memo carries over.
         if self._live_engine is None or self._live_engine.model is not unwrapped:
             self._live_engine = HFEngine.from_model(unwrapped, self.processing_class)
-        return LivePolicyPlayer(self._live_engine, self.sampling, seed=self.args.seed * 7919 + self.state.global_step)
+        return LivePolicyPlayer(
+            self._live_engine,
+            self.sampling,
+            seed=self.args.seed * 7919 + self.state.global_step,
+            constrain=self.args.constrain_answers,
+        )
 
     def _trainable_state(self) -> dict[str, torch.Tensor]:
         unwrapped = self.accelerator.unwrap_model(self.model)
@@ -154,7 +162,9 @@ class AATrainer(Trainer):
             for parameter in frozen.parameters():
                 parameter.requires_grad_(False)
             engine = HFEngine.from_model(frozen, self.processing_class)
-            self._pool_players[index] = LivePolicyPlayer(engine, self.sampling, seed=index, spec=f"pool[{index}]")
+            self._pool_players[index] = LivePolicyPlayer(
+                engine, self.sampling, seed=index, spec=f"pool[{index}]", constrain=self.args.constrain_answers
+            )
         return self._pool_players[index]
 
     def _frozen_player(self, spec: str) -> Player:
@@ -253,8 +263,12 @@ class AATrainer(Trainer):
         rewards_other = torch.zeros(len(pairs), others, horizon)
         mask = torch.zeros(len(pairs), horizon, dtype=torch.bool)
         group_ids = torch.zeros(len(pairs), dtype=torch.long)
+        penalties = self._format_penalties(records)
         for b, (m, s) in enumerate(pairs):
-            rewards = results[m].rewards
+            rewards = [
+                [r - penalties.get((m, seat, t), 0.0) for t, r in enumerate(seat_rewards)]
+                for seat, seat_rewards in enumerate(results[m].rewards)
+            ]
             length = len(rewards[s])
             rewards_self[b, :length] = torch.tensor(rewards[s])
             for k, other in enumerate(o for o in range(self.num_seats) if o != s):
@@ -278,6 +292,20 @@ class AATrainer(Trainer):
         turn_credit = [float(credit["credit"][index[(r.match_id, r.seat)], r.timestep]) for r in records]
         return {"turn_credit": turn_credit, "credit": credit, "mask": mask, "pairs": pairs}
 
+    def _format_penalties(self, records: list[TurnRecord]) -> dict[tuple[int, int, int], float]:
+        """Penalty per (match, seat, timestep) for learner turns that were invalid or cut off unfinished."""
+        penalty = self.args.invalid_penalty
+        if not penalty:
+            return {}
+        eos = self.processing_class.eos_token_id
+        out: dict[tuple[int, int, int], float] = defaultdict(float)
+        for r in records:
+            ids = r.action.completion_ids
+            truncated = bool(ids) and ids[-1] != eos and len(ids) >= self.args.max_new_tokens
+            if not r.valid or truncated:
+                out[(r.match_id, r.seat, r.timestep)] += penalty
+        return out
+
     def _generate_and_score(self) -> list[dict[str, Any]]:
         args = self.args
         self._maybe_grow_pool()
@@ -285,7 +313,7 @@ class AATrainer(Trainer):
         scored = self._credit_rows(records, results, learner_seats, groups)
         rows = merge_identical_turns(
             [
-                (r.action.prompt_ids, r.action.completion_ids, r.action.logprobs, c)
+                (r.action.prompt_ids, r.action.completion_ids, r.action.logprobs, c, r.action.allowed)
                 for r, c in zip(records, scored["turn_credit"], strict=True)
                 if r.action.completion_ids
             ]
@@ -337,6 +365,17 @@ class AATrainer(Trainer):
         attention = torch.zeros((len(rows), length), dtype=torch.long)
         completion_mask = torch.zeros((len(rows), window), dtype=torch.float)
         sampler = torch.zeros((len(rows), window))
+        constrained = [(i, row["allowed"]) for i, row in enumerate(rows) if row.get("allowed")]
+        support = None
+        if constrained:  # [rows, window, vocab]: True where a token is in the policy's support
+            vocab = self.accelerator.unwrap_model(self.model).config.get_text_config().vocab_size
+            support = torch.ones((len(rows), window, vocab), dtype=torch.bool)
+            for i, allowed in constrained:
+                offset = window - len(allowed)
+                for k, options in enumerate(allowed):
+                    if options:
+                        support[i, offset + k] = False
+                        support[i, offset + k, options] = True
         for i, row in enumerate(rows):
             sequence = row["prompt_ids"] + row["completion_ids"]
             ids[i, length - len(sequence) :] = torch.tensor(sequence)
@@ -352,6 +391,7 @@ class AATrainer(Trainer):
             "sampler_logprobs": sampler.to(device),
             "credit": torch.tensor([r["credit"] for r in rows], device=device),
             "count": torch.tensor([float(r["count"]) for r in rows], device=device),
+            "support": support.to(device) if support is not None else None,
             "window": window,
         }
 
@@ -368,9 +408,11 @@ class AATrainer(Trainer):
             .logits[:, :-1]
             .float()
         )
+        if batch.get("support") is not None:  # constrained answers: renormalise over the allowed tokens
+            logits = logits.masked_fill(~batch["support"][:, :, : logits.shape[-1]], float("-inf"))
         log_probs = torch.log_softmax(logits, dim=-1)
         targets = batch["input_ids"][:, -window:]
-        entropy = -(log_probs.exp() * log_probs).sum(-1)
+        entropy = -(log_probs.exp() * log_probs.masked_fill(torch.isinf(log_probs), 0.0)).sum(-1)
         return log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1), entropy
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -415,6 +457,13 @@ class AATrainer(Trainer):
         self._metrics["loss/kl"].append(kl.mean().item())
         return kl
 
+    def save_policy_settings(self, output_dir: str) -> None:
+        """Record how the policy answers, so that ``hf:<output_dir>`` plays exactly the policy that was trained."""
+        from coop_rl.players.hf import POLICY_SETTINGS_FILE
+
+        settings = {"constrain_answers": self.args.constrain_answers, "game": self.args.game}
+        (Path(output_dir) / POLICY_SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+
     # ----- logging and checkpoints ----------------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         for key, values in self._metrics.items():
@@ -442,7 +491,7 @@ class AATrainer(Trainer):
             self._rng.setstate(state["rng"])
 
 
-def merge_identical_turns(turns: list[tuple[list[int], list[int], list[float], float]]) -> list[dict[str, Any]]:
+def merge_identical_turns(turns: list[tuple]) -> list[dict[str, Any]]:
     """Merge turns with the same prompt and completion tokens into one row whose credit is their sum.
 
     The loss term of a turn is C * rho * log pi(completion | prompt); for identical token sequences rho and
@@ -451,7 +500,7 @@ def merge_identical_turns(turns: list[tuple[list[int], list[int], list[float], f
     pairs stand for thousands of turns; in games with free text nearly every turn stays its own row.
     """
     merged: dict[tuple[tuple[int, ...], tuple[int, ...]], dict[str, Any]] = {}
-    for prompt_ids, completion_ids, logprobs, credit in turns:
+    for prompt_ids, completion_ids, logprobs, credit, *rest in turns:
         key = (tuple(prompt_ids), tuple(completion_ids))
         if key in merged:
             merged[key]["credit"] += credit
@@ -463,5 +512,6 @@ def merge_identical_turns(turns: list[tuple[list[int], list[int], list[float], f
                 "sampler_logprobs": list(logprobs),
                 "credit": float(credit),
                 "count": 1,
+                "allowed": rest[0] if rest else None,  # constrained answers: the allowed tokens per position
             }
     return list(merged.values())

@@ -360,6 +360,7 @@ def cmd_train(argv: Sequence[str]) -> int:
     trainer.save_model(config.output_dir)
     if trainer.accelerator.is_main_process:
         trainer.processing_class.save_pretrained(config.output_dir)
+        trainer.save_policy_settings(config.output_dir)
         print(f"saved the trained policy to {config.output_dir} (play it as hf:{config.output_dir})")
     return 0
 

@@ -67,9 +67,9 @@ def test_merged_rows_give_the_same_gradient_as_single_turns(tiny_model_dir):
     run_matches("ipd", {"rounds": 3}, [live, ScriptedPlayer("tft", "ipd")], matches=16, on_turns=turns.extend)
     generator = torch.Generator().manual_seed(0)
     raw = [(t.action.prompt_ids, t.action.completion_ids, t.action.logprobs, 0.0) for t in turns if t.seat == 0]
-    raw = [(p, c, lp, float(torch.randn(1, generator=generator))) for p, c, lp, _ in raw]
+    raw = [(p, c, lp, float(torch.randn(1, generator=generator)), None) for p, c, lp, _ in raw]
     single = [dict(r, count=1) for r in ({"prompt_ids": p, "completion_ids": c, "sampler_logprobs": lp, "credit": x}
-                                          for p, c, lp, x in raw)]  # fmt: skip
+                                          for p, c, lp, x, _ in raw)]  # fmt: skip
     merged = merge_identical_turns(raw)
     assert len(merged) < len(single)
 

@@ -34,6 +34,8 @@ class Action:
     prompt_ids: list[int] = field(default_factory=list)
     completion_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    #: with constrained answers: the tokens allowed at each completion position (the policy's support there)
+    allowed: list[list[int]] | None = None
 
 
 class Player(ABC):

@@ -17,11 +17,24 @@ from pathlib import Path
 from typing import Any
 
 from coop_rl.players.base import Action, Player, PlayerSpecError, TurnRequest
+from coop_rl.players.constraints import ChoiceConstraint, ConstrainedLogitsProcessor, answer_choices
 from coop_rl.players.sampling import SamplingConfig
 
 logger = logging.getLogger("coop_rl.players.hf")
 
 PROMPT_CACHE_SIZE = 100_000  # tokenized prompts kept per engine
+
+
+POLICY_SETTINGS_FILE = "coop_rl_policy.json"
+
+
+def read_policy_settings(directory: Path) -> dict[str, Any]:
+    """Settings a trainer saved beside a policy (e.g. that its answers are constrained); {} when none."""
+    path = Path(directory) / POLICY_SETTINGS_FILE
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        raise PlayerSpecError(f"unreadable {path}") from None
 
 
 def resolve_model_dir(path: str) -> tuple[Path, Path | None]:
@@ -143,10 +156,15 @@ class HFEngine:
         sampling: SamplingConfig,
         seed: int,
         max_batch_size: int = 256,
+        constraints: list[ChoiceConstraint | None] | None = None,
     ) -> list[Action]:
+        """Answer every conversation; ``constraints`` (per row) restrict answers to a finite set of choices."""
         actions: list[Action] = []
         for start in range(0, len(conversations), max_batch_size):
-            actions += self._generate_batch(conversations[start : start + max_batch_size], adapter, sampling, seed)
+            rows = constraints[start : start + max_batch_size] if constraints else None
+            actions += self._generate_batch(
+                conversations[start : start + max_batch_size], adapter, sampling, seed, rows
+            )
             seed += 1
         return actions
 
@@ -194,8 +212,9 @@ class HFEngine:
         cache.reorder_cache(inverse)
         return cache
 
-    def _generate_batch(self, conversations, adapter, sampling: SamplingConfig, seed: int) -> list[Action]:
+    def _generate_batch(self, conversations, adapter, sampling: SamplingConfig, seed: int, constraints=None):
         import torch
+        from transformers import LogitsProcessorList
 
         prompts = self.prompt_ids(conversations, sampling.max_new_tokens)
         batch = shared_prefix_batch(prompts, self.tokenizer.pad_token_id)
@@ -206,6 +225,9 @@ class HFEngine:
         with self.lock, torch.inference_mode(), self._adapter_context(adapter):
             cache = self._prefill(input_ids, attention_mask, prefix)
             extra: dict[str, Any] = {"past_key_values": cache} if cache is not None else {}
+            if constraints and any(c is not None for c in constraints):
+                processor = ConstrainedLogitsProcessor(constraints, input_ids.shape[1])
+                extra["logits_processor"] = LogitsProcessorList([processor])
             torch.manual_seed(seed)
             output = self.model.generate(
                 input_ids=input_ids,
@@ -223,19 +245,33 @@ class HFEngine:
             )
         completions = output.sequences[:, input_ids.shape[1] :]
         # Raw logits (before temperature/top-p): the model's own distribution, as vLLM reports logprobs.
-        logprobs = torch.log_softmax(torch.stack(output.logits, dim=1).float(), dim=-1)
+        raw_logits = torch.stack(output.logits, dim=1).float()
+        logprobs = torch.log_softmax(raw_logits, dim=-1)
         token_logprobs = logprobs.gather(-1, completions.unsqueeze(-1)).squeeze(-1)
         actions = []
         for row, prompt in enumerate(prompts):
             ids = completions[row].tolist()
             length = ids.index(eos) + 1 if eos in ids else len(ids)  # keep EOS: its probability is learned too
             ids = ids[:length]
+            row_logprobs = token_logprobs[row, :length].tolist()
+            allowed = None
+            constraint = constraints[row] if constraints else None
+            if constraint is not None:
+                # The policy is the model renormalised over the allowed continuations at each position.
+                allowed = constraint.allowed_per_position(ids)
+                row_logprobs = [
+                    (raw_logits[row, k, token] - torch.logsumexp(raw_logits[row, k, options], dim=-1)).item()
+                    if options
+                    else 0.0
+                    for k, (token, options) in enumerate(zip(ids, allowed, strict=True))
+                ]
             actions.append(
                 Action(
                     text=self.tokenizer.decode(ids, skip_special_tokens=True),
                     prompt_ids=prompt,
                     completion_ids=ids,
-                    logprobs=token_logprobs[row, :length].tolist(),
+                    logprobs=row_logprobs,
+                    allowed=allowed,
                 )
             )
         return actions
@@ -289,6 +325,7 @@ class HFPlayer(Player):
         seed: int = 0,
         device: str | None = None,
         max_batch_size: int = 256,
+        constrain: bool | None = None,
     ) -> None:
         self.spec = spec
         body = spec.split(":", 1)[1] if spec.startswith("hf:") else spec
@@ -302,6 +339,10 @@ class HFPlayer(Player):
             if not (Path(adapter_path) / "adapter_config.json").exists():
                 raise PlayerSpecError(f"adapter directory not found or not a peft adapter: {adapter_path}")
             implied_adapter = Path(adapter_path).resolve()
+        # A policy trained with constrained answers is that constrained policy: its directory says so.
+        if constrain is None:
+            constrain = bool(read_policy_settings(implied_adapter or base_dir).get("constrain_answers", False))
+        self.constrain = constrain
         self.engine = get_engine(base_dir, device)
         self.adapter = self.engine.adapter_name(implied_adapter) if implied_adapter else None
         self.sampling = sampling or SamplingConfig()
@@ -312,6 +353,17 @@ class HFPlayer(Player):
         if not requests:
             return []
         conversations = [request.turn.messages for request in requests]
+        constraints = [self._constraint(request) for request in requests] if self.constrain else None
         return self.engine.generate(
-            conversations, self.adapter, self.sampling, self._rng.randrange(2**31), self.max_batch_size
+            conversations, self.adapter, self.sampling, self._rng.randrange(2**31), self.max_batch_size, constraints
         )
+
+    def _constraint(self, request: TurnRequest) -> ChoiceConstraint | None:
+        choices = answer_choices(request.game, request.turn)
+        if choices is None:
+            return None
+        key = tuple(choices)
+        cache = self.engine.__dict__.setdefault("_constraints", {})
+        if key not in cache:
+            cache[key] = ChoiceConstraint(self.engine.tokenizer, choices)
+        return cache[key]
