@@ -140,3 +140,28 @@ def test_train_user_errors_exit_2_with_one_line(argv, needle):
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.strip().splitlines() if "[WARNING]" not in line]
     assert len(lines) == 1 and needle in lines[0], proc.stderr[-2000:]
+
+
+def _cooperation(capsys, policy, opponent, matches=64):
+    from coop_rl.cli import main
+
+    capsys.readouterr()
+    assert main(["play", "--game", "ipd", "--players", f"{policy},{opponent}", "--matches", str(matches),
+                 "--seed", "1", "--json"]) == 0  # fmt: skip
+    return json.loads(capsys.readouterr().out)["players"][0]["cooperation_rate"]
+
+
+@pytest.mark.slow
+def test_learning_result_aa_reciprocates_and_naive_defects(tmp_path, tiny_model_dir, capsys):
+    """The acceptance bar of algorithm.md on the tiny model: the recipes as shipped (a few minutes each)."""
+    from coop_rl.cli import main
+
+    aa, naive = tmp_path / "aa", tmp_path / "naive"
+    for recipe, out in (("recipes/ipd/aa_tiny.yaml", aa), ("recipes/ipd/naive_tiny.yaml", naive)):
+        argv = ["train", "--config", recipe, "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out),
+                "--save_steps", "1000", "--logging_steps", "20"]  # fmt: skip
+        assert main(argv) == 0
+    assert _cooperation(capsys, f"hf:{aa}", f"hf:{aa}") >= 0.8  # cooperates with itself
+    assert _cooperation(capsys, f"hf:{aa}", "tft") >= 0.8  # and with tit-for-tat
+    assert _cooperation(capsys, f"hf:{aa}", "alld") <= 0.2  # retaliates: not exploited
+    assert _cooperation(capsys, f"hf:{naive}", f"hf:{naive}") <= 0.3  # the naive learner defects
