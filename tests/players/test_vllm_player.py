@@ -267,23 +267,25 @@ def test_guided_decoding(engine_dir):
     mine = [r for r in records if r.seat == 0]
     print("guided answers:", [r.action.text for r in mine[:6]])
     assert {r.phase for r in mine} == {"chat", "split"}
-    games = {"tas": make_game("tas")}
+    game = make_game("tas")
     for record in mine:
-        pattern = answer_pattern(games["tas"], record.phase)
-        assert re.fullmatch(pattern, record.action.text, flags=re.DOTALL), (record.phase, record.action.text)
-    assert sum(r.invalid_counts[0] for r in results) == 0
+        if record.phase == "split":  # digits only: the decoded text is exactly what the grammar allowed
+            assert re.fullmatch(answer_pattern(game, record.phase), record.action.text), record.action.text
+        else:  # byte-level tokens may decode to replacement characters: check the tags, the game checks the rest
+            assert record.action.text.startswith("<message>") and record.action.text.endswith("</message>")
+    assert sum(r.invalid_counts[0] for r in results) == 0  # the game parsed every guided answer
 
-    # retries, then constrained: an answer the model rarely gives unguided ("C" only) after one failed try
+    # retries, then constrained: an answer the tiny model (a label, then end-of-text) does not give unguided
     ipd_player = make_player(f"vllm:{engine_dir}", "ipd", sampling=SamplingConfig(temperature=1.0), seed=4)
-    ipd_player.guided_after, ipd_player.answer_patterns = 1, {"action": r"C"}
+    ipd_player.guided_after, ipd_player.answer_patterns = 1, {"action": r"CD"}
     game = make_game("ipd")
     game.reset(0)
     requests = [TurnRequest(m, game, game.pending_turns()[0]) for m in range(16)]
     actions = ipd_player.act(requests)
     print("tries:", ipd_player.tries)
-    assert all(action.text == "C" for action in actions)
-    assert set(ipd_player.tries) <= {1, 2} and 2 in ipd_player.tries  # some first tries failed, then guided
+    assert all(action.text == "CD" for action in actions)
+    assert set(ipd_player.tries) <= {1, 2} and 2 in ipd_player.tries  # first tries failed, then guided
     tokenizer = ipd_player.engine.tokenizer
     for action in actions:  # only the final try's tokens are kept
-        assert tokenizer.decode(action.completion_ids, skip_special_tokens=True) == "C"
+        assert tokenizer.decode(action.completion_ids, skip_special_tokens=True) == "CD"
         assert len(action.logprobs) == len(action.completion_ids)
