@@ -41,6 +41,16 @@ def _split_specs(text: str) -> list[str]:
     return specs
 
 
+def _game_params(args: argparse.Namespace, cls: Any) -> dict[str, Any]:
+    """Game parameters from ``--set`` and ``--rounds`` (a game without rounds rejects --rounds)."""
+    params: dict[str, Any] = _parse_sets(args.set)
+    if args.rounds is not None:
+        if "rounds" not in cls.PARAMS:
+            raise UsageError(f"game {args.game!r} has no rounds parameter")
+        params["rounds"] = args.rounds
+    return params
+
+
 # ----- play ---------------------------------------------------------------------------------------------------
 def _format_table(summary: dict[str, Any], seed: int) -> str:
     columns = ["seat", "player", "mean_return", "invalid_rate"]
@@ -69,11 +79,7 @@ def cmd_play(args: argparse.Namespace) -> int:
 
     specs = _split_specs(args.players)
     cls = game_class(args.game)
-    params: dict[str, Any] = _parse_sets(args.set)
-    if args.rounds is not None:
-        if "rounds" not in cls.PARAMS:
-            raise UsageError(f"game {args.game!r} has no rounds parameter")
-        params["rounds"] = args.rounds
+    params = _game_params(args, cls)
     if "players" in cls.PARAMS:
         if "players" in params and str(params["players"]) != str(len(specs)):
             raise UsageError(f"--set players={params['players']} but {len(specs)} player specs were given")
@@ -125,9 +131,7 @@ def cmd_tournament(args: argparse.Namespace) -> int:
     cls = game_class(args.game)
     if cls.max_players != 2:
         raise UsageError(f"tournaments are round robins of two-player games, not {args.game!r}")
-    params: dict[str, Any] = _parse_sets(args.set)
-    if args.rounds is not None:
-        params["rounds"] = args.rounds
+    params = _game_params(args, cls)
     cls(**params)  # check parameters before any match
     result = round_robin(args.game, specs, matches=args.matches, seed=args.seed, game_params=params)
     print(json.dumps(result.to_dict()) if args.json else result.table())
@@ -140,11 +144,7 @@ def _eval_params(args: argparse.Namespace) -> dict[str, Any]:
     from coop_rl.envs import game_class
 
     cls = game_class(args.game)
-    params: dict[str, Any] = _parse_sets(args.set)
-    if args.rounds is not None:
-        if "rounds" not in cls.PARAMS:
-            raise UsageError(f"game {args.game!r} has no rounds parameter")
-        params["rounds"] = args.rounds
+    params = _game_params(args, cls)
     if args.matches < 1:
         raise UsageError("--matches must be >= 1")
     cls(**params)
@@ -373,6 +373,14 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-new-tokens", type=int, default=128, help="longest answer in tokens")
 
 
+def _add_match_arguments(parser: argparse.ArgumentParser, matches: int, matches_help: str) -> None:
+    """--matches, --rounds, --seed and --set: how many matches of which game settings."""
+    parser.add_argument("--matches", type=int, default=matches, help=f"{matches_help} (default {matches})")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds per match (the game's default otherwise)")
+    parser.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="a game parameter (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="coop-rl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -380,11 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     play = sub.add_parser("play", help="play matches between players and print a summary")
     play.add_argument("--game", required=True, help="ipd, bos, tas, split or spgg")
     play.add_argument("--players", required=True, help="comma-separated player specs, one per seat")
-    play.add_argument("--matches", type=int, default=10, help="number of matches (default 10)")
-    play.add_argument("--rounds", type=int, default=None, help="rounds per match (the game's default otherwise)")
-    play.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    _add_match_arguments(play, 10, "number of matches")
     play.add_argument("--group-size", type=int, default=1, help="consecutive matches sharing one game seed")
-    play.add_argument("--set", action="append", metavar="KEY=VALUE", help="a game parameter (repeatable)")
     play.add_argument("--transcripts", metavar="FILE", help="write every match's transcript as JSON lines")
     play.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     _add_sampling_arguments(play)
@@ -393,10 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     tournament = sub.add_parser("tournament", help="round robin of two-player matches, printed as a table")
     tournament.add_argument("--game", required=True, help="ipd, bos, tas or split")
     tournament.add_argument("--players", required=True, help="comma-separated player specs")
-    tournament.add_argument("--matches", type=int, default=10, help="matches per ordered pair (default 10)")
-    tournament.add_argument("--rounds", type=int, default=None, help="rounds per match")
-    tournament.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
-    tournament.add_argument("--set", action="append", metavar="KEY=VALUE", help="a game parameter (repeatable)")
+    _add_match_arguments(tournament, 10, "matches per ordered pair")
     tournament.add_argument("--json", action="store_true", help="print one JSON object")
     tournament.set_defaults(func=cmd_tournament)
 
@@ -408,10 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="comma-separated suite names (ipd-classic, tas-classic, split-classic, spgg-classic) and player specs",
     )
-    evaluation.add_argument("--matches", type=int, default=20, help="matches per opponent (default 20)")
-    evaluation.add_argument("--rounds", type=int, default=None, help="rounds per match (the game's default otherwise)")
-    evaluation.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
-    evaluation.add_argument("--set", action="append", metavar="KEY=VALUE", help="a game parameter (repeatable)")
+    _add_match_arguments(evaluation, 20, "matches per opponent")
     evaluation.add_argument("--out", required=True, help="directory for results.json, report.md and the plots")
     evaluation.add_argument(
         "--no-swap", action="store_true", help="symmetric games: do not also play the policy in seat 1"
@@ -423,10 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     exploit = sub.add_parser("exploit", help="search a best response to a policy (memory-one strategies, ipd/bos)")
     exploit.add_argument("--policy", required=True, help="the player spec to exploit")
     exploit.add_argument("--game", required=True, help="ipd or bos")
-    exploit.add_argument("--matches", type=int, default=20, help="matches per candidate exploiter (default 20)")
-    exploit.add_argument("--rounds", type=int, default=None, help="rounds per match (the game's default otherwise)")
-    exploit.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
-    exploit.add_argument("--set", action="append", metavar="KEY=VALUE", help="a game parameter (repeatable)")
+    _add_match_arguments(exploit, 20, "matches per candidate exploiter")
     exploit.add_argument("--out", default=None, help="directory for exploit.json, exploit.png and report.md")
     exploit.add_argument("--json", action="store_true", help="print the exploit JSON instead of a summary")
     _add_sampling_arguments(exploit)
