@@ -6,7 +6,10 @@ command line overrides them (``coop-rl train --config recipes/ipd/aa_tiny.yaml -
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+import types
+import typing
+from dataclasses import dataclass, field, fields
 
 from transformers import TrainingArguments
 
@@ -125,7 +128,25 @@ class AAConfig(TrainingArguments):
     )
     play_eval_matches: int = field(default=32, metadata={"help": "Matches per opponent of that evaluation."})
 
+    # ----- reliability --------------------------------------------------------------------------------------
+    save_trajectories: bool = field(
+        default=True,
+        metadata={
+            "help": "Write each iteration's learner turns to <output_dir>/trajectories/iteration-<step>.jsonl (one "
+            "JSON line per turn: match_id, seat, timestep, text, valid, credit, reward), atomically, main process only."
+        },
+    )
+    max_consecutive_faults: int = field(
+        default=3,
+        metadata={
+            "help": "A non-finite (NaN/inf) loss or gradient skips that optimizer step (weights unchanged, a warning, "
+            "the metric fault/skipped_steps); this many consecutive faults stop the run with an error, before any "
+            "checkpoint of the faulty state is written."
+        },
+    )
+
     def __post_init__(self) -> None:
+        _check_types(self)
         # The trainer's dataset is a list of iteration indices: keep its column (no model-signature filtering).
         self.remove_unused_columns = False
         self.per_device_train_batch_size = 1
@@ -148,8 +169,94 @@ class AAConfig(TrainingArguments):
             )
         if self.opponent == "frozen" and not self.opponents.strip():
             raise ValueError("opponent='frozen' needs opponents (comma-separated player specs)")
-        for name in ("gamma", "gamma_a", "pool_prob"):
+        for name in ("gamma", "gamma_a"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}={getattr(self, name)}: must be in (0, 1]")
+        for name in ("pool_prob",):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name}={getattr(self, name)}: must be in [0, 1]")
+        for name, low, strict in _LOWER_BOUNDS:
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < low or (strict and value == low):
+                raise ValueError(f"{name}={value}: must be {'>' if strict else '>='} {low}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p={self.top_p}: must be in (0, 1]")
         if self.max_steps is None or self.max_steps < 1:
             raise ValueError("max_steps (the number of iterations) must be >= 1")
+        self._check_game()
+
+    def _check_game(self) -> None:
+        """The game and its parameters, checked here (pure Python) so that no model is loaded for a bad game."""
+        import json
+
+        from coop_rl.envs import GAMES, make_game
+
+        if self.game not in GAMES:
+            raise ValueError(f"game={self.game!r}: expected one of {', '.join(GAMES)}")
+        params = self.game_params
+        if isinstance(params, str) and params.strip():
+            try:
+                params = json.loads(params)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"game_params={self.game_params!r}: not a JSON object ({error.msg})") from None
+        if params in (None, ""):
+            params = {}
+        if not isinstance(params, dict):
+            raise ValueError(f"game_params={self.game_params!r}: expected a mapping of game parameters")
+        try:
+            make_game(self.game, **params)
+        except ValueError as error:
+            raise ValueError(f"game_params: {error}") from None
+
+
+# (field, lower bound, strict): numeric settings outside these are rejected with the field's name.
+_LOWER_BOUNDS = (
+    ("beta", 0.0, False),
+    ("reward_scale", 0.0, True),
+    ("temperature", 0.0, False),
+    ("max_new_tokens", 1, False),
+    ("lora_r", 1, False),
+    ("lora_alpha", 0.0, True),
+    ("lora_dropout", 0.0, False),
+    ("pool_size", 1, False),
+    ("pool_every", 1, False),
+    ("is_clip", 0.0, True),
+    ("ppo_clip", 0.0, True),
+    ("kl_coef", 0.0, False),
+    ("entropy_coef", 0.0, False),
+    ("invalid_penalty", 0.0, False),
+    ("play_eval_every", 0, False),
+    ("play_eval_matches", 1, False),
+    ("max_consecutive_faults", 1, False),
+)
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _check_types(config: AAConfig) -> None:
+    """YAML values reach the dataclass unconverted: check every field of a plain type (int, float, str, bool).
+
+    Integers are accepted for float fields (and converted); booleans are not accepted as numbers.
+    """
+    hints = typing.get_type_hints(type(config))
+    for item in fields(config):
+        hint = hints.get(item.name)
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        options = [a for a in typing.get_args(hint) if a is not type(None)] if union else [hint]
+        optional = union and type(None) in typing.get_args(hint)
+        if not options or not all(o in _TYPE_NAMES for o in options):
+            continue
+        value = getattr(config, item.name)
+        if value is None and optional:
+            continue
+        if isinstance(value, bool):
+            ok = bool in options
+        elif isinstance(value, int):
+            ok = int in options or float in options
+            if ok and int not in options:
+                setattr(config, item.name, float(value))
+        else:
+            ok = any(isinstance(value, o) for o in options)
+        if not ok:
+            expected = " or ".join(_TYPE_NAMES[o] for o in options) + (" or null" if optional else "")
+            raise ValueError(f"{item.name}={value!r}: expected {expected}, got {type(value).__name__}")

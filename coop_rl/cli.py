@@ -314,6 +314,69 @@ def cmd_init_model(args: argparse.Namespace) -> int:
 
 
 # ----- train --------------------------------------------------------------------------------------------------
+def _train_keys() -> list[str]:
+    import dataclasses
+
+    from coop_rl.aa_config import AAConfig
+
+    return [f.name for f in dataclasses.fields(AAConfig) if f.init]
+
+
+def _did_you_mean(key: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, _train_keys(), n=3)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return f"{hint} (every setting: coop-rl train --help)"
+
+
+def _check_recipe(path: str) -> None:
+    """A recipe is a YAML mapping of known settings, read with yaml.safe_load (no Python tags, nothing executed)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            recipe = yaml.safe_load(handle)
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise UsageError(f"recipe {path} is not a plain YAML mapping{line}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"cannot read recipe {path}: {error}") from None
+    if not isinstance(recipe, dict):
+        raise UsageError(f"recipe {path} must be a YAML mapping of settings, not {type(recipe).__name__}")
+    known = set(_train_keys()) | {"env"}  # TrlParser's `env:` block sets environment variables
+    for key in recipe:
+        if not isinstance(key, str) or key not in known:
+            raise UsageError(f"unknown key {key!r} in recipe {path}{_did_you_mean(str(key))}")
+
+
+def _check_lora_targets(model_dir: str, targets: str) -> None:
+    """LoRA target modules must exist in the model: checked on the model's config (meta device, no weights)."""
+    if targets.strip() == "all-linear":
+        return
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from coop_rl.players.hf import resolve_model_dir
+
+    base, _ = resolve_model_dir(model_dir)
+    wanted = [t.strip() for t in targets.split(",") if t.strip()]
+    if not wanted:
+        raise UsageError(f"lora_target_modules={targets!r}: expected 'all-linear' or a comma-separated list")
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base))
+    names = [name for name, _ in skeleton.named_modules() if name]
+    missing = [t for t in wanted if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in skeleton.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise UsageError(
+            f"lora_target_modules: {', '.join(missing)} not in the model; expected 'all-linear' or some of "
+            f"{', '.join(linear)}"
+        )
+
+
 def cmd_train(argv: Sequence[str]) -> int:
     """``coop-rl train --config RECIPE.yaml [--key value ...]`` (also under ``accelerate launch``)."""
     import logging
@@ -330,6 +393,7 @@ def cmd_train(argv: Sequence[str]) -> int:
             raise UsageError("--config needs a recipe file")
         if not os.path.isfile(argv[index + 1]):
             raise UsageError(f"recipe not found: {argv[index + 1]}")
+        _check_recipe(argv[index + 1])
     parser = TrlParser(AAConfig, prog="coop-rl train")
 
     def one_line_error(message: str) -> NoReturn:
@@ -337,9 +401,12 @@ def cmd_train(argv: Sequence[str]) -> int:
 
     parser.error = one_line_error  # type: ignore[method-assign]
     try:
-        (config,) = parser.parse_args_and_config(argv)
+        config, unknown = parser.parse_args_and_config(argv, return_remaining_strings=True)
     except (ValueError, TypeError) as error:
         raise UsageError(str(error).splitlines()[0]) from None
+    if unknown:
+        option = next((u for u in unknown if u.startswith("-")), unknown[0])
+        raise UsageError(f"unknown option {option!r}{_did_you_mean(option.lstrip('-').replace('-', '_'))}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from coop_rl.aa_trainer import AATrainer
     from coop_rl.players.hf import resolve_model_dir
@@ -350,12 +417,14 @@ def cmd_train(argv: Sequence[str]) -> int:
         resolve_model_dir(config.model_name_or_path)
     except ValueError as error:
         raise UsageError(str(error)) from None
+    if config.use_peft:
+        _check_lora_targets(config.model_name_or_path, config.lora_target_modules)
+    if config.resume_from_checkpoint and not os.path.isdir(config.resume_from_checkpoint):
+        raise UsageError(f"checkpoint not found: {config.resume_from_checkpoint}")
     try:
         trainer = AATrainer(model=config.model_name_or_path, args=config)
     except ValueError as error:
         raise UsageError(str(error).splitlines()[0]) from None
-    if config.resume_from_checkpoint and not os.path.isdir(config.resume_from_checkpoint):
-        raise UsageError(f"checkpoint not found: {config.resume_from_checkpoint}")
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)
     if trainer.accelerator.is_main_process:

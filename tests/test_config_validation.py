@@ -1,0 +1,136 @@
+"""`coop-rl train` rejects a bad configuration in one line on stderr, exit 2, before any model weights load.
+
+Every case runs in-process through ``coop_rl.cli.main``; loading weights is made to fail loudly so that a check
+that comes too late shows up as a test failure, not as a slow pass.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+RECIPE = "recipes/ipd/aa_tiny.yaml"
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    """Any attempt to load model weights fails the test (the checks must come before)."""
+    from transformers import AutoModelForCausalLM
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("model weights were loaded before the configuration was checked")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if line.strip() and "[WARNING]" not in line]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("coop-rl: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def _train(tiny_model_dir, tmp_path, *extra, config=RECIPE):
+    from coop_rl.cli import main
+
+    argv = ["train", "--config", str(config), "--model_name_or_path", str(tiny_model_dir),
+            "--output_dir", str(tmp_path / "out"), *extra]  # fmt: skip
+    return main(argv)
+
+
+@pytest.mark.parametrize(
+    "extra,needles",
+    [
+        (["--no_such_key", "1"], ["unknown option", "--no_such_key", "train --help"]),
+        (["--betta", "0.1"], ["--betta", "did you mean beta"]),
+        (["--beta", "-0.5"], ["beta=-0.5", ">= 0"]),
+        (["--gamma", "0"], ["gamma=0.0", "(0, 1]"]),
+        (["--gamma", "1.01"], ["gamma=1.01", "(0, 1]"]),
+        (["--gamma_a", "0"], ["gamma_a=0.0", "(0, 1]"]),
+        (["--gamma_a", "2"], ["gamma_a=2.0", "(0, 1]"]),
+        (["--group_size", "3"], ["group_size=3", "matches_per_iteration=128"]),
+        (["--matches_per_iteration", "0"], ["matches_per_iteration"]),
+        (["--game", "chess"], ["game='chess'", "ipd, bos, tas, split, spgg"]),
+        (["--game_params", '{"rounds": 0}'], ["game_params", "rounds"]),
+        (["--game_params", "{not json"], ["game_params", "JSON"]),
+        (["--opponent", "everyone"], ["opponent='everyone'", "self_play, pool, frozen"]),
+        (["--opponent", "frozen"], ["opponents"]),
+        (["--credit", "magic"], ["credit='magic'", "aa, naive, sum"]),
+        (["--baseline", "median"], ["baseline='median'", "loo, batch, none"]),
+        (["--loss_type", "dpo"], ["loss_type='dpo'", "reinforce, ppo"]),
+        (["--rollout_backend", "tgi"], ["rollout_backend='tgi'", "hf", "vllm"]),
+        (["--beta", "abc"], ["--beta", "abc"]),
+        (["--matches_per_iteration", "1.5"], ["matches_per_iteration", "1.5"]),
+        (["--use_peft", "maybe"], ["use_peft", "maybe"]),
+        (["--top_p", "0"], ["top_p", "(0, 1]"]),
+        (["--max_new_tokens", "0"], ["max_new_tokens", ">= 1"]),
+        (["--reward_scale", "0"], ["reward_scale", "> 0"]),
+        (["--pool_prob", "1.5"], ["pool_prob", "[0, 1]"]),
+        (["--max_consecutive_faults", "0"], ["max_consecutive_faults", ">= 1"]),
+        (["--use_peft", "true", "--lora_target_modules", "q_proj,attn_c"],
+         ["lora_target_modules", "attn_c", "all-linear", "q_proj", "v_proj"]),
+        (["--resume_from_checkpoint", "/no/such/checkpoint"], ["checkpoint not found"]),
+    ],
+)  # fmt: skip
+def test_bad_setting_is_one_line_exit_2_before_weights(extra, needles, tiny_model_dir, tmp_path, capsys, no_weights):
+    assert _train(tiny_model_dir, tmp_path, *extra) == 2
+    line = _error_line(capsys)
+    for needle in needles:
+        assert needle in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_model_and_recipe(tmp_path, capsys, no_weights):
+    from coop_rl.cli import main
+
+    assert main(["train", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "recipe not found" in _error_line(capsys)
+    assert main(["train", "--config"]) == 2
+    assert "--config needs a recipe file" in _error_line(capsys)
+    assert main(["train", "--config", RECIPE, "--model_name_or_path", str(tmp_path / "no-model")]) == 2
+    assert "model directory not found" in _error_line(capsys)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("game: ipd\nmax_steps: 1\n")
+    assert main(["train", "--config", str(recipe), "--output_dir", str(tmp_path / "o")]) == 2
+    assert "model_name_or_path" in _error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    "text,needles",
+    [
+        ("bogus_key: 3\n", ["unknown key 'bogus_key'"]),
+        ("gama: 0.9\n", ["unknown key 'gama'", "did you mean gamma"]),
+        ("beta: abc\n", ["beta", "abc"]),
+        ("matches_per_iteration: [1, 2]\n", ["matches_per_iteration", "expected an integer", "list"]),
+        ("matches_per_iteration: 1.5\n", ["matches_per_iteration=1.5", "expected an integer"]),
+        ("game: 5\n", ["game=5", "expected a string"]),
+        ("beta: true\n", ["beta=True", "expected a number"]),
+        ("use_peft: maybe\n", ["use_peft", "maybe"]),
+        ("game_params: [1, 2]\n", ["game_params", "mapping"]),
+        ("game_params: {rounds: -3}\n", ["game_params", "rounds"]),
+        ("- a\n- b\n", ["must be a YAML mapping"]),
+        ("model_name_or_path: [unclosed\n", ["not a plain YAML mapping", "line"]),
+    ],
+)
+def test_bad_recipe_is_one_line_exit_2_before_weights(text, needles, tiny_model_dir, tmp_path, capsys, no_weights):
+    recipe = tmp_path / "recipe.yaml"
+    base = "" if text.startswith("-") else "max_steps: 1\nuse_cpu: true\nreport_to: none\n"
+    recipe.write_text(base + text)
+    assert _train(tiny_model_dir, tmp_path, config=recipe) == 2
+    line = _error_line(capsys)
+    for needle in needles:
+        assert needle in line, line
+
+
+def test_defaults_and_the_shipped_recipes_pass_validation():
+    from trl import TrlParser
+
+    from coop_rl.aa_config import AAConfig
+
+    config = AAConfig(output_dir="/tmp/unused", max_steps=1, use_cpu=True, report_to="none", warmup_steps=0)
+    assert config.save_trajectories is True and config.max_consecutive_faults == 3
+    assert isinstance(config.warmup_steps, float)  # an integer given for a float field is converted
+    for recipe in ("recipes/ipd/aa_tiny.yaml", "recipes/ipd/naive_tiny.yaml"):
+        (parsed,) = TrlParser(AAConfig).parse_args_and_config(["--config", recipe])
+        assert parsed.gamma == 0.9
