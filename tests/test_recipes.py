@@ -1,0 +1,97 @@
+"""Every recipe under recipes/ (accelerate configs aside) parses into AAConfig through the parser `coop-rl train`
+uses (TrlParser over AAConfig, YAML via --config), with no model load: no recipe can carry a typo or a bad value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "accelerate" not in p.relative_to(ROOT).parts)
+
+
+def parse_recipe(path: Path, *overrides: str):
+    from trl import TrlParser
+
+    from coop_rl.aa_config import AAConfig
+
+    # The same construction as coop_rl.cli.cmd_train.
+    parser = TrlParser(AAConfig, prog="coop-rl train")
+    (config,) = parser.parse_args_and_config(["--config", str(path), *overrides])
+    return config
+
+
+def _cpu_overrides(path: Path) -> list[str]:
+    """GPU recipes (bf16) fail TrainingArguments' hardware check on a machine without a bf16 GPU; parsing them
+    with use_cpu set still checks every key and value of the file."""
+    import torch
+
+    data = yaml.safe_load(path.read_text())
+    if data.get("bf16") and not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
+        return ["--use_cpu", "true"]
+    return []
+
+
+def test_recipes_found():
+    names = {p.relative_to(ROOT / "recipes").as_posix() for p in RECIPES}
+    expected = {
+        "ipd/aa_tiny.yaml",
+        "ipd/naive_tiny.yaml",
+        "ipd/aa_qwen2.5-7b.yaml",
+        "ipd/aa_qwen2.5-0.5b.yaml",
+        "tas/aa_tiny.yaml",
+        "tas/naive_tiny.yaml",
+        "tas/aa_qwen2.5-7b.yaml",
+        "spgg/aa_tiny.yaml",
+    }
+    assert expected <= names
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.relative_to(ROOT / "recipes").as_posix())
+def test_recipe_parses_into_aaconfig(path, tmp_path):
+    from dataclasses import fields
+
+    from coop_rl.aa_config import AAConfig
+
+    data = yaml.safe_load(path.read_text())
+    known = {f.name for f in fields(AAConfig)}
+    assert set(data) <= known, f"unknown keys: {sorted(set(data) - known)}"
+    config = parse_recipe(path, "--output_dir", str(tmp_path / "out"), *_cpu_overrides(path))
+    for key, value in data.items():
+        if key in ("output_dir", "game_params", "report_to") or (key == "use_cpu" and _cpu_overrides(path)):
+            continue
+        got = getattr(config, key)
+        assert got == value or str(got) == str(value) or getattr(got, "value", None) == value, (key, got, value)
+    assert config.matches_per_iteration % config.group_size == 0
+    assert str(config.model_name_or_path)
+    if config.game_params:
+        assert isinstance(config.game_params, (dict, str))
+
+
+@pytest.mark.parametrize(
+    "name, beta, gamma, scale",
+    [("ipd/aa_qwen2.5-7b.yaml", 0.5, 0.9, 5.0), ("tas/aa_qwen2.5-7b.yaml", 2.0, 0.96, 100.0)],
+)
+def test_paper_recipes_use_the_paper_settings(name, beta, gamma, scale, tmp_path):
+    path = ROOT / "recipes" / name
+    config = parse_recipe(path, "--output_dir", str(tmp_path / "out"), *_cpu_overrides(path))
+    assert (config.beta, config.gamma, config.gamma_a, config.reward_scale) == (beta, gamma, gamma, scale)
+    assert config.use_peft and (config.lora_r, config.lora_alpha) == (32, 64)
+    assert config.lora_target_modules == "all-linear"
+    assert config.rollout_backend == "vllm" and config.bf16
+
+
+def test_tas_tiny_recipes_use_the_tas_credit_settings(tmp_path):
+    aa = parse_recipe(ROOT / "recipes/tas/aa_tiny.yaml", "--output_dir", str(tmp_path / "a"))
+    naive = parse_recipe(ROOT / "recipes/tas/naive_tiny.yaml", "--output_dir", str(tmp_path / "n"))
+    assert (aa.beta, aa.gamma, aa.reward_scale, aa.credit) == (2.0, 0.96, 100.0, "aa")
+    assert (naive.beta, naive.gamma, naive.reward_scale, naive.credit) == (0.0, 0.96, 100.0, "naive")
+
+
+def test_a_typo_in_a_recipe_is_rejected(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "recipes/ipd/aa_tiny.yaml").read_text() + "betta: 0.5\n")
+    with pytest.raises((ValueError, SystemExit)):
+        parse_recipe(bad, "--output_dir", str(tmp_path / "out"))
