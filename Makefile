@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint format clean
+.PHONY: install demo demo-tas train eval bench test test-fast lint format clean clean-runs
 
 install: $(STAMP)
 
@@ -20,18 +20,35 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	@touch $(STAMP)
 
-TINY := runs/tiny
-
-# The main job: build the offline tiny model, train Advantage Alignment and the naive learner on the IPD, and
-# evaluate both against the classic strategies (reports under runs/demo/).
+# The main job: build the offline tiny model (cached in runs/tiny), train Advantage Alignment and the naive
+# learner on the IPD one after the other, evaluate both against the classic strategies and each other, and write
+# runs/demo/report.md with its plots. Finished stages are not redone; `make demo DEMO_ARGS=--force` retrains.
+DEMO_ARGS ?=
 demo: install
-	$(BIN)/coop-rl tournament --game ipd --players allc,alld,tft,grim,wsls,stft --matches 10
-	@test -f $(TINY)/coop_rl_tiny.json || $(BIN)/coop-rl init-model tiny --out $(TINY)
-	$(BIN)/coop-rl train --config recipes/ipd/aa_tiny.yaml --model_name_or_path $(TINY) --output_dir runs/demo/aa
-	$(BIN)/coop-rl train --config recipes/ipd/naive_tiny.yaml --model_name_or_path $(TINY) --output_dir runs/demo/naive
-	$(BIN)/coop-rl eval --policy hf:runs/demo/aa --game ipd --opponents ipd-classic --out runs/demo/aa-eval
-	$(BIN)/coop-rl eval --policy hf:runs/demo/naive --game ipd --opponents ipd-classic --out runs/demo/naive-eval
-	@echo "reports: runs/demo/aa-eval/report.md runs/demo/naive-eval/report.md"
+	$(BIN)/coop-rl demo --game ipd $(DEMO_ARGS)
+
+# The same on Trust-and-Split, with a tiny model warm-started on that game (runs/tiny-tas): runs/demo-tas/report.md.
+demo-tas: install
+	$(BIN)/coop-rl demo --game tas $(DEMO_ARGS)
+
+# make train RECIPE=recipes/ipd/aa_tiny.yaml [ARGS="--max_steps 10 --output_dir runs/x"]
+RECIPE ?= recipes/ipd/aa_tiny.yaml
+ARGS ?=
+train: install
+	@test -f runs/tiny/coop_rl_tiny.json || ! grep -q "model_name_or_path: runs/tiny$$" $(RECIPE) || \
+		$(BIN)/coop-rl init-model tiny --out runs/tiny
+	$(BIN)/coop-rl train --config $(RECIPE) $(ARGS)
+
+# make eval POLICY=hf:runs/demo/aa [GAME=ipd OPPONENTS=ipd-classic OUT=runs/eval]
+POLICY ?= hf:runs/demo/aa
+GAME ?= ipd
+OPPONENTS ?= $(GAME)-classic
+OUT ?= runs/eval
+eval: install
+	$(BIN)/coop-rl eval --policy $(POLICY) --game $(GAME) --opponents $(OPPONENTS) --out $(OUT)
+
+bench: install
+	$(BIN)/python benchmarks/run_all.py
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -45,5 +62,10 @@ lint: install
 format: install
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
+# Removes the environment and build artefacts; runs/ (models, trainings, reports) is kept: `make clean-runs`.
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -type d -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
+
+clean-runs:
+	rm -rf runs
