@@ -39,6 +39,7 @@ from coop_rl.runner import TurnRecord, run_matches
 logger = logging.getLogger("coop_rl.trainer")
 
 POOL_STATE_FILE = "coop_rl_trainer_state.json"
+RUN_INFO_FILE = "coop_rl_run.json"
 
 
 class LivePolicyPlayer(HFPlayer):
@@ -76,8 +77,6 @@ class AATrainer(Trainer):
         processing_class: Any = None,
         callbacks: list | None = None,
     ) -> None:
-        from datasets import Dataset
-
         if args is None:
             raise ValueError("AATrainer needs an AAConfig")
         model_id = model if isinstance(model, str) else (model is None and args.model_name_or_path)
@@ -111,7 +110,7 @@ class AATrainer(Trainer):
         # One dataset item per micro-batch of every iteration: the Trainer's loop counts steps from it.
         world = max(1, int(getattr(args, "world_size", 1)))
         length = args.max_steps * args.gradient_accumulation_steps * world
-        dataset = Dataset.from_dict({"iteration": list(range(length))})
+        dataset = [{"iteration": i} for i in range(length)]  # a plain list: no `datasets` needed
         super().__init__(
             model=model,
             args=args,
@@ -132,6 +131,7 @@ class AATrainer(Trainer):
         self._frozen_players: dict[str, Player] = {}
         self._rng = random.Random(args.seed)
         self._live_engine: HFEngine | None = None
+        self._run_info_written = False
 
     # ----- players ------------------------------------------------------------------------------------------
     def _live_player(self) -> LivePolicyPlayer:
@@ -142,9 +142,13 @@ class AATrainer(Trainer):
         return LivePolicyPlayer(
             self._live_engine,
             self.sampling,
-            seed=self.args.seed * 7919 + self.state.global_step,
+            seed=self._player_seed(self.state.global_step),
             constrain=self.args.constrain_answers,
         )
+
+    def _player_seed(self, salt: int) -> int:
+        """A sampling seed distinct per process: ranks must not draw the same trajectories from the same prompts."""
+        return (self.args.seed * 7919 + salt) * 1_000 + self.accelerator.process_index
 
     def _trainable_state(self) -> dict[str, torch.Tensor]:
         unwrapped = self.accelerator.unwrap_model(self.model)
@@ -163,13 +167,14 @@ class AATrainer(Trainer):
                 parameter.requires_grad_(False)
             engine = HFEngine.from_model(frozen, self.processing_class)
             self._pool_players[index] = LivePolicyPlayer(
-                engine, self.sampling, seed=index, spec=f"pool[{index}]", constrain=self.args.constrain_answers
+                engine, self.sampling, self._player_seed(index), f"pool[{index}]", self.args.constrain_answers
             )
         return self._pool_players[index]
 
     def _frozen_player(self, spec: str) -> Player:
         if spec not in self._frozen_players:
-            self._frozen_players[spec] = make_player(spec, self.args.game, sampling=self.sampling, seed=self.args.seed)
+            seed = self._player_seed(0)
+            self._frozen_players[spec] = make_player(spec, self.args.game, sampling=self.sampling, seed=seed)
         return self._frozen_players[spec]
 
     def _maybe_grow_pool(self) -> None:
@@ -308,6 +313,8 @@ class AATrainer(Trainer):
 
     def _generate_and_score(self) -> list[dict[str, Any]]:
         args = self.args
+        if not self._run_info_written:
+            self._write_run_info()
         self._maybe_grow_pool()
         records, results, learner_seats, groups = self._rollout()
         scored = self._credit_rows(records, results, learner_seats, groups)
@@ -329,6 +336,26 @@ class AATrainer(Trainer):
         # data parallelism averages gradients, so the update is the sum over all tokens / all tokens.
         scale = self.accelerator.num_processes / max(total_tokens, 1.0)
         return [{"rows": chunk, "scale": scale} for chunk in chunks]
+
+    def _write_run_info(self) -> None:
+        """Record how this run is distributed (engine, processes, ZeRO stage) in output_dir/coop_rl_run.json."""
+        self._run_info_written = True
+        if not self.args.should_save:
+            return
+        zero_stage = None
+        if self.is_deepspeed_enabled:
+            zero_stage = self.accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
+            zero_stage = zero_stage.get("stage")
+        info = {
+            "distributed_type": str(self.accelerator.distributed_type).split(".")[-1],
+            "num_processes": self.accelerator.num_processes,
+            "deepspeed_zero_stage": zero_stage,
+            "wrapped_model": type(self.model_wrapped).__name__,
+            "trainable_parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+            "rollout_backend": self.args.rollout_backend,
+        }
+        Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(self.args.output_dir) / RUN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
 
     def _log_rollout(self, records, results, learner_seats, scored) -> None:
         learner_returns = [sum(results[m].rewards[s]) for m, seats in enumerate(learner_seats) for s in seats]
