@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -39,6 +40,7 @@ from coop_rl.runner import TurnRecord, run_matches
 logger = logging.getLogger("coop_rl.trainer")
 
 POOL_STATE_FILE = "coop_rl_trainer_state.json"
+TRAJECTORY_DIR = "trajectories"
 RUN_INFO_FILE = "coop_rl_run.json"
 
 
@@ -65,6 +67,10 @@ def _parse_game_params(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError("game_params must be a mapping")
     return dict(value)
+
+
+class NumericalFaultError(RuntimeError):
+    """Too many consecutive optimizer steps had a non-finite loss or gradient: the run stops (no step applied)."""
 
 
 class AATrainer(Trainer):
@@ -318,6 +324,7 @@ class AATrainer(Trainer):
         self._maybe_grow_pool()
         records, results, learner_seats, groups = self._rollout()
         scored = self._credit_rows(records, results, learner_seats, groups)
+        self._write_trajectories(records, results, groups, scored["turn_credit"])
         rows = merge_identical_turns(
             [
                 (r.action.prompt_ids, r.action.completion_ids, r.action.logprobs, c, r.action.allowed)
@@ -491,6 +498,108 @@ class AATrainer(Trainer):
         settings = {"constrain_answers": self.args.constrain_answers, "game": self.args.game}
         (Path(output_dir) / POLICY_SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
 
+    # ----- trajectories and numerical faults ------------------------------------------------------------------
+    def _write_trajectories(self, records, results, groups, turn_credit) -> None:
+        """Write this iteration's learner turns to <output_dir>/trajectories/iteration-<step>.jsonl, atomically.
+
+        ``<step>`` is the optimizer step the iteration makes (global_step + 1: checkpoint-N holds iterations 1..N).
+        One JSON line per turn: iteration, match_id (global), seat, timestep, phase, text, valid, credit and the
+        seat's reward at that timestep. Written to a temporary file in the same folder, flushed to disk, then
+        renamed over the final name (os.replace), so a crash leaves either the whole file or none; a resumed run
+        rewrites the iterations it replays. All processes' turns are gathered and the main process writes.
+        """
+        args = self.args
+        if not args.save_trajectories:
+            return
+        step = self.state.global_step + 1
+        rows = []
+        for record, credit in zip(records, turn_credit, strict=True):
+            m = record.match_id
+            rewards = results[m].rewards[record.seat]
+            rows.append(
+                {
+                    "iteration": step,
+                    "match_id": groups[m] * args.group_size + m % args.group_size,
+                    "seat": record.seat,
+                    "timestep": record.timestep,
+                    "phase": record.phase,
+                    "text": record.action.text,
+                    "valid": bool(record.valid),
+                    "credit": float(credit),
+                    "reward": float(rewards[record.timestep]) if record.timestep < len(rewards) else None,
+                }
+            )
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            rows = gather_object(rows)
+        if not args.should_save:
+            return
+        rows.sort(key=lambda row: row["match_id"])  # stable: turns of a match stay in play order
+        folder = Path(args.output_dir) / TRAJECTORY_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        if not getattr(self, "_trajectory_dir_clean", False):  # temporary files left by a killed run
+            for stale in folder.glob(".iteration-*.tmp"):
+                stale.unlink(missing_ok=True)
+            self._trajectory_dir_clean = True
+        final = folder / f"iteration-{step:06d}.jsonl"
+        temporary = folder / f".{final.name}.{os.getpid()}.tmp"
+        with open(temporary, "w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, final)
+
+    _fault_in_iteration = False
+    _consecutive_faults = 0
+    _skipped_steps = 0
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """transformers' training step (forward + backward), then a guard against non-finite values.
+
+        A non-finite loss in any micro-batch, or a non-finite gradient once the iteration's micro-batches are
+        accumulated, skips that optimizer step: the gradients are dropped (set to None, which torch optimizers
+        skip: no moment update, no weight decay, weights unchanged), a warning is logged and the metric
+        ``fault/skipped_steps`` (a running count) goes up. ``max_consecutive_faults`` faulty steps in a row raise
+        :class:`NumericalFaultError` before the step and before any checkpoint of it. Under DeepSpeed the engine
+        steps inside backward, so there the guard can only stop the run at the first fault it sees.
+        """
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not bool(torch.isfinite(loss).all()):
+            self._fault_in_iteration = True
+        if self.accelerator.gradient_state.sync_gradients:  # the last micro-batch: the optimizer steps next
+            self._guard_optimizer_step(model)
+        return loss
+
+    def _guard_optimizer_step(self, model) -> None:
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        faulty = self._fault_in_iteration or not all(bool(torch.isfinite(g).all()) for g in grads)
+        self._fault_in_iteration = False
+        if self.accelerator.num_processes > 1:  # every process skips, or none does
+            flag = torch.tensor(float(faulty), device=self.args.device)
+            faulty = self.accelerator.reduce(flag, reduction="sum").item() > 0
+        if faulty:
+            self._skipped_steps += 1
+            self._consecutive_faults += 1
+            for parameter in model.parameters():
+                parameter.grad = None
+            limit = self.args.max_consecutive_faults
+            logger.warning(
+                "non-finite loss or gradient in the iteration of step %d: optimizer step skipped (%d in a row, stop at "
+                "%d; %d skipped in all)",
+                self.state.global_step + 1, self._consecutive_faults, limit, self._skipped_steps,
+            )  # fmt: skip
+            if self._consecutive_faults >= limit or self.is_deepspeed_enabled:
+                raise NumericalFaultError(
+                    f"stopped at step {self.state.global_step + 1}: {self._consecutive_faults} consecutive optimizer "
+                    f"steps with a non-finite loss or gradient (max_consecutive_faults={limit}); no step of them was "
+                    "applied and no checkpoint of them written"
+                )
+        else:
+            self._consecutive_faults = 0
+        self._metrics["fault/skipped_steps"] = [float(self._skipped_steps)]
+
     # ----- logging and checkpoints ----------------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         for key, values in self._metrics.items():
@@ -500,14 +609,19 @@ class AATrainer(Trainer):
         super().log(logs, start_time)
 
     def _save_checkpoint(self, model, trial) -> None:
-        super()._save_checkpoint(model, trial)
-        # The opponent pool and the trainer's own RNG come back on resume.
+        # The opponent pool and the trainer's own RNG come back on resume. They are written (atomically) BEFORE
+        # transformers saves the checkpoint, whose trainer_state.json comes last: a checkpoint that has its
+        # trainer_state.json, the mark of a complete one, also has its pool, even if the run was killed mid-save.
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
         folder = Path(self._get_output_dir(trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         if self.args.should_save:
-            torch.save({"pool": self.pool, "rng": self._rng.getstate()}, folder / "coop_rl_pool.pt")
+            folder.mkdir(parents=True, exist_ok=True)
+            temporary = folder / f".coop_rl_pool.pt.{os.getpid()}.tmp"
+            torch.save({"pool": self.pool, "rng": self._rng.getstate()}, temporary)
+            os.replace(temporary, folder / "coop_rl_pool.pt")
             (folder / POOL_STATE_FILE).write_text(json.dumps({"pool_size": len(self.pool)}))
+        super()._save_checkpoint(model, trial)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)

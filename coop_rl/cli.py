@@ -425,7 +425,12 @@ def cmd_train(argv: Sequence[str]) -> int:
         trainer = AATrainer(model=config.model_name_or_path, args=config)
     except ValueError as error:
         raise UsageError(str(error).splitlines()[0]) from None
-    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    from coop_rl.aa_trainer import NumericalFaultError
+
+    try:
+        trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    except NumericalFaultError as error:
+        raise UsageError(str(error)) from None
     trainer.save_model(config.output_dir)
     if trainer.accelerator.is_main_process:
         trainer.processing_class.save_pretrained(config.output_dir)
