@@ -548,12 +548,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         run = lambda: args.func(args)  # noqa: E731
     from coop_rl.envs import GameConfigError, UnknownGameError
     from coop_rl.players import PlayerSpecError
+    from coop_rl.players.openai_player import OpenAIPlayerError
 
     try:
         return run()
     except (UsageError, GameConfigError, UnknownGameError, PlayerSpecError, FileNotFoundError) as error:
         print(f"coop-rl: error: {error}", file=sys.stderr)
         return 2
+    except OpenAIPlayerError as error:  # an API opponent failed after its retries: one line, no traceback
+        print(f"coop-rl: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("coop-rl: interrupted", file=sys.stderr)
         return 130
