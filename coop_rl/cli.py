@@ -439,6 +439,36 @@ def cmd_train(argv: Sequence[str]) -> int:
     return 0
 
 
+# ----- demo ---------------------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    import logging
+
+    from coop_rl.demo import DEMOS, DemoError, run_demo
+
+    if args.game not in DEMOS:
+        raise UsageError(f"no demo for game {args.game!r}; demos: {', '.join(DEMOS)}")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise UsageError("--max-steps must be >= 1")
+    if args.matches is not None and args.matches < 1:
+        raise UsageError("--matches must be >= 1")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    try:
+        result = run_demo(
+            game=args.game,
+            out=args.out,
+            tiny_dir=args.tiny,
+            max_steps=args.max_steps,
+            matches=args.matches,
+            seed=args.seed,
+            force=args.force,
+        )
+    except DemoError as error:
+        raise UsageError(str(error)) from None
+    print(result["table"])
+    print(f"report: {result['report']}")
+    return 0
+
+
 # ----- entry point --------------------------------------------------------------------------------------------
 def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model players (hf:, vllm:, openai:)")
@@ -523,6 +553,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--games", default="ipd,bos", help="games whose scripted populations the warm start imitates (default ipd,bos)"
     )
     init_model.set_defaults(func=cmd_init_model)
+
+    demo = sub.add_parser(
+        "demo", help="the main job: train AA and naive on the tiny model, evaluate both, write a report"
+    )
+    demo.add_argument("--game", default="ipd", help="ipd (default) or tas")
+    demo.add_argument("--out", default=None, help="output directory (default runs/demo, runs/demo-tas for tas)")
+    demo.add_argument("--tiny", default=None, help="tiny model directory, built if missing (default runs/tiny[-tas])")
+    demo.add_argument("--max-steps", type=int, default=None, help="override the recipes' training iterations")
+    demo.add_argument("--matches", type=int, default=None, help="evaluation matches per opponent")
+    demo.add_argument("--seed", type=int, default=0, help="evaluation seed (default 0)")
+    demo.add_argument("--force", action="store_true", help="retrain even when a finished run is found")
+    demo.set_defaults(func=cmd_demo)
 
     sub.add_parser(
         "train",

@@ -181,6 +181,93 @@ def plot_exploit(result: dict[str, Any], path: Path, top: int = TOP_EXPLOITERS) 
     return _save(figure, path)
 
 
+# ----- several policies side by side (coop-rl demo) ------------------------------------------------------------
+LEARNING_CURVES_PNG = "learning_curves.png"
+TOURNAMENT_PNG = "tournament.png"
+CROSSPLAY_PNG = "crossplay.png"
+METHOD_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2")
+
+
+def plot_learning_curves(
+    curves: dict[str, Sequence[tuple[float, float]]], path: Path, ylabel: str, title: str, ylim: tuple | None = None
+) -> Any:
+    """One line per method: ``curves[method]`` is a list of (training step, value) points."""
+    figure, ax = _new_figure(0)
+    for index, (name, points) in enumerate(curves.items()):
+        if points:
+            steps, values = zip(*points, strict=True)
+            ax.plot(steps, values, marker=".", color=METHOD_COLORS[index % len(METHOD_COLORS)], label=name)
+    ax.set_xlabel("training iteration")
+    ax.set_ylabel(ylabel)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_title(title)
+    if any(curves.values()):
+        ax.legend(loc="best", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no logged values", ha="center", va="center", transform=ax.transAxes)
+    ax.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def plot_method_bars(
+    values: dict[str, Sequence[float | None]],
+    labels: Sequence[str],
+    path: Path,
+    ylabel: str,
+    title: str,
+    ylim: tuple | None = None,
+) -> Any:
+    """Grouped bars: for each label (an opponent), one bar per method (``values[method][i]``; None = no bar)."""
+    figure, ax = _new_figure(len(labels))
+    methods = list(values)
+    width = 0.8 / max(1, len(methods))
+    for index, name in enumerate(methods):
+        xs = [i - 0.4 + width * (index + 0.5) for i in range(len(labels))]
+        heights = [float("nan") if v is None else v for v in values[name]]
+        bars = ax.bar(xs, heights, width, color=METHOD_COLORS[index % len(METHOD_COLORS)], label=name)
+        ax.bar_label(bars, labels=["" if v is None else f"{v:.2f}" for v in values[name]], padding=2, fontsize=7)
+    ax.set_xticks(list(range(len(labels))), list(labels), rotation=30, ha="right")
+    ax.set_xlabel("opponent")
+    ax.set_ylabel(ylabel)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8, ncols=len(methods))
+    ax.grid(axis="y", alpha=0.3)
+    return _save(figure, path)
+
+
+def plot_heatmaps(
+    matrices: dict[str, Sequence[Sequence[float | None]]], names: Sequence[str], path: Path, title: str
+) -> Any:
+    """Cross-play heatmaps, one panel per quantity: ``matrices[quantity][i][j]`` is what the row policy ``i``
+    gets (or does) against the column policy ``j`` (the diagonal is self-play)."""
+    from matplotlib.figure import Figure
+
+    panels = list(matrices)
+    figure = Figure(figsize=(4.2 * len(panels) + 0.8, 4.2), dpi=DPI, layout="constrained")
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for ax, quantity in zip(axes, panels, strict=True):
+        data = [[float("nan") if v is None else v for v in row] for row in matrices[quantity]]
+        image = ax.imshow(data, cmap="viridis")
+        finite = [v for row in data for v in row if not math.isnan(v)]
+        middle = (min(finite) + max(finite)) / 2 if finite else 0.0
+        for i, row in enumerate(data):
+            for j, value in enumerate(row):
+                shown = "n/a" if math.isnan(value) else f"{value:.2f}"
+                color = "black" if not math.isnan(value) and value > middle else "white"  # readable on viridis
+                ax.text(j, i, shown, ha="center", va="center", color=color)
+        ax.set_xticks(list(range(len(names))), list(names))
+        ax.set_yticks(list(range(len(names))), list(names))
+        ax.set_xlabel("co-player")
+        ax.set_ylabel("policy")
+        ax.set_title(quantity, fontsize=10)
+        figure.colorbar(image, ax=ax, shrink=0.8)
+    figure.suptitle(title)
+    return _save(figure, path)
+
+
 # ----- markdown -----------------------------------------------------------------------------------------------
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
@@ -438,7 +525,10 @@ def exploit_table(result: dict[str, Any], top: int = 5) -> str:
 
 
 __all__ = [
+    "CROSSPLAY_PNG",
     "DPI",
+    "LEARNING_CURVES_PNG",
+    "TOURNAMENT_PNG",
     "eval_markdown",
     "eval_table",
     "exploit_markdown",
@@ -446,6 +536,9 @@ __all__ = [
     "figure_size",
     "plot_cooperation",
     "plot_exploit",
+    "plot_heatmaps",
+    "plot_learning_curves",
+    "plot_method_bars",
     "plot_returns",
     "write_eval",
     "write_exploit",

@@ -1,0 +1,423 @@
+"""``coop-rl demo`` (``make demo``): the main job end to end, on the embedded tiny model and a CPU.
+
+1. build the offline tiny model if it is missing (cached: ``runs/tiny``; ``runs/tiny-tas`` for Trust-and-Split);
+2. train Advantage Alignment and the naive learner (beta = 0), one after the other, with the shipped tiny
+   recipes (``recipes/<game>/{aa,naive}_tiny.yaml``) into ``<out>/aa`` and ``<out>/naive``, through the same code
+   path as ``coop-rl train``;
+3. evaluate both against the game's classic suite (``coop-rl eval``: ``<out>/<method>-eval/``) and against each
+   other (cross-play);
+4. write ``<out>/report.md``: a table (method x self-play, the key opponents, mean return), the learning curves
+   (from each run's ``trainer_state.json`` ``log_history``), the tournament bars and the cross-play heatmap,
+   and ``<out>/demo.json`` with every number of the table.
+
+A stage whose output exists is not redone (a trained policy directory, the tiny model), so an interrupted demo
+resumes where it stopped; ``--force`` retrains. ``--max-steps`` shortens the trainings (tests, a quick look).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: learning-curve metric logged by the trainer, per game (matrix games: cooperation; others: the learner's return)
+COOPERATION_KEY = "rollout/cooperation_rate"
+RETURN_KEY = "rollout/learner_return"
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """What the demo of one game trains and evaluates."""
+
+    game: str
+    tiny_dir: str
+    tiny_games: tuple[str, ...]
+    recipes: dict[str, str]
+    suite: str
+    #: opponents shown as table columns (besides self-play and the suite's mean return)
+    key_opponents: tuple[str, ...]
+    eval_matches: int = 20
+    eval_max_new_tokens: int = 128
+    eval_params: dict[str, Any] = field(default_factory=dict)
+
+
+DEMOS: dict[str, DemoSpec] = {
+    "ipd": DemoSpec(
+        game="ipd",
+        tiny_dir="runs/tiny",
+        tiny_games=("ipd", "bos"),
+        recipes={"aa": "recipes/ipd/aa_tiny.yaml", "naive": "recipes/ipd/naive_tiny.yaml"},
+        suite="ipd-classic",
+        key_opponents=("tft", "alld"),
+        eval_matches=20,
+        eval_max_new_tokens=4,
+    ),
+    "tas": DemoSpec(
+        game="tas",
+        tiny_dir="runs/tiny-tas",
+        tiny_games=("tas",),
+        recipes={"aa": "recipes/tas/aa_tiny.yaml", "naive": "recipes/tas/naive_tiny.yaml"},
+        suite="tas-classic",
+        key_opponents=("honest", "greedy"),
+        eval_matches=8,
+        eval_max_new_tokens=24,
+        eval_params={"rounds": 5},
+    ),
+}
+
+
+class DemoError(RuntimeError):
+    """A stage of the demo failed (the message says which)."""
+
+
+def _progress(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="stage", dynamic_ncols=True)
+
+
+def ensure_tiny_model(spec: DemoSpec, tiny_dir: str | None = None) -> Path:
+    """The demo's tiny model directory, built (``coop-rl init-model tiny``) when it is missing."""
+    from coop_rl.tiny_model import TinyModelConfig, init_tiny_model
+
+    path = Path(tiny_dir or spec.tiny_dir)
+    if (path / "coop_rl_tiny.json").exists() or (path / "config.json").exists():
+        return path
+    return init_tiny_model(path, TinyModelConfig(games=spec.tiny_games))
+
+
+def is_trained(run_dir: Path) -> bool:
+    """A finished ``coop-rl train`` run: the saved policy and its settings file."""
+    from coop_rl.players.hf import POLICY_SETTINGS_FILE
+
+    return (run_dir / POLICY_SETTINGS_FILE).exists() and any(run_dir.glob("*.safetensors"))
+
+
+def train(recipe: str, model_dir: Path, run_dir: Path, max_steps: int | None = None) -> None:
+    """``coop-rl train --config RECIPE --model_name_or_path MODEL --output_dir RUN`` in this process."""
+    from coop_rl.cli import main
+
+    argv = ["train", "--config", recipe, "--model_name_or_path", str(model_dir), "--output_dir", str(run_dir)]
+    if max_steps is not None:  # a short run still logs and checkpoints its last step (trainer_state.json)
+        argv += ["--max_steps", str(max_steps), "--save_steps", str(max_steps)]
+        argv += ["--logging_steps", str(max(1, min(5, max_steps // 4)))]
+    status = main(argv)
+    if status != 0:
+        raise DemoError(f"training failed (exit status {status}): coop-rl {' '.join(argv)}")
+
+
+def log_history(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's ``log_history``: ``<run>/trainer_state.json``, else that of its last checkpoint."""
+    candidates = [run_dir / "trainer_state.json"]
+    checkpoints = sorted(run_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name[11:]))
+    candidates += checkpoints[::-1]
+    for path in candidates:
+        if path.exists():
+            return json.loads(path.read_text(encoding="utf-8")).get("log_history", [])
+    return []
+
+
+def learning_curve(history: list[dict[str, Any]], key: str) -> list[tuple[float, float]]:
+    """(step, value) of every log entry that has ``key``."""
+    return [(float(entry["step"]), float(entry[key])) for entry in history if key in entry and "step" in entry]
+
+
+def _row(results: dict[str, Any], opponent: str) -> dict[str, Any] | None:
+    return next((row for row in results["opponents"] if row["opponent"] == opponent), None)
+
+
+def summarize_method(results: dict[str, Any], key_opponents: tuple[str, ...]) -> dict[str, Any]:
+    """The table row of one method: cooperation (matrix games) or return against self and the key opponents."""
+    matrix = results["self_play"]["policy_cooperation_rate"] is not None
+    metric = "policy_cooperation_rate" if matrix else "policy_mean_return"
+    row: dict[str, Any] = {
+        "metric": "cooperation rate" if matrix else "return",
+        "self_play": results["self_play"][metric],
+        "self_play_return": results["self_play"]["policy_mean_return"],
+        "mean_return": results["summary"]["mean_return"],
+        "invalid_rate": results["summary"]["policy_invalid_rate"],
+    }
+    for opponent in key_opponents:
+        found = _row(results, opponent)
+        row[f"vs_{opponent}"] = None if found is None else found[metric]
+        row[f"vs_{opponent}_return"] = None if found is None else found["policy_mean_return"]
+    return row
+
+
+def crossplay_matrices(
+    methods: list[str], evals: dict[str, dict[str, Any]], cross: dict[tuple[str, str], dict[str, Any]]
+) -> dict[str, list[list[float | None]]]:
+    """Row policy's mean return (and cooperation rate, matrix games) against each column policy."""
+    quantities = {"mean return of the row policy": "policy_mean_return"}
+    if evals[methods[0]]["self_play"]["policy_cooperation_rate"] is not None:
+        quantities["cooperation rate of the row policy"] = "policy_cooperation_rate"
+    matrices: dict[str, list[list[float | None]]] = {}
+    for title, key in quantities.items():
+        opponent_key = key.replace("policy_", "opponent_")
+        grid: list[list[float | None]] = []
+        for a in methods:
+            line: list[float | None] = []
+            for b in methods:
+                if a == b:
+                    line.append(evals[a]["self_play"][key])
+                elif (a, b) in cross:
+                    line.append(cross[(a, b)][key])
+                else:  # (b, a) was played: a's numbers are the opponent's
+                    line.append(cross[(b, a)][opponent_key])
+            grid.append(line)
+        matrices[title] = grid
+    return matrices
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
+
+
+def demo_table(spec: DemoSpec, rows: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Headers and cells of the demo's table."""
+    what = next(iter(rows.values()))["metric"]
+    short = "cooperation" if what == "cooperation rate" else "return"
+    headers = ["method", f"self-play {short}"] + [f"vs {o} ({short})" for o in spec.key_opponents]
+    headers += [f"mean return vs {spec.suite}", "invalid rate"]
+    cells = []
+    for method, row in rows.items():
+        line = [method, _fmt(row["self_play"])] + [_fmt(row[f"vs_{o}"]) for o in spec.key_opponents]
+        line += [_fmt(row["mean_return"]), f"{row['invalid_rate']:.3f}"]
+        cells.append(line)
+    return headers, cells
+
+
+def text_table(headers: list[str], cells: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)) for c in cells]
+    return "\n".join(lines)
+
+
+def _verdict(spec: DemoSpec, rows: dict[str, dict[str, Any]]) -> str:
+    """A sentence on what the numbers show (stated from the numbers, never assumed)."""
+    if spec.game != "ipd" or not {"aa", "naive"} <= set(rows):
+        return (
+            "No result is promised for this game on the tiny model: the numbers above are what this run learned. "
+            "Compare the methods' returns against the scripted opponents and in self-play."
+        )
+    aa, naive = rows["aa"], rows["naive"]
+
+    def value(row: dict[str, Any], key: str, missing: float) -> float:
+        return missing if row.get(key) is None else row[key]
+
+    checks = {
+        "AA cooperates in self-play (> 0.7)": value(aa, "self_play", 0.0) > 0.7,
+        "AA cooperates with tft (> 0.7)": value(aa, "vs_tft", 0.0) > 0.7,
+        "AA retaliates against alld (cooperation < 0.3)": value(aa, "vs_alld", 1.0) < 0.3,
+        "naive defects in self-play (cooperation < 0.3)": value(naive, "self_play", 1.0) < 0.3,
+    }
+    lines = [f"- {'yes' if ok else 'NO'}: {name}" for name, ok in checks.items()]
+    head = (
+        "Advantage Alignment learned reciprocity and the naive learner defected:"
+        if all(checks.values())
+        else (
+            "Not every expected outcome appeared in this run (see the NO lines; another seed or a longer run may "
+            "differ):"
+        )
+    )
+    return head + "\n\n" + "\n".join(lines)
+
+
+def write_report(
+    spec: DemoSpec,
+    out: Path,
+    rows: dict[str, dict[str, Any]],
+    evals: dict[str, dict[str, Any]],
+    cross: dict[tuple[str, str], dict[str, Any]],
+    histories: dict[str, list[dict[str, Any]]],
+    timings: dict[str, float],
+    settings: dict[str, Any],
+) -> Path:
+    """report.md, the three plots and demo.json in ``out``."""
+    from coop_rl.eval import report as rp
+
+    methods = list(rows)
+    matrix = rows[methods[0]]["metric"] == "cooperation rate"
+    key = COOPERATION_KEY if matrix else RETURN_KEY
+    curves = {m: learning_curve(histories[m], key) for m in methods}
+    what = "self-play cooperation rate" if matrix else "learner return per match (rollouts)"
+    rp.plot_learning_curves(
+        curves,
+        out / rp.LEARNING_CURVES_PNG,
+        ylabel=what,
+        title=f"{spec.game}: {what} during training",
+        ylim=(0.0, 1.05) if matrix else None,
+    )
+    labels = [row["opponent"] for row in evals[methods[0]]["opponents"]] + ["self-play"]
+    metric = "policy_cooperation_rate" if matrix else "policy_mean_return"
+    bars = {m: [row[metric] for row in evals[m]["opponents"]] + [evals[m]["self_play"][metric]] for m in methods}
+    rp.plot_method_bars(
+        bars,
+        labels,
+        out / rp.TOURNAMENT_PNG,
+        ylabel="policy cooperation rate" if matrix else "policy mean return per match",
+        title=f"{spec.game}: each trained policy against the {spec.suite} suite and itself",
+        ylim=(0.0, 1.2) if matrix else None,
+    )
+    matrices = crossplay_matrices(methods, evals, cross)
+    rp.plot_heatmaps(matrices, methods, out / rp.CROSSPLAY_PNG, title=f"{spec.game}: cross-play (diagonal: self-play)")
+
+    headers, cells = demo_table(spec, rows)
+    total = sum(timings.values())
+    lines = [
+        f"# coop-rl demo: {spec.game}",
+        "",
+        f"Methods trained with `coop-rl train` from the tiny model `{settings['model']}`: "
+        + ", ".join(
+            f"{m} (`{spec.recipes[m]}`"
+            + (f", max_steps {settings['max_steps']}" if settings["max_steps"] else "")
+            + ")"
+            for m in methods
+        )
+        + f". Each policy is evaluated with `coop-rl eval --opponents {spec.suite}` "
+        f"({settings['matches']} matches per opponent, seed {settings['seed']}, policy in seat 0) and against the "
+        "other method (cross-play).",
+        "",
+        "## Results",
+        "",
+        *rp._table(headers, cells),
+        "",
+        f"Columns: the policy's {rows[methods[0]]['metric']} in self-play and against each opponent; the mean return "
+        f"is its return per match averaged over the {len(labels) - 1} opponents of `{spec.suite}`; the invalid rate "
+        "is the fraction of its answers the game could not parse.",
+        "",
+        _verdict(spec, rows),
+        "",
+        "## Learning curves",
+        "",
+        f"![{what} during training]({rp.LEARNING_CURVES_PNG})",
+        "",
+        f"`{key}` from each run's `log_history` (`<run>/checkpoint-*/trainer_state.json`): the mean over the "
+        "iteration's rollouts, averaged over the logging interval.",
+        "",
+        "## Tournament against the scripted suite",
+        "",
+        f"![tournament]({rp.TOURNAMENT_PNG})",
+        "",
+        "Each method's full evaluation (returns with 95% bootstrap intervals, both seats, the opponents' numbers): "
+        + ", ".join(f"[{m}-eval/report.md]({m}-eval/report.md)" for m in methods)
+        + ".",
+        "",
+        "## Cross-play",
+        "",
+        f"![cross-play]({rp.CROSSPLAY_PNG})",
+        "",
+        "Cell (row, column): what the row policy gets (or how often it cooperates) against the column policy.",
+        "",
+        "## Time",
+        "",
+        *rp._table(["stage", "seconds"], [[k, f"{v:.0f}"] for k, v in timings.items()] + [["total", f"{total:.0f}"]]),
+        "",
+        "Stages found already done (a cached tiny model, a finished training) take about 0 s.",
+    ]
+    (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    payload = {
+        "game": spec.game,
+        "settings": settings,
+        "table": {"headers": headers, "rows": cells},
+        "methods": rows,
+        "crossplay": {"methods": methods, **matrices},
+        "curves": {m: curves[m] for m in methods},
+        "timings_s": timings,
+        "plots": [rp.LEARNING_CURVES_PNG, rp.TOURNAMENT_PNG, rp.CROSSPLAY_PNG],
+    }
+    (out / "demo.json").write_text(json.dumps(rp._json_ready(payload), indent=1) + "\n", encoding="utf-8")
+    return out / "report.md"
+
+
+def run_demo(
+    game: str = "ipd",
+    out: str | None = None,
+    tiny_dir: str | None = None,
+    max_steps: int | None = None,
+    matches: int | None = None,
+    seed: int = 0,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Run every stage; returns ``{"report": path, "table": text, "rows": ..., "timings": ...}``."""
+    if game not in DEMOS:
+        raise ValueError(f"no demo for game {game!r}; demos: {', '.join(DEMOS)}")
+    spec = DEMOS[game]
+    out_dir = Path(out or ("runs/demo" if game == "ipd" else f"runs/demo-{game}"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    matches = matches or spec.eval_matches
+    methods = list(spec.recipes)
+    timings: dict[str, float] = {}
+    stages = 1 + 2 * len(methods) + 2
+    from coop_rl.eval.evaluate import evaluate
+    from coop_rl.players import SamplingConfig
+
+    sampling = SamplingConfig(max_new_tokens=spec.eval_max_new_tokens)
+    with _progress(stages, f"coop-rl demo ({game})") as bar:
+
+        def stage(name: str):
+            bar.set_postfix_str(name)
+            return time.perf_counter()
+
+        def done(name: str, started: float) -> None:
+            timings[name] = round(time.perf_counter() - started, 1)
+            bar.update(1)
+
+        started = stage("tiny model")
+        model_dir = ensure_tiny_model(spec, tiny_dir)
+        done("tiny model", started)
+
+        for method in methods:
+            run_dir = out_dir / method
+            started = stage(f"train {method}")
+            if force or not is_trained(run_dir):
+                train(spec.recipes[method], model_dir, run_dir, max_steps)
+            done(f"train {method}", started)
+
+        evals: dict[str, dict[str, Any]] = {}
+        for method in methods:
+            started = stage(f"eval {method}")
+            evals[method] = evaluate(
+                f"hf:{out_dir / method}",
+                game,
+                spec.suite,
+                matches=matches,
+                seed=seed,
+                game_params=spec.eval_params,
+                sampling=sampling,
+                out_dir=str(out_dir / f"{method}-eval"),
+            )
+            done(f"eval {method}", started)
+
+        started = stage("cross-play")
+        cross: dict[tuple[str, str], dict[str, Any]] = {}
+        for i, a in enumerate(methods):
+            for b in methods[i + 1 :]:
+                result = evaluate(
+                    f"hf:{out_dir / a}",
+                    game,
+                    [f"hf:{out_dir / b}"],
+                    matches=matches,
+                    seed=seed,
+                    game_params=spec.eval_params,
+                    sampling=sampling,
+                    swap=False,
+                )
+                cross[(a, b)] = result["opponents"][0]
+        done("cross-play", started)
+
+        started = stage("report")
+        rows = {m: summarize_method(evals[m], spec.key_opponents) for m in methods}
+        histories = {m: log_history(out_dir / m) for m in methods}
+        settings = {"model": str(model_dir), "max_steps": max_steps, "matches": matches, "seed": seed}
+        report = write_report(spec, out_dir, rows, evals, cross, histories, timings, settings)
+        done("report", started)
+    headers, cells = demo_table(spec, rows)
+    return {"report": str(report), "table": text_table(headers, cells), "rows": rows, "timings": timings}
+
+
+__all__ = ["DEMOS", "DemoError", "DemoSpec", "run_demo"]

@@ -1,0 +1,136 @@
+"""coop-rl demo: the report from synthetic evaluations (fast), the CLI's errors, and the whole pipeline on the tiny
+model with two training iterations per method (slow)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from coop_rl.cli import main
+from coop_rl.demo import (
+    DEMOS,
+    crossplay_matrices,
+    learning_curve,
+    log_history,
+    run_demo,
+    summarize_method,
+    write_report,
+)
+
+
+def _row(opponent, ret, coop, opp_ret=1.0, opp_coop=0.5, self_play=False):
+    row = {
+        "opponent": opponent,
+        "policy_mean_return": ret,
+        "opponent_mean_return": opp_ret,
+        "policy_cooperation_rate": coop,
+        "opponent_cooperation_rate": opp_coop,
+        "policy_invalid_rate": 0.0,
+    }
+    if self_play:
+        row["self_play"] = True
+    return row
+
+
+def _eval(self_coop, tft_coop, alld_coop, mean_return):
+    return {
+        "opponents": [_row("tft", 29.0, tft_coop), _row("alld", 9.0, alld_coop)],
+        "self_play": _row("hf:x", 30.0, self_coop, self_play=True),
+        "summary": {"mean_return": mean_return, "policy_invalid_rate": 0.01},
+    }
+
+
+def test_summarize_method_reads_cooperation_against_the_key_opponents():
+    row = summarize_method(_eval(0.95, 0.97, 0.1, 19.0), ("tft", "alld"))
+    assert row["metric"] == "cooperation rate"
+    assert (row["self_play"], row["vs_tft"], row["vs_alld"], row["mean_return"]) == (0.95, 0.97, 0.1, 19.0)
+    assert row["vs_tft_return"] == 29.0
+
+
+def test_crossplay_matrix_diagonal_is_self_play_and_off_diagonal_reads_both_seats():
+    evals = {"aa": _eval(0.9, 1, 0, 0), "naive": _eval(0.1, 0, 0, 0)}
+    cross = {("aa", "naive"): _row("hf:naive", 12.0, 0.2, opp_ret=17.0, opp_coop=0.05)}
+    matrices = crossplay_matrices(["aa", "naive"], evals, cross)
+    returns = matrices["mean return of the row policy"]
+    coop = matrices["cooperation rate of the row policy"]
+    assert returns == [[30.0, 12.0], [17.0, 30.0]]
+    assert coop == [[0.9, 0.2], [0.05, 0.1]]
+
+
+def test_log_history_falls_back_to_the_last_checkpoint(tmp_path):
+    for step, value in ((5, 0.2), (10, 0.6)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        history = [{"step": s, "rollout/cooperation_rate": 0.1 * s} for s in range(1, step + 1)]
+        history[-1]["rollout/cooperation_rate"] = value
+        (folder / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    history = log_history(tmp_path)
+    assert len(history) == 10  # checkpoint-10, not checkpoint-5 (numeric, not lexical, order)
+    curve = learning_curve(history + [{"train_runtime": 1.0}], "rollout/cooperation_rate")
+    assert curve[-1] == (10.0, 0.6) and len(curve) == 10
+
+
+def test_write_report_writes_the_table_plots_and_json(tmp_path):
+    spec = DEMOS["ipd"]
+    evals = {"aa": _eval(0.94, 0.98, 0.1, 19.5), "naive": _eval(0.0, 0.0, 0.0, 11.0)}
+    rows = {m: summarize_method(e, spec.key_opponents) for m, e in evals.items()}
+    cross = {("aa", "naive"): _row("hf:naive", 9.0, 0.1, opp_ret=14.0, opp_coop=0.0)}
+    histories = {
+        "aa": [{"step": s, "rollout/cooperation_rate": s / 10} for s in range(1, 10)],
+        "naive": [{"step": s, "rollout/cooperation_rate": 1 / s} for s in range(1, 10)],
+    }
+    settings = {"model": "runs/tiny", "max_steps": None, "matches": 20, "seed": 0}
+    report = write_report(spec, tmp_path, rows, evals, cross, histories, {"train aa": 1.0}, settings)
+    text = report.read_text()
+    assert "| aa | 0.94 | 0.98 | 0.10 | 19.50 |" in text
+    assert "| naive | 0.00 | 0.00 | 0.00 | 11.00 |" in text
+    assert "- yes: AA retaliates against alld" in text and "NO" not in text
+    for name in ("learning_curves.png", "tournament.png", "crossplay.png"):
+        assert (tmp_path / name).stat().st_size > 5000
+        assert f"]({name})" in text
+    data = json.loads((tmp_path / "demo.json").read_text())
+    assert data["crossplay"]["mean return of the row policy"] == [[30.0, 9.0], [14.0, 30.0]]
+    assert data["curves"]["aa"][-1] == [9.0, 0.9]
+
+
+def test_write_report_says_when_an_outcome_is_missing(tmp_path):
+    spec = DEMOS["ipd"]
+    evals = {"aa": _eval(0.4, 0.5, 0.5, 15.0), "naive": _eval(0.0, 0.0, 0.0, 11.0)}
+    rows = {m: summarize_method(e, spec.key_opponents) for m, e in evals.items()}
+    cross = {("aa", "naive"): _row("hf:naive", 9.0, 0.1)}
+    settings = {"model": "m", "max_steps": 2, "matches": 2, "seed": 0}
+    text = write_report(spec, tmp_path, rows, evals, cross, {"aa": [], "naive": []}, {}, settings).read_text()
+    assert "- NO: AA cooperates in self-play" in text and "- NO: AA retaliates against alld" in text
+
+
+def test_demo_cli_rejects_an_unknown_game(capsys):
+    assert main(["demo", "--game", "chess"]) == 2
+    assert "no demo for game 'chess'" in capsys.readouterr().err
+
+
+def test_demo_cli_rejects_bad_numbers(capsys):
+    assert main(["demo", "--max-steps", "0"]) == 2
+    assert "--max-steps must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = ["demo", "--tiny", str(tiny_model_dir), "--out", str(out), "--max-steps", "2", "--matches", "2"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert f"report: {out / 'report.md'}" in printed and "self-play cooperation" in printed
+    for method in ("aa", "naive"):
+        assert (out / method / "coop_rl_policy.json").exists()
+        assert (out / f"{method}-eval" / "results.json").exists()
+        assert learning_curve(log_history(out / method), "rollout/cooperation_rate")
+    data = json.loads((out / "demo.json").read_text())
+    assert set(data["methods"]) == {"aa", "naive"}
+    assert all(0.0 <= data["methods"][m]["self_play"] <= 1.0 for m in ("aa", "naive"))
+    text = (out / "report.md").read_text()
+    assert "| aa |" in text and "| naive |" in text
+    # a second run finds both trainings done and only re-evaluates
+    result = run_demo(tiny_dir=str(tiny_model_dir), out=str(out), max_steps=2, matches=2)
+    assert result["timings"]["train aa"] < 5 and Path(result["report"]).exists()
