@@ -22,12 +22,13 @@ import json
 import logging
 import os
 import random
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback
 
 from coop_rl.aa_config import AAConfig
 from coop_rl.credit import compute_credit
@@ -144,6 +145,8 @@ class AATrainer(Trainer):
         self._rng = random.Random(args.seed)
         self._live_engine: HFEngine | None = None
         self._vllm_player: Player | None = None
+        self._iteration_started, self._iteration_scoring_s = 0.0, 0.0
+        self.add_callback(_IterationTimer(self))
         self._run_info_written = False
 
     # ----- players ------------------------------------------------------------------------------------------
@@ -352,8 +355,16 @@ class AATrainer(Trainer):
         if not self._run_info_written:
             self._write_run_info()
         self._maybe_grow_pool()
+        started = time.perf_counter()
         records, results, learner_seats, groups = self._rollout()
+        rollout_seconds = time.perf_counter() - started
         scored = self._credit_rows(records, results, learner_seats, groups)
+        credit_seconds = time.perf_counter() - started - rollout_seconds
+        generated = sum(len(r.action.completion_ids) for r in records)
+        self._metrics["time/rollout_s"].append(rollout_seconds)
+        self._metrics["time/credit_s"].append(credit_seconds)
+        self._metrics["perf/learner_tokens_per_s"].append(generated / max(rollout_seconds, 1e-9))
+        self._iteration_started, self._iteration_scoring_s = started, rollout_seconds + credit_seconds
         self._write_trajectories(records, results, groups, scored["turn_credit"])
         rows = merge_identical_turns(
             [
@@ -405,6 +416,12 @@ class AATrainer(Trainer):
         mutual = [r.metrics.get("mutual_cooperation_rate") for r in results]
         if mutual and mutual[0] is not None:
             self._metrics["rollout/mutual_cooperation_rate"].append(sum(mutual) / len(mutual))
+        for seat in range(self.num_seats):
+            seat_returns = [sum(result.rewards[seat]) for result in results]
+            self._metrics[f"rollout/return_seat{seat}"].append(sum(seat_returns) / max(1, len(seat_returns)))
+        advantage = scored["credit"]["adv_self"][scored["mask"]]
+        self._metrics["credit/advantage_mean"].append(advantage.mean().item())
+        self._metrics["credit/advantage_std"].append(advantage.std().item() if advantage.numel() > 1 else 0.0)
         credit = scored["credit"]["credit"][scored["mask"]]
         self._metrics["credit/mean"].append(credit.mean().item())
         self._metrics["credit/std"].append(credit.std().item() if credit.numel() > 1 else 0.0)
@@ -505,7 +522,13 @@ class AATrainer(Trainer):
         with torch.no_grad():
             tokens = (mask * count).sum().clamp(min=1)
             self._metrics["loss/entropy"].append(((entropy * mask * count).sum() / tokens).item())
-            self._metrics["loss/is_weight"].append(((torch.exp(log_ratio) * mask * count).sum() / tokens).item())
+            ratio = torch.exp(log_ratio)
+            self._metrics["loss/is_weight"].append(((ratio * mask * count).sum() / tokens).item())
+            if args.loss_type == "ppo":
+                clipped = (ratio < 1 - args.ppo_clip) | (ratio > 1 + args.ppo_clip)
+            else:
+                clipped = ratio > args.is_clip
+            self._metrics["loss/clip_fraction"].append(((clipped * mask * count).sum() / tokens).item())
             self._metrics["loss/unique_rows"].append(float(len(rows)))
             if inputs.get("first_micro_batch"):  # weights not yet updated this iteration: the sampler's weights
                 gap = ((logprobs - batch["sampler_logprobs"]).abs() * mask).sum() / mask.sum().clamp(min=1)
@@ -660,9 +683,49 @@ class AATrainer(Trainer):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         pool_file = Path(resume_from_checkpoint) / "coop_rl_pool.pt"
         if pool_file.exists():
-            state = torch.load(pool_file, weights_only=False)
-            self.pool = state["pool"]
-            self._rng.setstate(state["rng"])
+            self.pool, rng_state = load_pool_file(pool_file)
+            self._rng.setstate(rng_state)
+
+
+class _IterationTimer(TrainerCallback):
+    """Splits each iteration's wall time: rollout and credit (timed where they run), the rest is the update."""
+
+    def __init__(self, trainer: AATrainer) -> None:
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        trainer = self.trainer
+        if trainer._iteration_started:  # before the step is logged: the metrics join this step's log line
+            total = time.perf_counter() - trainer._iteration_started
+            trainer._metrics["time/update_s"].append(max(0.0, total - trainer._iteration_scoring_s))
+            trainer._metrics["time/iteration_s"].append(total)
+        return control
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is not what coop-rl wrote (a user error: exit status 2)."""
+
+
+def load_pool_file(path: str | Path) -> tuple[list[dict[str, torch.Tensor]], tuple]:
+    """The opponent pool and the trainer RNG state of a checkpoint's coop_rl_pool.pt.
+
+    Read with ``weights_only=True`` (tensors, containers and numbers only), as transformers reads the rest of a
+    checkpoint: a checkpoint from elsewhere cannot run code when it is resumed.
+    """
+    import pickle
+
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path}: not a coop-rl pool file ({reason[:200]})") from None
+    pool, rng = (state.get("pool"), state.get("rng")) if isinstance(state, dict) else (None, None)
+    valid = isinstance(pool, list) and all(
+        isinstance(entry, dict) and all(isinstance(t, torch.Tensor) for t in entry.values()) for entry in pool
+    )
+    if not valid or not isinstance(rng, tuple):
+        raise CheckpointError(f"{path}: not a coop-rl pool file (expected a pool of tensors and an RNG state)")
+    return pool, rng
 
 
 def merge_identical_turns(turns: list[tuple]) -> list[dict[str, Any]]:

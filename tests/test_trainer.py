@@ -165,3 +165,34 @@ def test_learning_result_aa_reciprocates_and_naive_defects(tmp_path, tiny_model_
     assert _cooperation(capsys, f"hf:{aa}", "tft") >= 0.8  # and with tit-for-tat
     assert _cooperation(capsys, f"hf:{aa}", "alld") <= 0.2  # retaliates: not exploited
     assert _cooperation(capsys, f"hf:{naive}", f"hf:{naive}") <= 0.3  # the naive learner defects
+
+
+EVERY_GAME = [
+    ("ipd", ["--opponent", "frozen", "--opponents", "tft,alld"]),
+    ("bos", []),
+    ("tas", ["--game_params", '{"rounds": 2}', "--constrain_answers", "false", "--max_new_tokens", "12"]),
+    ("split", ["--game_params", '{"rounds": 2}', "--constrain_answers", "false", "--max_new_tokens", "8"]),
+    ("spgg", ["--game_params", '{"players": 3, "reward": "classic"}', "--constrain_answers", "false"]),
+    ("spgg", ["--game_params", '{"players": 3, "reward": "redesigned"}', "--constrain_answers", "false"]),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("game,extra", EVERY_GAME, ids=["ipd-frozen", "bos", "tas", "split", "spgg-classic",
+                                                         "spgg-redesigned"])  # fmt: skip
+def test_every_game_trains_and_logs_the_iteration_metrics(game, extra, tmp_path, tiny_model_dir):
+    out = _train(tmp_path, tiny_model_dir, "--game", game, "--matches_per_iteration", "12", "--group_size", "4",
+                 "--max_steps", "2", "--save_steps", "2", *extra)  # fmt: skip
+    logged = [h for h in _log_history(out) if "loss" in h]
+    assert [h["step"] for h in logged] == [1, 2]
+    seats = 3 if game == "spgg" else 2
+    for entry in logged:
+        for key in ["rollout/learner_return", "rollout/invalid_rate", "credit/mean", "credit/advantage_std",
+                    "loss/entropy", "loss/is_weight", "loss/clip_fraction", "rollout/sampler_logprob_gap",
+                    "perf/learner_tokens_per_s", "time/rollout_s", "time/credit_s", "time/update_s",
+                    *(f"rollout/return_seat{seat}" for seat in range(seats))]:  # fmt: skip
+            assert key in entry, key
+        assert entry["time/rollout_s"] > 0 and entry["time/update_s"] > 0 and entry["perf/learner_tokens_per_s"] > 0
+        assert 0.0 <= entry["rollout/invalid_rate"] <= 1.0 and entry["loss/clip_fraction"] <= 1.0
+    if game in ("ipd", "bos"):
+        assert "rollout/cooperation_rate" in logged[0]
