@@ -425,11 +425,11 @@ def cmd_train(argv: Sequence[str]) -> int:
         trainer = AATrainer(model=config.model_name_or_path, args=config)
     except ValueError as error:
         raise UsageError(str(error).splitlines()[0]) from None
-    from coop_rl.aa_trainer import NumericalFaultError
+    from coop_rl.aa_trainer import CheckpointError, NumericalFaultError
 
     try:
         trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
-    except NumericalFaultError as error:
+    except (NumericalFaultError, CheckpointError) as error:
         raise UsageError(str(error)) from None
     trainer.save_model(config.output_dir)
     if trainer.accelerator.is_main_process:
