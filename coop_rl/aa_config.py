@@ -36,6 +36,13 @@ class AAConfig(TrainingArguments):
     lora_r: int = field(default=32, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=64, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    seat_adapters: bool = field(
+        default=False,
+        metadata={
+            "help": "Independent LoRA adapters per seat in self-play (needs use_peft): seat 0 trains the adapter saved "
+            "in output_dir, seat k the one in output_dir/seat<k>."
+        },
+    )
     lora_target_modules: str = field(
         default="all-linear", metadata={"help": "Modules that get LoRA: 'all-linear' or a comma-separated list."}
     )

@@ -17,6 +17,7 @@ The trainer knows games only through the rollout layer (:mod:`coop_rl.rollout`, 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -60,6 +61,40 @@ class LivePolicyPlayer(HFPlayer):
         self._rng = random.Random(f"{spec}:{seed}")
 
 
+def seat_adapter_name(seat: int) -> str:
+    """The peft adapter of a seat with ``seat_adapters``: seat 0 keeps peft's 'default', seat k is 'seat<k>'."""
+    return "default" if seat == 0 else f"seat{seat}"
+
+
+@contextlib.contextmanager
+def active_adapter(model: torch.nn.Module, name: str):
+    """Run the peft model under adapter ``name`` without touching requires_grad (peft's set_adapter freezes the
+    other adapters, and every seat's adapter must stay trainable)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
+    previous = [layer._active_adapter for layer in layers]
+    for layer in layers:
+        layer._active_adapter = [name]
+    try:
+        yield
+    finally:
+        for layer, value in zip(layers, previous, strict=True):
+            layer._active_adapter = value
+
+
+class SeatPolicyPlayer(Player):
+    """The live learner playing one seat under that seat's own LoRA adapter (``seat_adapters``)."""
+
+    def __init__(self, live: Player, model: torch.nn.Module, adapter: str) -> None:
+        self.live, self.model, self.adapter = live, model, adapter
+        self.spec = f"learner[{adapter}]"
+
+    def act(self, requests):
+        with active_adapter(self.model, self.adapter):
+            return self.live.act(requests)
+
+
 def _parse_game_params(value: Any) -> dict[str, Any]:
     if value is None or value == "":
         return {}
@@ -86,8 +121,12 @@ class AATrainer(Trainer):
     ) -> None:
         if args is None:
             raise ValueError("AATrainer needs an AAConfig")
-        if args.ddp_find_unused_parameters is None:  # every trainable weight is in every loss: skip DDP's extra pass
-            args.ddp_find_unused_parameters = False
+        if args.seat_adapters and not (args.use_peft and args.opponent == "self_play" and args.rollout_backend == "hf"):
+            raise ValueError("seat_adapters needs use_peft true, opponent self_play and rollout_backend hf")
+        if args.ddp_find_unused_parameters is None:
+            # Every trainable weight is in every loss (skip DDP's extra pass), except with one adapter per seat,
+            # where a micro-batch may hold no turn of some seat.
+            args.ddp_find_unused_parameters = bool(args.seat_adapters)
         if args.rollout_backend == "vllm" and not args.use_peft:
             raise ValueError("rollout_backend vllm needs use_peft true: the engine is synced by hot-swapping LoRA")
         if args.rollout_backend == "vllm" and args.constrain_answers:
@@ -101,25 +140,29 @@ class AATrainer(Trainer):
             processing_class = AutoTokenizer.from_pretrained(
                 model_id or model.config._name_or_path, padding_side="left"
             )
+        self.game_params = _parse_game_params(args.game_params)
+        probe = make_game(args.game, **self.game_params)  # fail early on a bad game or parameter
+        self.num_seats = probe.num_players
         if args.use_peft:
             from peft import LoraConfig, get_peft_model
 
             targets: Any = args.lora_target_modules
             if targets != "all-linear":
                 targets = [t.strip() for t in targets.split(",") if t.strip()]
-            model = get_peft_model(
-                model,
-                LoraConfig(
-                    r=args.lora_r,
-                    lora_alpha=args.lora_alpha,
-                    lora_dropout=args.lora_dropout,
-                    target_modules=targets,
-                    task_type="CAUSAL_LM",
-                ),
+            lora = LoraConfig(
+                r=args.lora_r,
+                lora_alpha=args.lora_alpha,
+                lora_dropout=args.lora_dropout,
+                target_modules=targets,
+                task_type="CAUSAL_LM",
             )
-        self.game_params = _parse_game_params(args.game_params)
-        probe = make_game(args.game, **self.game_params)  # fail early on a bad game or parameter
-        self.num_seats = probe.num_players
+            model = get_peft_model(model, lora)
+            if args.seat_adapters:  # one more adapter per seat; all of them train (peft trains the active one only)
+                for seat in range(1, self.num_seats):
+                    model.add_adapter(seat_adapter_name(seat), lora)
+                for name, parameter in model.named_parameters():
+                    if "lora_" in name:
+                        parameter.requires_grad_(True)
         # One dataset item per micro-batch of every iteration: the Trainer's loop counts steps from it.
         world = max(1, int(getattr(args, "world_size", 1)))
         length = args.max_steps * args.gradient_accumulation_steps * world
@@ -184,6 +227,16 @@ class AATrainer(Trainer):
         self._vllm_player.sync_adapter(folder)
         self._vllm_player.spec = "learner"
         return self._vllm_player
+
+    def _adapter_of(self, record: TurnRecord) -> str | None:
+        return seat_adapter_name(record.seat) if self.args.seat_adapters else None
+
+    def _seat_player(self, live: Player, seat: int) -> Player:
+        """The learner in a seat: the live policy, or with ``seat_adapters`` the live model under its seat's adapter."""
+        if not self.args.seat_adapters:
+            return live
+        model = self.accelerator.unwrap_model(self.model)
+        return SeatPolicyPlayer(live, model, seat_adapter_name(seat))
 
     def _player_seed(self, salt: int) -> int:
         """A sampling seed distinct per process: ranks must not draw the same trajectories from the same prompts."""
@@ -277,7 +330,8 @@ class AATrainer(Trainer):
         try:
             for (seats, key), locals_ in by_setting.items():
                 co_player = self._co_player(key, live)
-                seat_players = [live if seat in seats else co_player for seat in range(self.num_seats)]
+                seat_players = [self._seat_player(live, seat) if seat in seats else co_player
+                                for seat in range(self.num_seats)]  # fmt: skip
                 match_ids = [local * args.group_size + k for local in locals_ for k in range(args.group_size)]
                 seeds = [iteration_seed + my_groups[m // args.group_size] for m in match_ids]
                 turns: list[TurnRecord] = []
@@ -368,7 +422,14 @@ class AATrainer(Trainer):
         self._write_trajectories(records, results, groups, scored["turn_credit"])
         rows = merge_identical_turns(
             [
-                (r.action.prompt_ids, r.action.completion_ids, r.action.logprobs, c, r.action.allowed)
+                (
+                    r.action.prompt_ids,
+                    r.action.completion_ids,
+                    r.action.logprobs,
+                    c,
+                    r.action.allowed,
+                    self._adapter_of(r),
+                )
                 for r, c in zip(records, scored["turn_credit"], strict=True)
                 if r.action.completion_ids
             ]
@@ -497,10 +558,22 @@ class AATrainer(Trainer):
         return log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1), entropy
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        args = self.args
         rows = inputs["rows"]
         if not rows:  # this micro-batch got no learner turn: a zero loss that still touches the graph
             return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+        if not self.args.seat_adapters:
+            return self._rows_loss(model, rows, inputs)
+        # One adapter per seat: each seat's turns go through the model under that seat's adapter.
+        unwrapped = self.accelerator.unwrap_model(model)
+        loss = 0.0
+        for adapter in sorted({row["adapter"] for row in rows}):
+            with active_adapter(unwrapped, adapter):
+                loss = loss + self._rows_loss(model, [row for row in rows if row["adapter"] == adapter], inputs)
+        return loss
+
+    def _rows_loss(self, model, rows: list[dict[str, Any]], inputs: dict[str, Any]) -> torch.Tensor:
+        """The loss of a list of (merged) turn rows: the policy-gradient term, entropy bonus and KL; logs metrics."""
+        args = self.args
         batch = self._batch_tensors(rows)
         mask = batch["completion_mask"]
         logprobs, entropy = self._token_logprobs(model, batch)
@@ -552,7 +625,13 @@ class AATrainer(Trainer):
         from coop_rl.players.hf import POLICY_SETTINGS_FILE
 
         settings = {"constrain_answers": self.args.constrain_answers, "game": self.args.game}
-        (Path(output_dir) / POLICY_SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+        folders = [Path(output_dir)]
+        if self.args.seat_adapters:  # peft saves adapter k > 0 in output_dir/seat<k>: each plays as hf:<that dir>
+            folders += [Path(output_dir) / seat_adapter_name(seat) for seat in range(1, self.num_seats)]
+        for folder in folders:
+            (folder / POLICY_SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+            if folder != Path(output_dir):
+                self.processing_class.save_pretrained(folder)
 
     # ----- trajectories and numerical faults ------------------------------------------------------------------
     def _write_trajectories(self, records, results, groups, turn_credit) -> None:
@@ -681,10 +760,25 @@ class AATrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self.args.seat_adapters:
+            self._load_seat_adapters(Path(resume_from_checkpoint), model or self.model)
         pool_file = Path(resume_from_checkpoint) / "coop_rl_pool.pt"
         if pool_file.exists():
             self.pool, rng_state = load_pool_file(pool_file)
             self._rng.setstate(rng_state)
+
+    def _load_seat_adapters(self, checkpoint: Path, model) -> None:
+        """Every seat's adapter from a checkpoint (transformers restores only the active one), all left trainable."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        for seat in range(self.num_seats):
+            name = seat_adapter_name(seat)
+            weights = (checkpoint if seat == 0 else checkpoint / name) / "adapter_model.safetensors"
+            set_peft_model_state_dict(model, load_file(weights), adapter_name=name)
+        for parameter_name, parameter in model.named_parameters():
+            if "lora_" in parameter_name:
+                parameter.requires_grad_(True)
 
 
 class _IterationTimer(TrainerCallback):
@@ -716,7 +810,11 @@ def load_pool_file(path: str | Path) -> tuple[list[dict[str, torch.Tensor]], tup
 
     try:
         state = torch.load(path, weights_only=True, map_location="cpu")
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path}: not a coop-rl pool file (refused: it holds objects other than tensors and plain data)"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"{path}: not a coop-rl pool file ({reason[:200]})") from None
     pool, rng = (state.get("pool"), state.get("rng")) if isinstance(state, dict) else (None, None)
@@ -736,9 +834,10 @@ def merge_identical_turns(turns: list[tuple]) -> list[dict[str, Any]]:
     pass instead of many, with exactly the same gradient. In the IPD a few dozen distinct (prompt, answer)
     pairs stand for thousands of turns; in games with free text nearly every turn stays its own row.
     """
-    merged: dict[tuple[tuple[int, ...], tuple[int, ...]], dict[str, Any]] = {}
+    merged: dict[tuple, dict[str, Any]] = {}
     for prompt_ids, completion_ids, logprobs, credit, *rest in turns:
-        key = (tuple(prompt_ids), tuple(completion_ids))
+        adapter = rest[1] if len(rest) > 1 else None  # seat_adapters: turns of different adapters never merge
+        key = (tuple(prompt_ids), tuple(completion_ids), adapter)
         if key in merged:
             merged[key]["credit"] += credit
             merged[key]["count"] += 1
@@ -750,5 +849,6 @@ def merge_identical_turns(turns: list[tuple]) -> list[dict[str, Any]]:
                 "credit": float(credit),
                 "count": 1,
                 "allowed": rest[0] if rest else None,  # constrained answers: the allowed tokens per position
+                "adapter": adapter,
             }
     return list(merged.values())
