@@ -35,6 +35,8 @@ class DemoSpec:
     game: str
     tiny_dir: str
     tiny_games: tuple[str, ...]
+    #: warm-start corpus scale of the tiny model (``init-model tiny --data-scale``)
+    tiny_data_scale: float
     recipes: dict[str, str]
     suite: str
     #: opponents shown as table columns (besides self-play and the suite's mean return)
@@ -49,6 +51,7 @@ DEMOS: dict[str, DemoSpec] = {
         game="ipd",
         tiny_dir="runs/tiny",
         tiny_games=("ipd", "bos"),
+        tiny_data_scale=1.0,
         recipes={"aa": "recipes/ipd/aa_tiny.yaml", "naive": "recipes/ipd/naive_tiny.yaml"},
         suite="ipd-classic",
         key_opponents=("tft", "alld"),
@@ -59,11 +62,12 @@ DEMOS: dict[str, DemoSpec] = {
         game="tas",
         tiny_dir="runs/tiny-tas",
         tiny_games=("tas",),
+        tiny_data_scale=8.0,  # the negotiation text needs a larger corpus to come out in the tags at all
         recipes={"aa": "recipes/tas/aa_tiny.yaml", "naive": "recipes/tas/naive_tiny.yaml"},
         suite="tas-classic",
         key_opponents=("honest", "greedy"),
         eval_matches=8,
-        eval_max_new_tokens=24,
+        eval_max_new_tokens=32,
         eval_params={"rounds": 5},
     ),
 }
@@ -86,7 +90,7 @@ def ensure_tiny_model(spec: DemoSpec, tiny_dir: str | None = None) -> Path:
     path = Path(tiny_dir or spec.tiny_dir)
     if (path / "coop_rl_tiny.json").exists() or (path / "config.json").exists():
         return path
-    return init_tiny_model(path, TinyModelConfig(games=spec.tiny_games))
+    return init_tiny_model(path, TinyModelConfig(games=spec.tiny_games, data_scale=spec.tiny_data_scale))
 
 
 def is_trained(run_dir: Path) -> bool:

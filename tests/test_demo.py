@@ -134,3 +134,15 @@ def test_demo_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_path, capsys):
     # a second run finds both trainings done and only re-evaluates
     result = run_demo(tiny_dir=str(tiny_model_dir), out=str(out), max_steps=2, matches=2)
     assert result["timings"]["train aa"] < 5 and Path(result["report"]).exists()
+
+
+@pytest.mark.slow
+def test_demo_tas_pipeline_runs_and_reports_returns(tiny_model_dir, tmp_path):
+    """The Trust-and-Split demo's stages on a tiny model (the matrix-game one: the pipeline, not a result)."""
+    out = tmp_path / "demo-tas"
+    result = run_demo(game="tas", tiny_dir=str(tiny_model_dir), out=str(out), max_steps=1, matches=1)
+    data = json.loads((out / "demo.json").read_text())
+    assert data["table"]["headers"][:4] == ["method", "self-play return", "vs honest (return)", "vs greedy (return)"]
+    assert set(data["crossplay"]) == {"methods", "mean return of the row policy"}
+    assert "No result is promised" in (out / "report.md").read_text()
+    assert "self-play return" in result["table"]
