@@ -178,6 +178,8 @@ class AATrainer(Trainer):
         # compute_loss returns the micro-batch's share of the iteration's loss (already normalised over every
         # generated token of the iteration), so the Trainer must not divide it by the accumulation steps again.
         self.loss_is_scaled_for_ga = True
+        if self._zero_stage() == 3 and args.opponent == "pool":
+            raise ValueError("opponent pool copies the learner's weights, which ZeRO-3 shards: use zero2 or self_play")
         self.sampling = SamplingConfig(args.temperature, args.top_p, args.max_new_tokens)
         self._buffer: list[dict[str, Any]] = []
         self._micro_step = 0
@@ -446,21 +448,25 @@ class AATrainer(Trainer):
         scale = self.accelerator.num_processes / max(total_tokens, 1.0)
         return [{"rows": chunk, "scale": scale, "first_micro_batch": k == 0} for k, chunk in enumerate(chunks)]
 
+    def _zero_stage(self) -> int | None:
+        if not self.is_deepspeed_enabled:
+            return None
+        return self.accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage")
+
     def _write_run_info(self) -> None:
         """Record how this run is distributed (engine, processes, ZeRO stage) in output_dir/coop_rl_run.json."""
         self._run_info_written = True
         if not self.args.should_save:
             return
-        zero_stage = None
-        if self.is_deepspeed_enabled:
-            zero_stage = self.accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
-            zero_stage = zero_stage.get("stage")
+        zero_stage = self._zero_stage()
         info = {
             "distributed_type": str(self.accelerator.distributed_type).split(".")[-1],
             "num_processes": self.accelerator.num_processes,
             "deepspeed_zero_stage": zero_stage,
             "wrapped_model": type(self.model_wrapped).__name__,
-            "trainable_parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+            "trainable_parameters": sum(
+                getattr(p, "ds_numel", p.numel()) for p in self.model.parameters() if p.requires_grad
+            ),  # ds_numel: the full size of a ZeRO-3 shard
             "rollout_backend": self.args.rollout_backend,
         }
         Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)

@@ -66,8 +66,8 @@ def test_two_process_ddp_update_equals_one_process_update_on_the_same_batch(tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_accelerate_launch_deepspeed_zero2_trains_on_cpu(tmp_path, tiny_model_dir, lora):
+@pytest.mark.parametrize("stage,lora", [(2, False), (2, True), (3, False)], ids=["zero2", "zero2-lora", "zero3"])
+def test_accelerate_launch_deepspeed_trains_on_cpu(tmp_path, tiny_model_dir, stage, lora):
     out = tmp_path / "run"
     train = [
         "-m", "coop_rl", "train", "--config", "recipes/ipd/aa_tiny.yaml", "--model_name_or_path", str(tiny_model_dir),
@@ -76,9 +76,9 @@ def test_accelerate_launch_deepspeed_zero2_trains_on_cpu(tmp_path, tiny_model_di
     ]  # fmt: skip
     if lora:
         train += ["--use_peft", "true", "--lora_r", "8", "--lora_alpha", "16", "--kl_coef", "0.05"]
-    _run(_launch("recipes/accelerate/zero2.yaml", *train))
+    _run(_launch(f"recipes/accelerate/zero{stage}.yaml", *train))
     info = json.loads((out / "coop_rl_run.json").read_text())
-    assert info["distributed_type"] == "DEEPSPEED" and info["deepspeed_zero_stage"] == 2
+    assert info["distributed_type"] == "DEEPSPEED" and info["deepspeed_zero_stage"] == stage
     assert info["wrapped_model"] == "DeepSpeedEngine"
     state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
     steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
