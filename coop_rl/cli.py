@@ -298,11 +298,18 @@ def cmd_solve(args: argparse.Namespace) -> int:
 def cmd_init_model(args: argparse.Namespace) -> int:
     import logging
 
-    from coop_rl.tiny_model import TinyModelConfig, init_tiny_model
+    from coop_rl.tiny_model import RANDOM_MODEL_SIZES, TinyModelConfig, init_random_model, init_tiny_model
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.kind in RANDOM_MODEL_SIZES:  # random initialisation, no warm start (benchmarks; no TRL needed)
+        try:
+            out = init_random_model(args.out, args.kind, seed=args.seed)
+        except (FileExistsError, ValueError) as error:
+            raise UsageError(str(error)) from None
+        print(out)
+        return 0
     if args.kind != "tiny":
-        raise UsageError(f"unknown model kind {args.kind!r}; known: tiny")
+        raise UsageError(f"unknown model kind {args.kind!r}; known: tiny, {', '.join(RANDOM_MODEL_SIZES)}")
     games = tuple(g.strip() for g in args.games.split(",") if g.strip())
     config = TinyModelConfig(seed=args.seed, data_scale=args.data_scale, games=games)
     try:
@@ -543,7 +550,11 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument("--json", action="store_true", help="print one JSON object")
     solve.set_defaults(func=cmd_solve)
     init_model = sub.add_parser("init-model", help="build a model offline (tiny: the embedded default model)")
-    init_model.add_argument("kind", help="tiny")
+    init_model.add_argument(
+        "kind",
+        help="tiny (warm-started), or random-tiny / random-0.5b (randomly initialised, for benchmarks; "
+        "random-0.5b: Qwen2-0.5B's shape with the tiny tokenizer)",
+    )
     init_model.add_argument("--out", required=True, help="directory to save the model and tokenizer into")
     init_model.add_argument("--seed", type=int, default=0, help="seed of the data, initialisation and training")
     init_model.add_argument(

@@ -245,3 +245,63 @@ def init_tiny_model(out_dir: str | Path, config: TinyModelConfig | None = None) 
         shutil.rmtree(out)
     os.replace(partial, out)
     return out
+
+
+#: ``init-model random-<size>``: the tiny model's tokenizer and architecture family at other sizes, randomly
+#: initialised and not warm-started (no TRL needed): for throughput and memory benchmarks, e.g. on a GPU machine
+#: without network. random-0.5b has Qwen2-0.5B's shape (hidden 896, 24 layers, 14 heads, 2 key/value heads,
+#: intermediate 4864); with the tiny 2,048-token vocabulary that is about 0.36B parameters (Qwen2-0.5B's 151k
+#: vocabulary embeddings make up the rest of its 0.49B).
+RANDOM_MODEL_SIZES: dict[str, dict[str, int]] = {
+    "random-tiny": {},  # TinyModelConfig's defaults
+    "random-0.5b": {
+        "hidden_size": 896,
+        "intermediate_size": 4864,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+    },
+}
+
+
+def init_random_model(out_dir: str | Path, kind: str = "random-0.5b", seed: int = 0, dtype: str = "bfloat16") -> Path:
+    """Build the tiny BPE tokenizer and a randomly initialised Qwen2 model of size ``kind``; save both to ``out_dir``.
+
+    No warm start: the model's answers are noise unless constrained (``constrain_answers``), which is all a
+    throughput benchmark needs. Saved in ``dtype`` (bfloat16 halves the file of the 0.5B-size model).
+    """
+    import json
+    import os
+    import shutil
+    import time
+
+    import torch
+
+    if kind not in RANDOM_MODEL_SIZES:
+        raise ValueError(f"unknown model kind {kind!r}; known: tiny, {', '.join(RANDOM_MODEL_SIZES)}")
+    out = Path(out_dir).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "coop_rl_tiny.json").exists())):
+        raise FileExistsError(f"{out} exists and is not a model built by coop-rl; choose another --out")
+    started = time.perf_counter()
+    config = TinyModelConfig(seed=seed, **RANDOM_MODEL_SIZES[kind])
+    tokenizer = build_tokenizer(collect_examples(seed, config.data_scale), config.vocab_size)
+    model = build_model(tokenizer, config).to(getattr(torch, dtype))
+    model.config.torch_dtype = dtype
+    parameters = sum(p.numel() for p in model.parameters())
+    info = {
+        "kind": f"coop-rl {kind}",
+        "parameters": parameters,
+        "dtype": dtype,
+        "seconds": round(time.perf_counter() - started, 1),
+        **{k: v for k, v in vars(config).items() if not k.startswith("sft_")},
+    }
+    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    (partial / "coop_rl_tiny.json").write_text(json.dumps(info, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(partial, out)
+    return out
