@@ -1,95 +1,89 @@
 """Rollout throughput: batched play (all matches in flight, one generate call per step) against a loop that plays
-one match at a time, on the same model, side by side in one run.
+one match at a time, on the same model, side by side in one run (interleaved repeats, medians).
 
     .venv/bin/python benchmarks/rollout.py --model runs/tiny [--matches 64] [--backends hf,vllm]
 
-Prints the ratios and merges them into benchmarks/results.json: rollout_batched_vs_sequential (transformers),
-rollout_vllm_batched_vs_sequential, and rollout_vllm_vs_hf (batched games/s of vLLM over transformers).
+Prints games/s, generated tokens/s and the ratios. ``benchmarks/run_all.py`` (``make bench``) uses
+:func:`rollout_functions` and writes benchmarks/results.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
+import os
+import statistics
 import time
-from datetime import date
-from pathlib import Path
+from collections.abc import Callable
 
 from coop_rl.players.scripted import ScriptedPlayer
 from coop_rl.runner import run_matches
 
-RESULTS = Path(__file__).with_name("results.json")
 
-
-def machine() -> dict:
-    import os
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count()}
-
-
-def merge_results(update: dict) -> dict:
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results.update(update)
-    results["machine"] = machine()
-    results["date"] = date.today().isoformat()
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    return results
-
-
-def time_backend(spec: str, matches: int, repeats: int) -> tuple[float, float]:
-    """Best batched and sequential wall times of ``matches`` IPD matches of ``spec`` against tft."""
+def rollout_functions(spec: str, matches: int, sequential: bool = True) -> dict[str, Callable[[], tuple[float, int]]]:
+    """Timed plays of ``matches`` IPD matches of ``spec`` (seat 0) against tft: 'batched' (all at once) and
+    'sequential' (one match at a time); each returns (seconds, tokens the model generated). Warmed up."""
     from coop_rl.players import make_player
 
     model = make_player(spec, "ipd")
     tft = ScriptedPlayer("tft", "ipd")
-    run_matches("ipd", {}, [model, tft], matches=2)  # warm up (first-call overheads)
-    batched, sequential = [], []
-    for _ in range(repeats):  # alternate, so that machine noise hits both sides alike
+
+    def play(count: int, seed: int) -> int:
+        tokens = 0
+
+        def count_tokens(turns) -> None:
+            nonlocal tokens
+            tokens += sum(len(t.action.completion_ids or []) for t in turns if t.seat == 0)
+
+        run_matches("ipd", {}, [model, tft], matches=count, seed=seed, on_turns=count_tokens)
+        return tokens
+
+    def batched() -> tuple[float, int]:
         started = time.perf_counter()
-        run_matches("ipd", {}, [model, tft], matches=matches, seed=1)
-        batched.append(time.perf_counter() - started)
+        tokens = play(matches, seed=1)
+        return time.perf_counter() - started, tokens
+
+    def one_at_a_time() -> tuple[float, int]:
         started = time.perf_counter()
-        for match in range(matches):
-            run_matches("ipd", {}, [model, tft], matches=1, seed=1000 + match)
-        sequential.append(time.perf_counter() - started)
-    return min(batched), min(sequential)
+        tokens = sum(play(1, seed=1000 + match) for match in range(matches))
+        return time.perf_counter() - started, tokens
+
+    play(2, seed=0)  # warm up (first-call overheads)
+    functions = {"batched": batched}
+    if sequential:
+        functions["sequential"] = one_at_a_time
+    return functions
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a model directory (coop-rl init-model tiny --out DIR)")
     parser.add_argument("--matches", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=2, help="alternating repeats; the best time of each is kept")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the median of each is kept")
     parser.add_argument("--backends", default="hf,vllm", help="comma-separated: hf, vllm")
     args = parser.parse_args()
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-    update: dict = {}
-    games_per_s = {}
-    print(f"{args.matches} ipd matches (10 rounds) of the tiny model vs tft")
+    functions = {}
     for backend in args.backends.split(","):
-        batched, sequential = time_backend(f"{backend}:{args.model}", args.matches, args.repeats)
-        ratio = sequential / batched
-        games_per_s[backend] = args.matches / batched
-        print(f"  {backend:5s} batched:    {batched:.2f} s  ({args.matches / batched:.1f} games/s)")
-        print(f"  {backend:5s} sequential: {sequential:.2f} s  ({args.matches / sequential:.1f} games/s)")
-        print(f"  {backend:5s} batched vs sequential = {ratio:.1f}x")
-        key = "rollout_batched_vs_sequential" if backend == "hf" else f"rollout_{backend}_batched_vs_sequential"
-        update[key] = round(ratio, 2)
-        update[f"rollout_{backend}_batched_games_per_s"] = round(games_per_s[backend], 2)
-    if {"hf", "vllm"} <= set(games_per_s):
-        update["rollout_vllm_vs_hf"] = round(games_per_s["vllm"] / games_per_s["hf"], 2)
-        print(f"  vllm vs hf (batched) = {update['rollout_vllm_vs_hf']:.2f}x")
-    merge_results(update)
-    if "vllm" in games_per_s:
+        for mode, function in rollout_functions(f"{backend}:{args.model}", args.matches).items():
+            functions[f"{backend} {mode}"] = function
+    samples: dict[str, list[tuple[float, int]]] = {name: [] for name in functions}
+    for _ in range(args.repeats):  # interleaved, so that machine noise hits every side alike
+        for name, function in functions.items():
+            samples[name].append(function())
+    print(f"{args.matches} ipd matches (10 rounds) of the model vs tft, median of {args.repeats}")
+    seconds = {name: statistics.median(s for s, _ in runs) for name, runs in samples.items()}
+    for name, runs in samples.items():
+        tokens_per_s = statistics.median(tokens / s for s, tokens in runs)
+        print(
+            f"  {name:16s} {seconds[name]:7.2f} s  {args.matches / seconds[name]:8.1f} games/s  "
+            f"{tokens_per_s:9.1f} tokens/s"
+        )
+    for backend in args.backends.split(","):
+        ratio = seconds[f"{backend} sequential"] / seconds[f"{backend} batched"]
+        print(f"  {backend}: batched vs sequential = {ratio:.1f}x")
+    if "vllm batched" in seconds and "hf batched" in seconds:
+        print(f"  vllm vs hf (batched games/s) = {seconds['hf batched'] / seconds['vllm batched']:.2f}x")
         from coop_rl.players.vllm_player import shutdown_engines
 
         shutdown_engines()

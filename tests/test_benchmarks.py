@@ -1,0 +1,91 @@
+"""The benchmark scripts run and write their keys (``--quick`` sizes). Nothing here is timed or compares numbers:
+benchmarks are measured by ``make bench``, not by the test suite."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+
+def run_all(argv: list[str]) -> int:
+    import run_all as module
+
+    return module.main(argv)
+
+
+def test_run_all_fast_stages(tmp_path):
+    assert run_all(["--quick", "--stages", "games,credit", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["env_steps_per_s"]) == {"ipd", "bos", "tas", "split", "spgg"}
+    assert all(rate > 0 for rate in results["env_steps_per_s"].values())
+    assert results["credit_ms_1024x10"] > 0
+    assert results["machine"]["cores"] >= 1 and results["machine"]["cpu"]
+    assert results["date"]
+    assert results["stages"]["games"]["quick"] is True
+    table = (tmp_path / "results.md").read_text()
+    assert "| games |" in table and "credit" in table
+
+    # A second run of another stage keeps the first run's keys.
+    assert run_all(["--quick", "--stages", "credit", "--out", str(tmp_path)]) == 0
+    assert "env_steps_per_s" in json.loads((tmp_path / "results.json").read_text())
+
+
+def test_run_all_unknown_stage(tmp_path):
+    with pytest.raises(SystemExit) as error:
+        run_all(["--stages", "nope", "--out", str(tmp_path)])
+    assert error.value.code == 2
+
+
+def test_gpu_sh_arguments(tmp_path):
+    help_text = subprocess.run(["bash", str(BENCH / "gpu.sh"), "--help"], capture_output=True, text=True, check=True)
+    assert "--dry-run" in help_text.stdout and "--cpu" in help_text.stdout
+    bad = subprocess.run(["bash", str(BENCH / "gpu.sh"), "--bogus"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown argument" in bad.stderr
+    dry = subprocess.run(
+        ["bash", str(BENCH / "gpu.sh"), "--dry-run", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert "dry run" in dry.stdout and "coop_rl.envs" in dry.stdout
+    assert not (tmp_path / "gpu_results.json").exists()
+
+
+@pytest.mark.slow
+def test_run_all_model_stages(tmp_path, tiny_model_dir):
+    stages = "rollout,training,memory,sample_efficiency"
+    assert run_all(["--quick", "--stages", stages, "--model", str(tiny_model_dir), "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["rollout_batched_vs_sequential"] > 0
+    assert results["aa_iteration_vs_trl_grpo_step"] > 0
+    assert set(results["aa_iteration_split_s"]) == {"rollout", "credit", "update"}
+    assert results["peak_rss_mb"] > 0
+    assert set(results["iterations_to_coop_0_9"]["per_seed"]) == {"0"}
+    assert 0 <= results["naive_at_same_iterations"]["mutual_cooperation_rate_median"] <= 1
+    assert "errors" not in results
+
+
+@pytest.mark.slow
+def test_gpu_sh_cpu_smoke(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        ["bash", str(BENCH / "gpu.sh"), "--cpu", "--out", str(tmp_path)], capture_output=True, text=True, env=env,
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((tmp_path / "gpu_results.json").read_text())
+    assert results["errors"] == {}
+    assert results["build"]["random-tiny"]["parameters"] > 0
+    assert results["rollout_hf"]["random-tiny"]["batched_tokens_per_s"] > 0
+    assert set(results["aa_iteration"]["split_s"]) == {"rollout", "credit", "update"}
+    assert "skipped" in results["vllm"]
