@@ -731,7 +731,12 @@ class AATrainer(Trainer):
                 "%d; %d skipped in all)",
                 self.state.global_step + 1, self._consecutive_faults, limit, self._skipped_steps,
             )  # fmt: skip
-            if self._consecutive_faults >= limit or self.is_deepspeed_enabled:
+            if self.is_deepspeed_enabled:  # DeepSpeed stepped inside backward: stop before it is checkpointed
+                raise NumericalFaultError(
+                    f"stopped at step {self.state.global_step + 1}: a non-finite loss or gradient under DeepSpeed, "
+                    "which steps inside backward (the step cannot be skipped); no checkpoint of it written"
+                )
+            if self._consecutive_faults >= limit:
                 raise NumericalFaultError(
                     f"stopped at step {self.state.global_step + 1}: {self._consecutive_faults} consecutive optimizer "
                     f"steps with a non-finite loss or gradient (max_consecutive_faults={limit}); no step of them was "

@@ -337,6 +337,12 @@ def _did_you_mean(key: str) -> str:
     return f"{hint} (every setting: coop-rl train --help)"
 
 
+# Environment variables a recipe's `env:` block may not set: they decide what code a process (or its children:
+# vLLM and accelerate workers) loads.
+_LOADER_PREFIXES = ("LD_", "DYLD_", "PYTHON")
+_LOADER_NAMES = frozenset({"PATH", "BASH_ENV", "ENV", "NODE_OPTIONS", "PERL5LIB", "PERL5OPT"})
+
+
 def _check_recipe(path: str) -> None:
     """A recipe is a YAML mapping of known settings, read with yaml.safe_load (no Python tags, nothing executed)."""
     import yaml
@@ -357,6 +363,14 @@ def _check_recipe(path: str) -> None:
     for key in recipe:
         if not isinstance(key, str) or key not in known:
             raise UsageError(f"unknown key {key!r} in recipe {path}{_did_you_mean(str(key))}")
+    env = recipe.get("env", {})
+    if not isinstance(env, dict):
+        raise UsageError(f"env in recipe {path} must be a mapping of environment variables")
+    for name, value in env.items():
+        if not isinstance(name, str) or not isinstance(value, (str, int, float, bool)):
+            raise UsageError(f"env in recipe {path}: {name!r} must be a name with a plain value")
+        if name.upper().startswith(_LOADER_PREFIXES) or name.upper() in _LOADER_NAMES:  # what code processes load
+            raise UsageError(f"env in recipe {path}: {name} may not be set from a recipe")
 
 
 def _check_lora_targets(model_dir: str, targets: str) -> None:

@@ -6,6 +6,8 @@ that comes too late shows up as a test failure, not as a slow pass.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 RECIPE = "recipes/ipd/aa_tiny.yaml"
@@ -131,6 +133,12 @@ def test_defaults_and_the_shipped_recipes_pass_validation():
     config = AAConfig(output_dir="/tmp/unused", max_steps=1, use_cpu=True, report_to="none", warmup_steps=0)
     assert config.save_trajectories is True and config.max_consecutive_faults == 3
     assert isinstance(config.warmup_steps, float)  # an integer given for a float field is converted
-    for recipe in ("recipes/ipd/aa_tiny.yaml", "recipes/ipd/naive_tiny.yaml"):
-        (parsed,) = TrlParser(AAConfig).parse_args_and_config(["--config", recipe])
-        assert parsed.gamma == 0.9
+    from coop_rl.cli import _check_recipe
+
+    recipes = sorted(p for p in Path("recipes").rglob("*.yaml") if p.parent.name != "accelerate")
+    assert len(recipes) >= 2
+    for recipe in recipes:
+        _check_recipe(str(recipe))
+        gpu_off = ["--bf16", "false", "--fp16", "false"]  # the GPU recipes, checked on this CPU machine
+        (parsed,) = TrlParser(AAConfig).parse_args_and_config(["--config", str(recipe), *gpu_off])
+        assert 0 < parsed.gamma <= 1 and parsed.matches_per_iteration % parsed.group_size == 0

@@ -113,3 +113,27 @@ def test_model_text_is_data_never_a_path(tmp_path, tiny_model_dir, monkeypatch):
     assert files == ["out/trajectories/iteration-000001.jsonl"]
     rows = [json.loads(line) for line in (out / "trajectories" / "iteration-000001.jsonl").read_text().splitlines()]
     assert [row["text"] for row in rows] == texts and all(row["valid"] is False for row in rows)
+
+
+@pytest.mark.parametrize(
+    "env,needle",
+    [
+        ("env: {LD_PRELOAD: /tmp/evil.so}\n", "LD_PRELOAD may not be set"),
+        ("env: {PYTHONPATH: /tmp/evil}\n", "PYTHONPATH may not be set"),
+        ("env: {PATH: /tmp/evil}\n", "PATH may not be set"),
+        ("env: [a, b]\n", "must be a mapping"),
+        ("env: {TOKENIZERS_PARALLELISM: {nested: 1}}\n", "plain value"),
+    ],
+)
+def test_recipe_env_block_cannot_change_what_code_loads(env, needle, tmp_path, capsys, monkeypatch):
+    from coop_rl.cli import main
+
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    watched = ("LD_PRELOAD", "PYTHONPATH", "PATH", "TOKENIZERS_PARALLELISM")
+    before = {name: os.environ.get(name) for name in watched}
+    recipe = tmp_path / "env.yaml"
+    recipe.write_text("max_steps: 1\n" + env)
+    assert main(["train", "--config", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len([line for line in err.splitlines() if line.strip()]) == 1, err
+    assert {name: os.environ.get(name) for name in watched} == before  # nothing of the recipe's env was set
