@@ -31,7 +31,6 @@ def test_5000_matches_in_chunks_hold_memory_flat():
     assert max(late) - late[0] < 4.0
 
 
-@pytest.mark.slow
 def test_kept_results_are_the_only_growth():
     figures = _measure()("ipd", ["tft", "alld"], matches=2000, chunk=250, keep=True)
     print(figures)
