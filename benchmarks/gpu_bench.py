@@ -10,7 +10,8 @@ rewritten after each:
    depend on the weights when answers are constrained or of fixed length).
 2. ``rollout_hf``: 64 concurrent IPD matches vs tft, batched runner vs one match at a time, transformers backend
    (bf16 on cuda), generated tokens/s; answers up to ``--max-new-tokens`` tokens (random weights rarely stop).
-3. ``aa_iteration``: AA iterations (recipes/ipd/aa_tiny.yaml's settings: 128 self-play matches, constrained
+3. ``aa_iteration`` (and ``aa_iteration_lora``: LoRA, free 16-token answers, as recipes/ipd/aa_qwen2.5-0.5b.yaml):
+   AA iterations (recipes/ipd/aa_tiny.yaml's settings: 128 self-play matches, constrained
    answers, 4 new tokens) on the 0.5B model in bf16: time split rollout / credit / update and
    torch.cuda.max_memory_allocated.
 4. ``vllm`` (where vllm imports): vLLM tokens/s on the same matches and the match runner's overhead over raw
@@ -163,7 +164,9 @@ def section_rollout_hf(args) -> dict[str, Any]:
     return out
 
 
-def section_aa_iteration(args) -> dict[str, Any]:
+def section_aa_iteration(args, accumulation: int = 4, **overrides: Any) -> dict[str, Any]:
+    """``accumulation``: micro-batches of the update (rows split among them): activations of ~0.5B in bf16 take
+    about 1.2 MB per token, and a micro-batch of 10k tokens ~12 GB."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -179,6 +182,7 @@ def section_aa_iteration(args) -> dict[str, Any]:
         config = aa_config(
             AA_RECIPE, work, model_name_or_path=str(model_dir), max_steps=args.aa_steps,
             matches_per_iteration=args.aa_matches, use_cpu=not cuda, logging_steps=1,
+            gradient_accumulation_steps=accumulation, **overrides,
         )  # fmt: skip
         timer = _StepTimer.make()
         trainer = AATrainer(model=model, args=config, processing_class=tokenizer, callbacks=[timer])
@@ -189,17 +193,19 @@ def section_aa_iteration(args) -> dict[str, Any]:
     for step in steps:
         step["update"] = step["total"] - step.get("rollout", 0.0) - step.get("credit", 0.0)
     out = {
+        "settings": f"recipes/ipd/aa_tiny.yaml with {overrides}" if overrides else "recipes/ipd/aa_tiny.yaml",
         "model": model_dir.name,
         "parameters": sum(p.numel() for p in model.parameters()),
         "dtype": str(dtype).replace("torch.", ""),
         "device": str(trainer.args.device),
         "matches_per_iteration": args.aa_matches,
+        "gradient_accumulation_steps": accumulation,
         "timed_iterations": len(steps),
         "iteration_s": round(statistics.median(s["total"] for s in steps), 3),
         "split_s": {
             p: round(statistics.median(s.get(p, 0.0) for s in steps), 3) for p in ("rollout", "credit", "update")
         },
-        "unique_rows_last": next(
+        "unique_rows_per_microbatch": next(
             (e["loss/unique_rows"] for e in reversed(trainer.state.log_history) if "loss/unique_rows" in e), None
         ),
         "peak_gpu_mb": cuda_peak_mb(),
@@ -265,7 +271,16 @@ def section_vllm(args) -> dict[str, Any]:
     return out
 
 
-SECTIONS = ("env", "build", "rollout_hf", "aa_iteration", "vllm")
+def section_aa_iteration_lora(args) -> dict[str, Any]:
+    """The 0.5B recipe's learner (recipes/ipd/aa_qwen2.5-0.5b.yaml: LoRA r32 on all linear layers, free answers of
+    up to 16 tokens with a format penalty) with transformers rollouts: a random model's answers run the full 16."""
+    return section_aa_iteration(
+        args, accumulation=32, use_peft=True, lora_r=32, lora_alpha=64, constrain_answers=False, invalid_penalty=1.0,
+        max_new_tokens=16, learning_rate=2.0e-5,
+    )  # fmt: skip
+
+
+SECTIONS = ("env", "build", "rollout_hf", "aa_iteration", "aa_iteration_lora", "vllm")
 
 
 def main() -> int:

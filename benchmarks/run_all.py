@@ -16,7 +16,7 @@ Stages (``--stages``, comma-separated; default all):
 - ``training``: one AA iteration (AATrainer with recipes/ipd/aa_tiny.yaml's settings) vs one TRL GRPOTrainer step
   sampling the same number of completions of the same length from the same IPD prompts; AA's time split into
   rollout / credit / update.
-- ``memory``: peak RSS of a short AA training run in a child process (os.wait4's rusage).
+- ``memory``: peak RSS of a short AA training run in a child process (the VmHWM the child reads at its end).
 - ``sample_efficiency``: iterations until AA self-play (recipes/ipd/aa_tiny.yaml) reaches 0.9 mutual cooperation,
   for 3 seeds (each a child process that stops when it gets there), and the naive recipe's cooperation at the
   median iteration count. The expensive stage (~4 min per training on a quiet 2-core machine).
@@ -430,12 +430,33 @@ def child_train(spec_file: str) -> None:
     trainer = AATrainer(model=config.model_name_or_path, args=config, callbacks=[StopAtTarget()])
     trainer.train()
     history = [entry for entry in trainer.state.log_history if "rollout/cooperation_rate" in entry]
-    result = {"steps": trainer.state.global_step, "seconds": time.perf_counter() - started, "log": history}
+    result = {
+        "steps": trainer.state.global_step,
+        "seconds": time.perf_counter() - started,
+        "log": history,
+        "vm_hwm_mb": _vm_hwm_mb(),
+    }
     Path(spec["result"]).write_text(json.dumps(result))
 
 
+def _vm_hwm_mb() -> float | None:
+    """This process's peak resident set (VmHWM of /proc/self/status), in MB: its own address space only.
+
+    ``getrusage`` (self or, in the parent, os.wait4's) also counts the address space the process had before
+    ``exec``, i.e. the forking parent's resident memory, so a child forked from a large parent reads large.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def run_child(recipe: Path, overrides: dict[str, Any], stop_at: float | None, work: str) -> dict[str, Any]:
-    """Train in a child process; its result plus its peak RSS (os.wait4's rusage of that child alone)."""
+    """Train in a child process; its result plus its peak RSS: VmHWM read by the child at the end (Linux), else
+    os.wait4's rusage of that child (which also counts the parent's memory at the fork)."""
     work_dir = Path(tempfile.mkdtemp(prefix="child_", dir=work))
     spec = {
         "recipe": str(recipe),
@@ -453,7 +474,8 @@ def run_child(recipe: Path, overrides: dict[str, Any], stop_at: float | None, wo
     if process.returncode != 0:
         raise RuntimeError(f"child training exited with status {process.returncode}")
     result = json.loads((work_dir / "result.json").read_text())
-    result["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux: kilobytes
+    result["rusage_maxrss_mb"] = usage.ru_maxrss / 1024  # Linux: kilobytes
+    result["peak_rss_mb"] = result.get("vm_hwm_mb") or result["rusage_maxrss_mb"]
     return result
 
 
