@@ -89,3 +89,19 @@ def test_gpu_sh_cpu_smoke(tmp_path):
     assert results["rollout_hf"]["random-tiny"]["batched_tokens_per_s"] > 0
     assert set(results["aa_iteration"]["split_s"]) == {"rollout", "credit", "update"}
     assert "skipped" in results["vllm"]
+
+
+def test_readme_performance_commands():
+    """The Performance section (kept out of tests/test_readme.py) names scripts that exist and stages that run_all
+    knows."""
+    import re
+
+    import run_all as module
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Performance", 1)[1].split("\n## ", 1)[0]
+    for path in set(re.findall(r"benchmarks/[\w./]+\.(?:py|sh)", section)):
+        assert (ROOT / path).exists(), path
+    for stages in re.findall(r"--stages ([a-z_,]+)", section):
+        assert set(stages.split(",")) <= set(module.STAGES), stages
+    assert "make bench" in section
