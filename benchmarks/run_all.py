@@ -2,8 +2,8 @@
 efficiency. Every comparison measures both sides in one process, interleaved (A, B, A, B, ...), and reports the
 median of each side and their ratio, so that noise from a shared machine hits both sides alike.
 
-    .venv/bin/python benchmarks/run_all.py                       # every stage (the lead's full run, ~30-40 min)
-    .venv/bin/python benchmarks/run_all.py --quick               # smoke test: small sizes, one repeat (~3 min)
+    .venv/bin/python benchmarks/run_all.py                       # every stage (make bench)
+    .venv/bin/python benchmarks/run_all.py --quick               # smoke test: small sizes, one repeat (~2 min)
     .venv/bin/python benchmarks/run_all.py --stages games,credit # some stages (results of the others are kept)
 
 Stages (``--stages``, comma-separated; default all):
@@ -19,7 +19,11 @@ Stages (``--stages``, comma-separated; default all):
 - ``memory``: peak RSS of a short AA training run in a child process (the VmHWM the child reads at its end).
 - ``sample_efficiency``: iterations until AA self-play (recipes/ipd/aa_tiny.yaml) reaches 0.9 mutual cooperation,
   for 3 seeds (each a child process that stops when it gets there), and the naive recipe's cooperation at the
-  median iteration count. The expensive stage (~4 min per training on a quiet 2-core machine).
+  median iteration count. The expensive stage: each AA seed stops at the target, but one that never gets there
+  runs the recipe's 160 iterations (~4 min on a quiet 2-core machine).
+
+The first six stages take about 5 minutes on 2 cores (measured: games 3 s, credit <1 s, rollout
+28 s, vllm 52 s, training 152 s, memory 15 s), plus ~2.5 min to build runs/tiny when it is missing.
 
 Writes ``--out``/results.json (default benchmarks/) and results.md (a markdown table), with the machine (CPU model,
 cores) and the date; keys of stages not run this time are kept from the previous results.json, and
@@ -405,6 +409,14 @@ def stage_training(args: argparse.Namespace) -> dict[str, Any]:
         "aa_iteration_split_s": split,
         "trl_grpo_step_s": round(grpo_total, 3),
         "training_completions_per_step": completions,
+        "training_matched_by": (
+            f"both sample {completions} completions of <= {length} tokens per step from IPD prompts: AA plays "
+            f"{matches} self-play matches x {rounds} rounds x 2 seats; GRPO gets {completions // group} IPD prompts "
+            f"(every round's observation after random histories) x num_generations={group}, per_device batch "
+            f"{completions // 10 if completions % (10 * group) == 0 else completions} with gradient accumulation "
+            "up to one generation per optimizer step, beta=0, the recipe's learning rate and grad clip; "
+            "the median over timed steps (the first step of each run is a warm-up)"
+        ),
         "training_timed_steps": {"aa": len(aa_steps), "grpo": len(grpo_steps)},
     }
 
