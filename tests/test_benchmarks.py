@@ -132,3 +132,20 @@ def test_readme_performance_commands():
     for stages in re.findall(r"--stages ([a-z_,]+)", section):
         assert set(stages.split(",")) <= set(module.STAGES), stages
     assert "make bench" in section
+
+
+def test_init_model_random(tmp_path, capsys):
+    """``coop-rl init-model random-tiny`` (gpu.sh builds random-0.5b the same way): tokenizer and random weights."""
+    from coop_rl.cli import main
+    from coop_rl.tiny_model import RANDOM_MODEL_SIZES
+
+    out = tmp_path / "model"
+    assert main(["init-model", "random-tiny", "--out", str(out)]) == 0
+    info = json.loads((out / "coop_rl_tiny.json").read_text())
+    assert info["kind"] == "coop-rl random-tiny" and info["parameters"] > 0
+    assert (out / "config.json").exists() and (out / "tokenizer.json").exists()
+    assert RANDOM_MODEL_SIZES["random-0.5b"]["hidden_size"] == 896
+    assert RANDOM_MODEL_SIZES["random-0.5b"]["num_hidden_layers"] == 24
+    capsys.readouterr()
+    assert main(["init-model", "random-7b", "--out", str(tmp_path / "x")]) == 2
+    assert "random-0.5b" in capsys.readouterr().err
