@@ -91,11 +91,11 @@ except Exception:
     pass
 PYCHECK
 if [ "$DRY" = 1 ]; then
-    echo "gpu.sh: dry run: would run $PY $ROOT/benchmarks/gpu_bench.py --out $OUT_DIR ${EXTRA[*]:-}"
+    echo "gpu.sh: dry run: would run $PY $ROOT/benchmarks/gpu_bench.py --out $OUT_DIR ${EXTRA[*]+"${EXTRA[*]}"}"
     exit 0
 fi
 mkdir -p "$OUT_DIR"
-timeout -k 10 420 "$PY" "$ROOT/benchmarks/gpu_bench.py" --out "$OUT_DIR" "${EXTRA[@]}"
+timeout -k 10 420 "$PY" "$ROOT/benchmarks/gpu_bench.py" --out "$OUT_DIR" ${EXTRA[@]+"${EXTRA[@]}"}
 status=$?
 [ $status -eq 124 ] && echo "gpu.sh: stopped at the 7-minute limit; the finished sections are in $OUT_DIR/gpu_results.json" >&2
 exit $status
