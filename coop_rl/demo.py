@@ -68,7 +68,7 @@ DEMOS: dict[str, DemoSpec] = {
         key_opponents=("honest", "greedy"),
         eval_matches=8,
         eval_max_new_tokens=32,
-        eval_params={"rounds": 5},
+        eval_params={"rounds": 3},
     ),
 }
 
