@@ -95,3 +95,22 @@ def test_a_typo_in_a_recipe_is_rejected(tmp_path):
     bad.write_text((ROOT / "recipes/ipd/aa_tiny.yaml").read_text() + "betta: 0.5\n")
     with pytest.raises((ValueError, SystemExit)):
         parse_recipe(bad, "--output_dir", str(tmp_path / "out"))
+
+
+TINY_RECIPES = [p for p in RECIPES if p.name.endswith("_tiny.yaml")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", TINY_RECIPES, ids=lambda p: p.relative_to(ROOT / "recipes").as_posix())
+def test_tiny_recipe_trains_one_iteration(path, tmp_path, tiny_model_dir, capsys):
+    """Each CPU recipe runs through `coop-rl train` (one iteration, one seed group, on the session's tiny model)."""
+    from coop_rl.cli import main
+
+    config = parse_recipe(path, "--output_dir", str(tmp_path / "parse"))
+    out = tmp_path / "run"
+    argv = ["train", "--config", str(path), "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out)]
+    argv += ["--max_steps", "1", "--save_steps", "1", "--logging_steps", "1"]
+    argv += ["--matches_per_iteration", str(config.group_size)]
+    assert main(argv) == 0
+    assert (out / "coop_rl_policy.json").exists()
+    assert "saved the trained policy" in capsys.readouterr().out
