@@ -204,9 +204,6 @@ def warm_start(model, tokenizer, examples: list[dict[str, Any]], config: TinyMod
 
 def init_tiny_model(out_dir: str | Path, config: TinyModelConfig | None = None) -> Path:
     """Build tokenizer + model, warm-start it, and ``save_pretrained`` both into ``out_dir``."""
-    import json
-    import os
-    import shutil
     import tempfile
     import time
 
@@ -235,7 +232,15 @@ def init_tiny_model(out_dir: str | Path, config: TinyModelConfig | None = None) 
         **stats,
         **{k: v for k, v in vars(config).items()},
     }
-    # Save under a temporary name and rename, so an interrupted build never leaves a half-saved model at ``out``.
+    return _save_model_atomically(out, model, tokenizer, info)
+
+
+def _save_model_atomically(out: Path, model: Any, tokenizer: Any, info: dict[str, Any]) -> Path:
+    """Save under a temporary name and rename, so an interrupted build never leaves a half-saved model at ``out``."""
+    import json
+    import os
+    import shutil
+
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
@@ -270,9 +275,6 @@ def init_random_model(out_dir: str | Path, kind: str = "random-0.5b", seed: int 
     No warm start: the model's answers are noise unless constrained (``constrain_answers``), which is all a
     throughput benchmark needs. Saved in ``dtype`` (bfloat16 halves the file of the 0.5B-size model).
     """
-    import json
-    import os
-    import shutil
     import time
 
     import torch
@@ -287,7 +289,7 @@ def init_random_model(out_dir: str | Path, kind: str = "random-0.5b", seed: int 
     config = TinyModelConfig(seed=seed, **RANDOM_MODEL_SIZES[kind])
     tokenizer = build_tokenizer(collect_examples(seed, config.data_scale), config.vocab_size)
     model = build_model(tokenizer, config).to(getattr(torch, dtype))
-    model.config.torch_dtype = dtype
+    model.config.dtype = dtype
     parameters = sum(p.numel() for p in model.parameters())
     info = {
         "kind": f"coop-rl {kind}",
@@ -296,12 +298,4 @@ def init_random_model(out_dir: str | Path, kind: str = "random-0.5b", seed: int 
         "seconds": round(time.perf_counter() - started, 1),
         **{k: v for k, v in vars(config).items() if not k.startswith("sft_")},
     }
-    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    (partial / "coop_rl_tiny.json").write_text(json.dumps(info, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(partial, out)
-    return out
+    return _save_model_atomically(out, model, tokenizer, info)
