@@ -748,10 +748,17 @@ class AATrainer(Trainer):
 
     # ----- logging and checkpoints ----------------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        for key, values in self._metrics.items():
-            if values:
-                logs[key] = sum(values) / len(values)
+        means = {key: sum(values) / len(values) for key, values in self._metrics.items() if values}
         self._metrics.clear()
+        if self.accelerator.num_processes > 1:
+            # Every process played its own matches: log the mean over processes, not process 0's share alone.
+            # (Every process calls log() at the same step, as transformers gathers the loss there too.)
+            from accelerate.utils import gather_object
+
+            gathered = gather_object([means])
+            keys = sorted({key for process_means in gathered for key in process_means})
+            means = {k: sum(m[k] for m in gathered if k in m) / sum(k in m for m in gathered) for k in keys}
+        logs.update(means)
         super().log(logs, start_time)
 
     def _save_checkpoint(self, model, trial) -> None:

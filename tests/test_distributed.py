@@ -46,14 +46,21 @@ def test_two_process_ddp_update_equals_one_process_update_on_the_same_batch(tmp_
     assert info["wrapped_model"] == "DistributedDataParallel"
 
     # Each rank played its share: whole seed groups (4 groups of 8 matches), interleaved, none split or repeated.
-    played = {}
+    played, cooperation = {}, {}
     for rank in (0, 1):
         with open(ranks / f"rollout-rank{rank}.pkl", "rb") as handle:
             records, results, learner_seats, groups = pickle.load(handle)
+        rates = [
+            r.metrics["cooperation_rate"][s] for r, seats in zip(results, learner_seats, strict=True) for s in seats
+        ]
+        cooperation[rank] = sum(rates) / len(rates)
         assert len(results) == 16 and sorted(set(groups)) == [rank, rank + 2]
         assert all(groups.count(group) == 8 for group in set(groups))
         played[rank] = [(r.action.prompt_ids, r.action.completion_ids) for r in records]
     assert played[0] != played[1]  # the ranks sample their own trajectories, not the same ones twice
+    # The logged rollout metrics are the mean over both processes' matches, not process 0's alone.
+    (logged,) = [e for e in json.loads((ranks / "info-ranks.json").read_text())["log_history"] if "loss" in e]
+    assert logged["rollout/cooperation_rate"] == pytest.approx((cooperation[0] + cooperation[1]) / 2, abs=1e-9)
 
     source = ["--source", str(ranks)]
     _run([sys.executable, str(SCRIPT), "--mode", "single", *model, "--out", str(single), *source])

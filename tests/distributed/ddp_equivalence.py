@@ -90,7 +90,7 @@ def main() -> None:
         model = trainer.accelerator.unwrap_model(trainer.model)
         update = {n: p.detach() - before[n] for n, p in model.named_parameters()}
         torch.save(update, Path(cli.out) / f"update-{cli.mode}.pt")
-        info = {"num_processes": trainer.accelerator.num_processes}
+        info = {"num_processes": trainer.accelerator.num_processes, "log_history": trainer.state.log_history}
         (Path(cli.out) / f"info-{cli.mode}.json").write_text(json.dumps(info))
 
 
