@@ -168,6 +168,15 @@ def requests_for(contents: list[str]) -> list[TurnRequest]:
     ]
 
 
+def act_once(server: FakeServer, **kwargs) -> list:
+    """One turn ("x") answered by a fresh player for ``server``, which is closed afterwards."""
+    player = player_for(server, **kwargs)
+    try:
+        return player.act(requests_for(["x"]))
+    finally:
+        player.close()
+
+
 def last_user(body: dict) -> str:
     return body["messages"][-1]["content"]
 
@@ -261,11 +270,7 @@ def test_500_twice_then_ok_succeeds_after_retries(fake_server, caplog):
 def test_429_is_retried(fake_server):
     limited = Reply(status=429, body={"error": {"message": "slow down"}}, headers={"retry-after": "0"})
     server = fake_server(lambda n, body: limited if n < 1 else Reply())
-    player = player_for(server)
-    try:
-        assert [a.text for a in player.act(requests_for(["x"]))] == ["C"]
-    finally:
-        player.close()
+    assert [a.text for a in act_once(server)] == ["C"]
     assert server.count == 2
 
 
@@ -283,25 +288,17 @@ def assert_clear_error(error: BaseException, server: FakeServer, *words: str) ->
 
 def test_always_500_raises_after_max_retries(fake_server):
     server = fake_server(lambda n, body: Reply(status=500, body={"error": {"message": "engine dead"}}))
-    player = player_for(server, max_retries=2)
-    try:
-        with pytest.raises(OpenAIPlayerError) as info:
-            player.act(requests_for(["x"]))
-    finally:
-        player.close()
+    with pytest.raises(OpenAIPlayerError) as info:
+        act_once(server, max_retries=2)
     assert server.count == 3  # the first attempt and 2 retries
     assert_clear_error(info.value, server, "3 attempt", "HTTP 500", "engine dead")
 
 
 def test_timeout_is_retried_then_raises(fake_server):
     server = fake_server(lambda n, body: Reply(delay=2.0))
-    player = player_for(server, timeout_s=0.2, max_retries=1)
     started = time.perf_counter()
-    try:
-        with pytest.raises(OpenAIPlayerError) as info:
-            player.act(requests_for(["x"]))
-    finally:
-        player.close()
+    with pytest.raises(OpenAIPlayerError) as info:
+        act_once(server, timeout_s=0.2, max_retries=1)
     assert time.perf_counter() - started < 1.9
     assert server.count == 2
     assert_clear_error(info.value, server, "timed out", "2 attempt")
@@ -309,11 +306,7 @@ def test_timeout_is_retried_then_raises(fake_server):
 
 def test_timeout_then_ok(fake_server):
     server = fake_server(lambda n, body: Reply(delay=2.0) if n == 0 else Reply(text="D"))
-    player = player_for(server, timeout_s=0.2)
-    try:
-        assert [a.text for a in player.act(requests_for(["x"]))] == ["D"]
-    finally:
-        player.close()
+    assert [a.text for a in act_once(server, timeout_s=0.2)] == ["D"]
     assert server.count == 2
 
 
@@ -330,23 +323,15 @@ def test_timeout_then_ok(fake_server):
 )
 def test_malformed_body_is_retried_then_raises(fake_server, reply, words):
     server = fake_server(lambda n, body: reply)
-    player = player_for(server, max_retries=2)
-    try:
-        with pytest.raises(OpenAIPlayerError) as info:
-            player.act(requests_for(["x"]))
-    finally:
-        player.close()
+    with pytest.raises(OpenAIPlayerError) as info:
+        act_once(server, max_retries=2)
     assert server.count == 3
     assert_clear_error(info.value, server, *words)
 
 
 def test_malformed_then_ok(fake_server):
     server = fake_server(lambda n, body: Reply(body={"id": "x"}) if n == 0 else Reply(text="C"))
-    player = player_for(server)
-    try:
-        assert [a.text for a in player.act(requests_for(["x"]))] == ["C"]
-    finally:
-        player.close()
+    assert [a.text for a in act_once(server)] == ["C"]
     assert server.count == 2
 
 
@@ -356,12 +341,8 @@ def test_malformed_then_ok(fake_server):
 )
 def test_4xx_fails_fast(fake_server, status, message):
     server = fake_server(lambda n, body: Reply(status=status, body={"error": {"message": message}}))
-    player = player_for(server, max_retries=3)
-    try:
-        with pytest.raises(OpenAIPlayerError) as info:
-            player.act(requests_for(["x"]))
-    finally:
-        player.close()
+    with pytest.raises(OpenAIPlayerError) as info:
+        act_once(server, max_retries=3)
     assert server.count == 1  # no retries
     assert_clear_error(info.value, server, f"HTTP {status}", message)
 
