@@ -457,6 +457,9 @@ def cmd_train(argv: Sequence[str]) -> int:
         trainer.processing_class.save_pretrained(config.output_dir)
         trainer.save_policy_settings(config.output_dir)
         print(f"saved the trained policy to {config.output_dir} (play it as hf:{config.output_dir})")
+    from coop_rl.distributed import finish_distributed_run
+
+    finish_distributed_run(trainer.accelerator)  # a rank of a multi-process run ends here (see its docstring)
     return 0
 
 

@@ -17,6 +17,7 @@ import torch
 
 from coop_rl.aa_config import AAConfig
 from coop_rl.aa_trainer import AATrainer
+from coop_rl.distributed import finish_distributed_run
 
 
 class RecordingTrainer(AATrainer):
@@ -92,6 +93,7 @@ def main() -> None:
         torch.save(update, Path(cli.out) / f"update-{cli.mode}.pt")
         info = {"num_processes": trainer.accelerator.num_processes, "log_history": trainer.state.log_history}
         (Path(cli.out) / f"info-{cli.mode}.json").write_text(json.dumps(info))
+    finish_distributed_run(trainer.accelerator)  # as `coop-rl train` does: a rank exiting plainly may abort
 
 
 if __name__ == "__main__":
