@@ -3,6 +3,24 @@
 import json
 
 import pytest
+import torch
+
+
+def _completion_logprobs(model_dir, adapter_dir, rows) -> list[list[float]]:
+    """Log-probabilities of each row's completion tokens given its prompt, under base model + LoRA adapter."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), adapter_dir).eval()
+    logprobs = []
+    with torch.no_grad():
+        for row in rows:
+            ids = torch.tensor([row["prompt_ids"] + row["completion_ids"]])
+            log_softmax = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+            targets = ids[0, 1:]
+            token_logprobs = log_softmax.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            logprobs.append(token_logprobs[-len(row["completion_ids"]) :].tolist())
+    return logprobs
 
 
 @pytest.mark.slow
@@ -14,7 +32,7 @@ def test_vllm_backend_samples_from_the_updated_weights_every_iteration(tmp_path,
     argv = [
         "train", "--config", "recipes/ipd/aa_tiny.yaml", "--model_name_or_path", str(tiny_model_dir),
         "--output_dir", str(out), "--matches_per_iteration", "16", "--max_steps", "3", "--logging_steps", "1",
-        "--save_steps", "3", "--use_peft", "true", "--lora_r", "8", "--lora_alpha", "16",
+        "--save_steps", "1", "--save_total_limit", "3", "--use_peft", "true", "--lora_r", "8", "--lora_alpha", "16",
         "--constrain_answers", "false", "--rollout_backend", "vllm",
         "--learning_rate", "0.02",  # large steps: a stale engine would sample visibly different text
     ]  # fmt: skip
@@ -32,9 +50,22 @@ def test_vllm_backend_samples_from_the_updated_weights_every_iteration(tmp_path,
     # The trainer's log-probabilities of the sampled tokens, before the iteration's update, equal the engine's:
     # at every iteration the engine sampled from the weights the trainer had just produced...
     assert all(entry["rollout/sampler_logprob_gap"] < 1e-3 for entry in steps)
-    # ...and those weights moved far between iterations (the base model answers validly, the updated one does not),
-    # so an engine left on older weights could not have matched them.
-    assert abs(steps[-1]["rollout/invalid_rate"] - steps[0]["rollout/invalid_rate"]) > 0.2
+    # ...and the check has teeth: an engine one iteration behind would have been caught. Turns sampled from the
+    # weights iteration 3 played with (checkpoint-2) get log-probabilities under checkpoint-1's weights that differ
+    # from the sampler's by far more than the tolerance above.
+    from coop_rl.players import make_player
+    from coop_rl.rollout import collect_rollout
+
+    players = [make_player(f"hf:{out / 'checkpoint-2'}", "ipd", seed=s) for s in (0, 1)]
+    rows = collect_rollout("ipd", {"rounds": 3}, players, matches=4).rows
+    assert rows and all(row["completion_ids"] for row in rows)
+    stale = _completion_logprobs(tiny_model_dir, out / "checkpoint-1", rows)
+    fresh = _completion_logprobs(tiny_model_dir, out / "checkpoint-2", rows)
+    stale_gap = torch.tensor([abs(a - b) for r, s in zip(rows, stale) for a, b in zip(r["sampler_logprobs"], s)])
+    fresh_gap = torch.tensor([abs(a - b) for r, f in zip(rows, fresh) for a, b in zip(r["sampler_logprobs"], f)])
+    print(f"sampler gap under checkpoint-2 {fresh_gap.mean():.2e}, under checkpoint-1 {stale_gap.mean():.2e}")
+    assert fresh_gap.mean() < 1e-3  # the scoring here agrees with the sampler on the weights it sampled from
+    assert stale_gap.mean() > 1e-2
     assert main(["play", "--game", "ipd", "--players", f"hf:{out},tft", "--matches", "4", "--rounds", "3"]) == 0
 
 
