@@ -21,10 +21,19 @@ def _free_port() -> str:
         return str(sock.getsockname()[1])
 
 
-def _run(command: list[str], cwd: Path | None = None) -> None:
+def _run(command: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def _train(model_dir: Path, out: Path, *overrides: str) -> list[str]:
+    """`-m coop_rl train` on the tiny IPD recipe: 16 matches an iteration, logged every step."""
+    return [
+        "-m", "coop_rl", "train", "--config", "recipes/ipd/aa_tiny.yaml", "--model_name_or_path", str(model_dir),
+        "--output_dir", str(out), "--matches_per_iteration", "16", "--logging_steps", "1", *overrides,
+    ]  # fmt: skip
 
 
 def _launch(config: str, *args: str) -> list[str]:
@@ -76,11 +85,7 @@ def test_two_process_ddp_update_equals_one_process_update_on_the_same_batch(tmp_
 @pytest.mark.parametrize("stage,lora", [(2, False), (2, True), (3, False)], ids=["zero2", "zero2-lora", "zero3"])
 def test_accelerate_launch_deepspeed_trains_on_cpu(tmp_path, tiny_model_dir, stage, lora):
     out = tmp_path / "run"
-    train = [
-        "-m", "coop_rl", "train", "--config", "recipes/ipd/aa_tiny.yaml", "--model_name_or_path", str(tiny_model_dir),
-        "--output_dir", str(out), "--matches_per_iteration", "16", "--max_steps", "3", "--logging_steps", "1",
-        "--save_steps", "3",
-    ]  # fmt: skip
+    train = _train(tiny_model_dir, out, "--max_steps", "3", "--save_steps", "3")
     if lora:
         train += ["--use_peft", "true", "--lora_r", "8", "--lora_alpha", "16", "--kl_coef", "0.05"]
     _run(_launch(f"recipes/accelerate/zero{stage}.yaml", *train))
@@ -104,14 +109,7 @@ def test_coop_rl_train_under_two_process_ddp_ends_every_rank_cleanly(tmp_path, t
     # The user's path: `accelerate launch ... coop-rl train`. Both ranks must exit 0 (a rank left to the
     # interpreter's shutdown aborted in 8 of 30 runs, see coop_rl/distributed.py) with the policy saved once.
     out = tmp_path / "run"
-    train = [
-        "-m", "coop_rl", "train", "--config", "recipes/ipd/aa_tiny.yaml", "--model_name_or_path", str(tiny_model_dir),
-        "--output_dir", str(out), "--matches_per_iteration", "16", "--max_steps", "2", "--logging_steps", "1",
-        "--save_strategy", "no",
-    ]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run(_launch("recipes/accelerate/ddp.yaml", *train), capture_output=True, text=True, env=env)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = _run(_launch("recipes/accelerate/ddp.yaml", *_train(tiny_model_dir, out, "--max_steps", "2")))
     assert done.stdout.count(f"saved the trained policy to {out}") == 1  # the main process saves, and says so
     assert json.loads((out / "coop_rl_run.json").read_text())["num_processes"] == 2
     from coop_rl.cli import main
