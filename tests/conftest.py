@@ -7,16 +7,76 @@ import pytest
 # Make tests/helpers.py importable as `helpers` from every test folder.
 sys.path.insert(0, str(Path(__file__).parent))
 
+# Fixtures that build (or load) a model: a test that needs one, directly or through another fixture, is slow.
+MODEL_FIXTURES = ("tiny_model_dir",)
+
+
+def _requires_slow_mark(item: pytest.Item, fixture: str) -> None:
+    if item.get_closest_marker("slow") is None:
+        raise pytest.UsageError(
+            f"{item.nodeid} needs the `{fixture}` fixture (a model built in minutes) but is not marked "
+            "@pytest.mark.slow: mark it, so that `make test-fast` (-m 'not slow') never builds a model"
+        )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Fail the run, loudly, when a test that needs the tiny model is not marked slow.
+
+    Checked on the fixture closure (fixtures that request `tiny_model_dir` in turn count too); a test that asks for
+    the fixture at run time (request.getfixturevalue) is caught by the check in the fixture itself.
+    """
+    unmarked = [
+        item.nodeid
+        for item in items
+        if any(name in getattr(item, "fixturenames", ()) for name in MODEL_FIXTURES)
+        and item.get_closest_marker("slow") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests need the tiny model (built in minutes) but are not marked @pytest.mark.slow:\n  "
+            + "\n  ".join(unmarked)
+        )
+
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
+def tiny_model_dir(tmp_path_factory, request) -> Path:
     """The embedded tiny model, built once per test session exactly as `coop-rl init-model tiny` builds it.
 
     Set COOP_RL_TINY_MODEL to a directory built earlier to skip the build when iterating locally.
+    Only a test marked slow may request it (see pytest_collection_modifyitems).
     """
+    item = getattr(request, "_pyfuncitem", None)  # the test that first asked for it (at run time too)
+    if item is not None:
+        _requires_slow_mark(item, "tiny_model_dir")
     prebuilt = os.environ.get("COOP_RL_TINY_MODEL")
     if prebuilt and (Path(prebuilt) / "coop_rl_tiny.json").exists():
         return Path(prebuilt)
     from coop_rl.tiny_model import init_tiny_model
 
     return init_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def model_config_dir(tmp_path_factory) -> Path:
+    """A model directory holding only the tiny model's config.json: no weights, no tokenizer (built in no time).
+
+    For tests of what `coop-rl train` checks before it loads weights (the model path, LoRA target modules, which
+    are checked on the config): any attempt to load weights or a tokenizer from it fails.
+    """
+    from transformers import Qwen2Config
+
+    from coop_rl.tiny_model import TinyModelConfig
+
+    sizes = TinyModelConfig()
+    directory = tmp_path_factory.mktemp("config-only") / "model"
+    Qwen2Config(
+        vocab_size=sizes.vocab_size,
+        hidden_size=sizes.hidden_size,
+        intermediate_size=sizes.intermediate_size,
+        num_hidden_layers=sizes.num_hidden_layers,
+        num_attention_heads=sizes.num_attention_heads,
+        num_key_value_heads=sizes.num_key_value_heads,
+        max_position_embeddings=sizes.max_position_embeddings,
+        tie_word_embeddings=True,
+    ).save_pretrained(directory)
+    return directory

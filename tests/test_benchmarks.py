@@ -45,11 +45,16 @@ def test_run_all_unknown_stage(tmp_path):
     assert error.value.code == 2
 
 
-def test_gpu_sh_arguments(tmp_path):
+def test_gpu_sh_arguments():
     help_text = subprocess.run(["bash", str(BENCH / "gpu.sh"), "--help"], capture_output=True, text=True, check=True)
     assert "--dry-run" in help_text.stdout and "--cpu" in help_text.stdout
     bad = subprocess.run(["bash", str(BENCH / "gpu.sh"), "--bogus"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown argument" in bad.stderr
+
+
+@pytest.mark.slow
+def test_gpu_sh_dry_run(tmp_path):
+    """Slow: the dry run imports torch, transformers, peft, accelerate, trl, vllm, ... in fresh interpreters."""
     dry = subprocess.run(
         ["bash", str(BENCH / "gpu.sh"), "--dry-run", "--out", str(tmp_path)],
         capture_output=True,
@@ -127,13 +132,18 @@ def test_readme_performance_commands():
 
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     section = text.split("## Performance", 1)[1].split("\n## ", 1)[0]
-    for path in set(re.findall(r"benchmarks/[\w./]+\.(?:py|sh)", section)):
+    paths = set(re.findall(r"benchmarks/[\w./]+\.(?:py|sh)", section))
+    assert paths, "the Performance section names no benchmark script"
+    for path in paths:
         assert (ROOT / path).exists(), path
-    for stages in re.findall(r"--stages ([a-z_,]+)", section):
+    stage_lists = re.findall(r"--stages ([a-z_,]+)", section)
+    assert stage_lists, "the Performance section names no --stages"
+    for stages in stage_lists:
         assert set(stages.split(",")) <= set(module.STAGES), stages
     assert "make bench" in section
 
 
+@pytest.mark.slow
 def test_init_model_random(tmp_path, capsys):
     """``coop-rl init-model random-tiny`` (gpu.sh builds random-0.5b the same way): tokenizer and random weights."""
     from coop_rl.cli import main

@@ -8,6 +8,8 @@ import pytest
 
 from coop_rl.cli import main
 
+from helpers import run_play_json
+
 
 def run_cli(capsys, *argv):
     code = main(list(argv))
@@ -106,3 +108,38 @@ def test_scripted_play_imports_no_torch():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+# --json: one JSON value alone on the real stdout (its own process, not capsys), for every command that has it.
+def test_play_json_alone_on_stdout():
+    summary, _ = run_play_json("ipd", ["tft", "alld"], "--matches", "3")
+    assert summary["matches"] == 3 and summary["welfare"] == 23.0
+    assert [p["mean_return"] for p in summary["players"]] == [9.0, 14.0]
+
+
+@pytest.mark.parametrize(
+    "argv,check",
+    [
+        (
+            ["tournament", "--game", "ipd", "--players", "tft,alld", "--matches", "2"],
+            lambda r: r["mean_return"] == [[30.0, 9.0], [14.0, 10.0]],
+        ),
+        (["games"], lambda r: [g["game"] for g in r] == ["ipd", "bos", "tas", "split", "spgg"]),  # a list of games
+        (["solve", "--game", "spgg", "--set", "reward=classic"], lambda r: r["spne"] == [0, 0, 0] and r["unique"]),
+        (
+            ["eval", "--policy", "tft", "--game", "ipd", "--opponents", "alld,allc", "--matches", "2", "--out", "OUT"],
+            lambda r: (
+                [(o["opponent"], o["policy_mean_return"]) for o in r["opponents"] if o["policy_seat"] == 0]
+                == [("alld", 9.0), ("allc", 30.0)]
+            ),
+        ),
+        (["exploit", "--policy", "alld", "--game", "ipd", "--matches", "2"], lambda r: r["policy"] == "alld"),
+    ],
+    ids=["tournament", "games", "solve", "eval", "exploit"],
+)
+def test_json_alone_on_stdout(argv, check, tmp_path):
+    argv = [sys.executable, "-m", "coop_rl", *(str(tmp_path / "out") if a == "OUT" else a for a in argv), "--json"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("\n") == 1, proc.stdout
+    assert check(json.loads(proc.stdout))

@@ -1,7 +1,8 @@
 """`coop-rl train` rejects a bad configuration in one line on stderr, exit 2, before any model weights load.
 
-Every case runs in-process through ``coop_rl.cli.main``; loading weights is made to fail loudly so that a check
-that comes too late shows up as a test failure, not as a slow pass.
+Every case runs in-process through ``coop_rl.cli.main`` on a model directory that holds only the tiny model's
+config.json (fixture ``model_config_dir``: fast, no model is built); loading weights is made to fail loudly so that
+a check that comes too late shows up as a test failure, not as a slow pass.
 """
 
 from __future__ import annotations
@@ -33,10 +34,10 @@ def _error_line(capsys) -> str:
     return lines[0]
 
 
-def _train(tiny_model_dir, tmp_path, *extra, config=RECIPE):
+def _train(model_dir, tmp_path, *extra, config=RECIPE):
     from coop_rl.cli import main
 
-    argv = ["train", "--config", str(config), "--model_name_or_path", str(tiny_model_dir),
+    argv = ["train", "--config", str(config), "--model_name_or_path", str(model_dir),
             "--output_dir", str(tmp_path / "out"), *extra]  # fmt: skip
     return main(argv)
 
@@ -75,8 +76,8 @@ def _train(tiny_model_dir, tmp_path, *extra, config=RECIPE):
         (["--resume_from_checkpoint", "/no/such/checkpoint"], ["checkpoint not found"]),
     ],
 )  # fmt: skip
-def test_bad_setting_is_one_line_exit_2_before_weights(extra, needles, tiny_model_dir, tmp_path, capsys, no_weights):
-    assert _train(tiny_model_dir, tmp_path, *extra) == 2
+def test_bad_setting_is_one_line_exit_2_before_weights(extra, needles, model_config_dir, tmp_path, capsys, no_weights):
+    assert _train(model_config_dir, tmp_path, *extra) == 2
     line = _error_line(capsys)
     for needle in needles:
         assert needle in line, line
@@ -115,11 +116,11 @@ def test_missing_model_and_recipe(tmp_path, capsys, no_weights):
         ("model_name_or_path: [unclosed\n", ["not a plain YAML mapping", "line"]),
     ],
 )
-def test_bad_recipe_is_one_line_exit_2_before_weights(text, needles, tiny_model_dir, tmp_path, capsys, no_weights):
+def test_bad_recipe_is_one_line_exit_2_before_weights(text, needles, model_config_dir, tmp_path, capsys, no_weights):
     recipe = tmp_path / "recipe.yaml"
     base = "" if text.startswith("-") else "max_steps: 1\nuse_cpu: true\nreport_to: none\n"
     recipe.write_text(base + text)
-    assert _train(tiny_model_dir, tmp_path, config=recipe) == 2
+    assert _train(model_config_dir, tmp_path, config=recipe) == 2
     line = _error_line(capsys)
     for needle in needles:
         assert needle in line, line

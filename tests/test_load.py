@@ -32,7 +32,10 @@ def test_5000_matches_in_chunks_hold_memory_flat():
 
 
 def test_kept_results_are_the_only_growth():
-    figures = _measure()("ipd", ["tft", "alld"], matches=2000, chunk=250, keep=True)
+    # The figure is per match and does not depend on the number of matches (measured: -98 bytes a match over
+    # 2000 matches in chunks of 250, -92 over 500 in chunks of 125): 4 chunks after the warm-up keep it fast.
+    figures = _measure()("ipd", ["tft", "alld"], matches=500, chunk=125, keep=True)
     print(figures)
+    assert figures["matches"] == 500
     assert figures["kept_results_bytes"] > 0
     assert abs(figures["growth_beyond_results_per_match_bytes"]) < 128

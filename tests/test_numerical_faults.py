@@ -16,6 +16,9 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
+# Every test here trains the tiny model (built in minutes): all slow.
+pytestmark = pytest.mark.slow
+
 
 def _config(tmp_path, **overrides):
     from coop_rl.aa_config import AAConfig

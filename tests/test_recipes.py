@@ -65,7 +65,9 @@ def test_recipe_parses_into_aaconfig(path, tmp_path):
         got = getattr(config, key)
         assert got == value or str(got) == str(value) or getattr(got, "value", None) == value, (key, got, value)
     assert config.matches_per_iteration % config.group_size == 0
-    assert str(config.model_name_or_path)
+    model = data.get("model_name_or_path")
+    assert isinstance(model, str) and model.strip(), "the recipe names no model (model_name_or_path)"
+    assert config.model_name_or_path == model
     if config.game_params:
         assert isinstance(config.game_params, (dict, str))
 

@@ -1,6 +1,7 @@
 """The Advantage Alignment trainer on the embedded tiny model: short real runs (slow) and its pure helpers."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -103,8 +104,14 @@ def test_lora_run_with_kl_saves_an_adapter_that_plays(tmp_path, tiny_model_dir, 
     from coop_rl.cli import main
 
     out = _train(tmp_path, tiny_model_dir, "--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8",
-                 "--kl_coef", "0.01", "--opponent", "pool", "--pool_every", "1")  # fmt: skip
+                 "--kl_coef", "0.01", "--opponent", "pool", "--pool_every", "1", "--save_steps", "2")  # fmt: skip
     assert (out / "adapter_config.json").exists() and not (out / "config.json").exists()
+    # The KL term is computed and logged every step: k3 of the policy against the adapter switched off. At step 1
+    # the adapter is the identity (LoRA B starts at zero), so the policy is the reference and the KL is 0; after
+    # one update it has moved away from the reference and the KL is positive.
+    kl = {h["step"]: h["loss/kl"] for h in _log_history(out) if "loss" in h}
+    assert sorted(kl) == [1, 2], kl
+    assert abs(kl[1]) < 1e-6 and kl[2] > 0.0 and math.isfinite(kl[2]), kl
     capsys.readouterr()
     assert main(["play", "--game", "ipd", "--players", f"hf:{out},alld", "--matches", "4", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["players"][0]["spec"] == f"hf:{out}"
@@ -126,16 +133,29 @@ def test_resume_continues_at_the_saved_step_with_the_pool(tmp_path, tiny_model_d
     assert len(pool_after["pool"]) == 4  # two restored + two grown after the resume
 
 
-@pytest.mark.parametrize(
-    "argv,needle",
-    [
-        (["train", "--config", "no/such/recipe.yaml"], "recipe not found"),
-        (["train", "--config", "recipes/ipd/aa_tiny.yaml", "--credit", "magic"], "credit"),
-        (["train", "--config", "recipes/ipd/aa_tiny.yaml", "--no_such_key", "1"], "no_such_key"),
-        (["train", "--config", "recipes/ipd/aa_tiny.yaml", "--model_name_or_path", "/no/model"], "not found"),
-    ],
-)
-def test_train_user_errors_exit_2_with_one_line(argv, needle):
+TRAIN_USER_ERRORS = [
+    (["train", "--config", "no/such/recipe.yaml"], "recipe not found"),
+    (["train", "--config", "recipes/ipd/aa_tiny.yaml", "--credit", "magic"], "credit"),
+    (["train", "--config", "recipes/ipd/aa_tiny.yaml", "--no_such_key", "1"], "no_such_key"),
+    (["train", "--config", "recipes/ipd/aa_tiny.yaml", "--model_name_or_path", "/no/model"], "not found"),
+]
+
+
+@pytest.mark.parametrize("argv,needle", TRAIN_USER_ERRORS)
+def test_train_user_errors_exit_2_with_one_line(argv, needle, capsys):
+    from coop_rl.cli import main
+
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if "[WARNING]" not in line]
+    assert len(lines) == 1 and lines[0].startswith("coop-rl: error: ") and needle in lines[0], err
+
+
+def test_train_user_error_in_a_fresh_process_is_exit_2_with_one_line():
+    """The same through `python -m coop_rl` (exit status, nothing else on stderr), for the error that comes last:
+    after the trainer's imports, the noisiest on stderr. (A fresh interpreter costs seconds: one case only.)"""
+    argv, needle = TRAIN_USER_ERRORS[-1]
     proc = subprocess.run([sys.executable, "-m", "coop_rl", *argv], capture_output=True, text=True, timeout=180)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.strip().splitlines() if "[WARNING]" not in line]

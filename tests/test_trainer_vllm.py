@@ -69,10 +69,11 @@ def test_vllm_backend_samples_from_the_updated_weights_every_iteration(tmp_path,
     assert main(["play", "--game", "ipd", "--players", f"hf:{out},tft", "--matches", "4", "--rounds", "3"]) == 0
 
 
-def test_vllm_backend_needs_lora_and_free_answers(tmp_path, tiny_model_dir, capsys):
+def test_vllm_backend_needs_lora_and_free_answers(tmp_path, model_config_dir, capsys):
+    """Refused before any weights load: a config-only model directory (no weights to load) is enough."""
     from coop_rl.cli import main
 
-    base = ["train", "--config", "recipes/ipd/aa_tiny.yaml", "--model_name_or_path", str(tiny_model_dir),
+    base = ["train", "--config", "recipes/ipd/aa_tiny.yaml", "--model_name_or_path", str(model_config_dir),
             "--output_dir", str(tmp_path / "run"), "--rollout_backend", "vllm"]  # fmt: skip
     assert main(base) == 2
     assert "needs use_peft" in capsys.readouterr().err

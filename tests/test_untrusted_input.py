@@ -59,6 +59,7 @@ def test_pool_file_is_unpickled_safely(tmp_path):
         load_pool_file(tmp_path / "garbage.pt")
 
 
+@pytest.mark.slow
 def test_resume_from_a_tampered_checkpoint_is_refused_and_writes_only_under_output_dir(
     tmp_path, tiny_model_dir, capsys, monkeypatch
 ):
@@ -90,6 +91,7 @@ def test_resume_from_a_tampered_checkpoint_is_refused_and_writes_only_under_outp
     assert os.listdir(cwd) == []
 
 
+@pytest.mark.slow
 def test_model_text_is_data_never_a_path(tmp_path, tiny_model_dir, monkeypatch):
     """Trajectory files are named by the step alone; path-like or shell-like answers are stored as JSON strings."""
     from coop_rl.aa_config import AAConfig

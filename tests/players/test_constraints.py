@@ -48,7 +48,7 @@ def test_constrained_play_is_valid_and_logprobs_are_renormalised(tiny_model_dir)
     turns = []
     run_matches("ipd", {}, [player, ScriptedPlayer("alld", "ipd")], matches=16, on_turns=turns.extend)
     model_turns = [t for t in turns if t.seat == 0]
-    assert all(t.valid and t.action.text in ("C", "D") for t in model_turns)
+    assert model_turns and all(t.valid and t.action.text in ("C", "D") for t in model_turns)
     model = player.engine.model
     for turn in model_turns[:20]:
         action = turn.action

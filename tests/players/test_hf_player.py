@@ -14,6 +14,8 @@ from coop_rl.players.hf import HFPlayer, get_engine
 from coop_rl.players.scripted import ScriptedPlayer
 from coop_rl.rollout import COLUMNS, collect_rollout
 
+from helpers import run_play_json
+
 # Tests on the tiny model are slow: it is built once per session (a few minutes on 2 cores).
 
 
@@ -25,6 +27,13 @@ def test_model_plays_valid_and_undecided_against_tft(tiny_model_dir, capsys):
     model = summary["players"][0]
     assert model["invalid_rate"] <= 0.05
     assert 0.1 <= model["cooperation_rate"] <= 0.9
+
+
+@pytest.mark.slow
+def test_play_json_alone_on_stdout(tiny_model_dir):
+    # in its own process: whatever transformers and torch print stays off stdout
+    summary, _ = run_play_json("ipd", [f"hf:{tiny_model_dir}", "tft"], "--matches", "8", timeout=300)
+    assert summary["matches"] == 8 and 0.0 <= summary["players"][0]["cooperation_rate"] <= 1.0
 
 
 def _p_cooperate(engine, history):

@@ -9,7 +9,6 @@ import json
 import logging
 import socket
 import threading
-from pathlib import Path
 
 import pytest
 from test_openai_player import FakeServer, Reply
@@ -148,8 +147,16 @@ def test_cli_reports_a_dead_api_opponent_in_one_line(monkeypatch, capsys):
     assert CANARY not in out + err
 
 
-def test_canary_key_never_written_anywhere(tmp_path, tiny_model_dir, monkeypatch, capsys, caplog):
-    """play --transcripts, eval --out and a training run against an API opponent: the key is sent, never kept."""
+def _assert_no_canary(tmp_path, capsys, caplog):
+    """The key appears in no file under tmp_path, nowhere on the terminal and in no log record."""
+    for path in (p for p in tmp_path.rglob("*") if p.is_file()):
+        assert CANARY.encode() not in path.read_bytes(), path
+    out, err = capsys.readouterr()
+    assert CANARY not in out + err + caplog.text
+
+
+def test_canary_key_never_written_by_play_or_eval(tmp_path, monkeypatch, capsys, caplog):
+    """play --transcripts and eval --out against an API opponent: the key is sent, never kept."""
     from coop_rl.cli import main
 
     monkeypatch.setenv("OPENAI_API_KEY", CANARY)
@@ -161,6 +168,24 @@ def test_canary_key_never_written_anywhere(tmp_path, tiny_model_dir, monkeypatch
                      "--transcripts", str(tmp_path / "transcripts.jsonl"), "--json"]) == 0  # fmt: skip
         assert main(["eval", "--policy", "tft", "--game", "ipd", "--opponents", spec, "--matches", "2",
                      "--rounds", "3", "--out", str(tmp_path / "eval")]) == 0  # fmt: skip
+    finally:
+        server.close()
+    assert any(auth == f"Bearer {CANARY}" for auth in server.auth)  # the key was really used
+    names = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
+    assert "transcripts.jsonl" in names and "eval/results.json" in names
+    _assert_no_canary(tmp_path, capsys, caplog)
+
+
+@pytest.mark.slow
+def test_canary_key_never_written_by_training(tmp_path, tiny_model_dir, monkeypatch, capsys, caplog):
+    """A training run against an API opponent: the key is sent, never kept (trajectories, checkpoint, logs)."""
+    from coop_rl.cli import main
+
+    monkeypatch.setenv("OPENAI_API_KEY", CANARY)
+    server = FakeServer(lambda n, body: Reply(text="C" if n % 2 else "I choose <action>D</action>"))
+    spec = f"openai:{MODEL}@{server.base_url}"
+    caplog.set_level(logging.DEBUG)
+    try:
         assert main(["train", "--config", "recipes/ipd/aa_tiny.yaml", "--model_name_or_path", str(tiny_model_dir),
                      "--output_dir", str(tmp_path / "train"), "--opponent", "frozen", "--opponents", spec,
                      "--matches_per_iteration", "8", "--max_steps", "1", "--save_steps", "1",
@@ -168,11 +193,6 @@ def test_canary_key_never_written_anywhere(tmp_path, tiny_model_dir, monkeypatch
     finally:
         server.close()
     assert any(auth == f"Bearer {CANARY}" for auth in server.auth)  # the key was really used
-    written = [p for p in tmp_path.rglob("*") if p.is_file()]
-    names = {p.relative_to(tmp_path).as_posix() for p in written}
-    assert "transcripts.jsonl" in names and "eval/results.json" in names
+    names = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
     assert "train/trajectories/iteration-000001.jsonl" in names and "train/checkpoint-1/trainer_state.json" in names
-    for path in written:
-        assert CANARY.encode() not in Path(path).read_bytes(), path
-    out, err = capsys.readouterr()
-    assert CANARY not in out + err + caplog.text
+    _assert_no_canary(tmp_path, capsys, caplog)

@@ -29,6 +29,8 @@ from coop_rl.players.openai_player import OpenAIPlayer, OpenAIPlayerError
 from coop_rl.players.scripted import ScriptedPlayer
 from coop_rl.runner import run_matches, summarize
 
+from helpers import run_play_json
+
 SECRET = "sk-coop-test-SECRET-7f3a9c1e5b"
 MODEL = "fake-model"
 
@@ -605,3 +607,12 @@ def test_ipd_against_vllm_server(vllm_server):
             wrong.act(requests_for(["x"]))
     finally:
         wrong.close()
+
+
+@pytest.mark.slow
+def test_play_json_against_vllm_server(vllm_server):
+    # `coop-rl play --json` with an openai: seat, in its own process: the JSON alone on stdout
+    base_url, _ = vllm_server
+    spec = f"openai:{SERVED_NAME}@{base_url}"
+    summary, _ = run_play_json("ipd", [spec, "tft"], "--matches", "2", "--rounds", "3", "--max-new-tokens", "16")
+    assert summary["matches"] == 2 and 0.0 <= summary["players"][0]["cooperation_rate"] <= 1.0

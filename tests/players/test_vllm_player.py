@@ -7,6 +7,7 @@ LoRA hot-swap without an engine restart, and constrained decoding.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -19,6 +20,8 @@ from coop_rl.envs import make_game
 from coop_rl.players import PlayerSpecError, SamplingConfig, TurnRequest, make_player
 from coop_rl.players.vllm_player import ANSWER_PATTERNS, answer_pattern, parse_vllm_spec
 from coop_rl.runner import run_matches, summarize
+
+from helpers import run_play_json
 
 # -- fast: no engine -----------------------------------------------------------------------------------------------
 
@@ -289,3 +292,14 @@ def test_guided_decoding(engine_dir):
     for action in actions:  # only the final try's tokens are kept
         assert tokenizer.decode(action.completion_ids, skip_special_tokens=True) == "CD"
         assert len(action.logprobs) == len(action.completion_ids)
+
+
+@pytest.mark.slow
+def test_play_json_alone_on_stdout(tiny_model_dir):
+    # `coop-rl play --json` in its own process: vLLM's engine (and its EngineCore subprocess) logs to stderr only.
+    # The environment even asks vLLM for stdout (its own default): the --json guard must hold regardless.
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_LOGGING_STREAM="ext://sys.stdout")
+    spec = f"vllm:{tiny_model_dir}"
+    summary, proc = run_play_json("ipd", [spec, "tft"], "--matches", "8", env=env, timeout=600)
+    assert summary["matches"] == 8 and 0.0 <= summary["players"][0]["cooperation_rate"] <= 1.0
+    assert "EngineCore" in proc.stderr and "[shutdown]" in proc.stderr  # vLLM did log, start to exit, on stderr

@@ -1,0 +1,100 @@
+"""Where the command line's output goes: with ``--json``, one JSON value alone on stdout; all else on stderr.
+
+Why this module exists: libraries write to stdout on their own. vLLM configures its logger on ``sys.stdout`` by
+default, and its EngineCore and worker processes inherit file descriptor 1 and write to it directly; tqdm bars,
+transformers or deepspeed messages and plain ``print()`` calls inside libraries can land there too. A script that
+runs ``coop-rl play ... --json`` and parses stdout with ``json.loads`` must get the JSON and nothing else.
+
+Two layers, used by ``coop_rl.cli.main``:
+
+- :func:`send_library_logs_to_stderr` sets environment variables, before any library is imported, that send
+  vLLM's logging to stderr for every command (with or without ``--json``); child processes inherit them.
+- :func:`json_only_stdout` guards the run of a ``--json`` command: file descriptor 1 and ``sys.stdout`` both point
+  at stderr, so nothing a library or a child process writes to "stdout" reaches it; :func:`print_json` writes the
+  one JSON value to the original stdout, kept on a duplicate descriptor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+# Settings the libraries read when imported (and their child processes, which inherit the environment).
+# vLLM's default is ext://sys.stdout; its EngineCore subprocess configures its own logger from the same variable.
+LIBRARY_LOG_SETTINGS = {"VLLM_LOGGING_STREAM": "ext://sys.stderr"}
+
+_json_stream: TextIO | None = None  # the original stdout while a json_only_stdout block runs
+
+
+def send_library_logs_to_stderr() -> None:
+    """Send vLLM's logs to stderr (unless the user's environment chose a stream): call before importing vLLM.
+
+    Within :func:`json_only_stdout` stdout stays clean whatever the user chose; this keeps the table output of
+    commands without ``--json`` free of engine logs too.
+    """
+    for name, value in LIBRARY_LOG_SETTINGS.items():
+        os.environ.setdefault(name, value)
+
+
+def _writes_to_fd1(stream: TextIO) -> bool:
+    """Whether ``stream`` writes to file descriptor 1 (the process's stdout, not a replacement such as pytest's)."""
+    try:
+        return stream.fileno() == 1
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both OSError and ValueError
+        return False
+
+
+@contextlib.contextmanager
+def json_only_stdout(enabled: bool = True, until_exit: bool = False) -> Iterator[None]:
+    """Within the block, stdout (``sys.stdout`` and file descriptor 1) goes to stderr; :func:`print_json` doesn't.
+
+    Redirecting the descriptor, not only ``sys.stdout``, is what catches child processes (vLLM's EngineCore
+    inherits descriptor 1 when it starts) and C-level writes. On leaving, ``sys.stdout`` is restored, and so is
+    descriptor 1 unless ``until_exit``: a process about to end keeps it on stderr, so that exit handlers (vLLM shuts
+    its engines down at exit) cannot write after the JSON. In-process callers (tests) leave ``until_exit`` False.
+    """
+    global _json_stream
+    if not enabled:
+        yield
+        return
+    original = sys.stdout
+    original.flush()
+    try:
+        saved_fd: int | None = os.dup(1)  # not inheritable: child processes never see the real stdout
+    except OSError:  # no descriptor 1 (closed stdout): only sys.stdout can be redirected
+        saved_fd = None
+    if saved_fd is not None:
+        try:
+            os.dup2(2, 1)
+        except OSError:  # no descriptor 2 either: leave descriptor 1 alone
+            os.close(saved_fd)
+            saved_fd = None
+    if saved_fd is not None and _writes_to_fd1(original):
+        channel: TextIO = open(saved_fd, "w", encoding=original.encoding, errors=original.errors, closefd=False)  # noqa: SIM115
+    else:  # sys.stdout was already replaced (pytest's capsys, a caller's StringIO): the JSON goes there
+        channel = original
+    sys.stdout = sys.stderr
+    _json_stream = channel
+    try:
+        yield
+    finally:
+        _json_stream = None
+        sys.stdout = original
+        if channel is not original:
+            with contextlib.suppress(BrokenPipeError):  # a reader that went away; print_json already raised
+                channel.close()
+        if saved_fd is not None:
+            if not until_exit:
+                os.dup2(saved_fd, 1)
+            os.close(saved_fd)
+
+
+def print_json(value: Any) -> None:
+    """Write ``value`` as one line of JSON to stdout: the original stdout inside :func:`json_only_stdout`."""
+    stream = _json_stream if _json_stream is not None else sys.stdout
+    stream.write(json.dumps(value) + "\n")
+    stream.flush()

@@ -1,0 +1,67 @@
+"""coop_rl/output.py: with --json, stdout holds the JSON alone, whoever else writes to it (Python, fd 1, children)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+from coop_rl.cli import main
+from coop_rl.output import json_only_stdout, print_json
+
+# Every way a library writes to "stdout": print(), a write to descriptor 1, a child process that inherits it, and
+# an exit handler (vLLM shuts its engines down at exit, logging as it goes).
+NOISY = textwrap.dedent(
+    """
+    import atexit, os, subprocess, sys
+    from coop_rl.output import json_only_stdout, print_json
+
+    atexit.register(lambda: print("exit-handler noise"))
+    with json_only_stdout(until_exit=sys.argv[1] == "until-exit"):
+        print("print noise")
+        os.write(1, b"fd noise\\n")
+        subprocess.run([sys.executable, "-c", "print('child noise')"], check=True)
+        print_json({"answer": 42})
+    print("after the block")
+    """
+)
+
+
+def run_noisy(mode: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", NOISY, mode], capture_output=True, text=True, timeout=60)
+
+
+def test_only_the_json_reaches_stdout_until_exit():
+    proc = run_noisy("until-exit")  # how main() runs as the program
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == '{"answer": 42}\n'
+    for noise in ("print noise", "fd noise", "child noise", "after the block", "exit-handler noise"):
+        assert noise in proc.stderr
+
+
+def test_stdout_is_restored_after_the_block():
+    proc = run_noisy("restore")  # how main() runs in-process (argv given)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == '{"answer": 42}\nafter the block\nexit-handler noise\n'
+    assert all(noise in proc.stderr for noise in ("print noise", "fd noise", "child noise"))
+
+
+def test_in_process_under_fd_capture(capfd):
+    with json_only_stdout():
+        print("print noise")
+        os.write(1, b"fd noise\n")
+        print_json({"answer": 42})
+    print("after")
+    out, err = capfd.readouterr()
+    assert out == '{"answer": 42}\nafter\n'
+    assert "print noise" in err and "fd noise" in err
+
+
+def test_main_sends_vllm_logs_to_stderr(monkeypatch, capsys):
+    monkeypatch.delenv("VLLM_LOGGING_STREAM", raising=False)
+    assert main(["solve", "--game", "spgg", "--json"]) == 0
+    assert os.environ["VLLM_LOGGING_STREAM"] == "ext://sys.stderr"  # read by vLLM and its engine subprocess
+    assert json.loads(capsys.readouterr().out)["unique"] is True
+    monkeypatch.setenv("VLLM_LOGGING_STREAM", "ext://sys.stdout")  # a user's own choice is kept (--json or not)
+    main(["games", "ipd", "--json"])
+    assert os.environ["VLLM_LOGGING_STREAM"] == "ext://sys.stdout"
