@@ -321,7 +321,9 @@ def write_report(
         "",
         *rp._table(["stage", "seconds"], [[k, f"{v:.0f}"] for k, v in timings.items()] + [["total", f"{total:.0f}"]]),
         "",
-        "Stages found already done (a cached tiny model, a finished training) take about 0 s.",
+        f"Measured on {settings.get('cpu', 'an unrecorded CPU')}; precision (`precision: auto`): "
+        f"{settings.get('precision', 'unrecorded')}. Stages found already done (a cached tiny model, a finished "
+        "training) take about 0 s.",
     ]
     (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     payload = {
@@ -336,6 +338,18 @@ def write_report(
     }
     (out / "demo.json").write_text(json.dumps(rp._json_ready(payload), indent=1) + "\n", encoding="utf-8")
     return out / "report.md"
+
+
+def _precisions(out_dir: Path, methods: list[str]) -> str:
+    """The precision each training ran in, from its coop_rl_run.json (e.g. "aa float32, naive float32")."""
+    found = []
+    for method in methods:
+        try:
+            info = json.loads((out_dir / method / "coop_rl_run.json").read_text(encoding="utf-8"))
+            found.append(f"{method} {info['precision']['dtype']}")
+        except (OSError, ValueError, KeyError, TypeError):
+            found.append(f"{method} unrecorded")
+    return ", ".join(found)
 
 
 def run_demo(
@@ -359,6 +373,7 @@ def run_demo(
     stages = 1 + 2 * len(methods) + 2
     from coop_rl.eval.evaluate import evaluate
     from coop_rl.players import SamplingConfig
+    from coop_rl.precision import describe_cpu
 
     sampling = SamplingConfig(max_new_tokens=spec.eval_max_new_tokens)
     with _progress(stages, f"coop-rl demo ({game})") as bar:
@@ -418,6 +433,7 @@ def run_demo(
         rows = {m: summarize_method(evals[m], spec.key_opponents) for m in methods}
         histories = {m: log_history(out_dir / m) for m in methods}
         settings = {"model": str(model_dir), "max_steps": max_steps, "matches": matches, "seed": seed}
+        settings.update(cpu=describe_cpu(), precision=_precisions(out_dir, methods))
         report = write_report(spec, out_dir, rows, evals, cross, histories, timings, settings)
         done("report", started)
     headers, cells = demo_table(spec, rows)

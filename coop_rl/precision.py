@@ -76,7 +76,9 @@ def describe_cpu(info: dict[str, Any] | None = None) -> str:
     """One line naming the CPU for timings: model, flags that matter, cores, torch threads."""
     info = info or cpu_info()
     flags = ", ".join(info["flags"]) or "no AVX2"
-    return f"{info['model']} ({flags}; {info['cores']} cores, {info['torch_threads']} torch threads)"
+    kernels = info.get("torch_cpu_capability", "unknown")  # ATEN_CPU_CAPABILITY can hold torch below the CPU's best
+    threads = f"{info['cores']} cores, {info['torch_threads']} torch threads"
+    return f"{info['model']} ({flags}; {threads}, torch kernels {kernels})"
 
 
 def has_native_bf16(info: dict[str, Any] | None = None) -> bool:

@@ -1,0 +1,65 @@
+"""Precision chosen by the machine: the rule, the probe, and where the choice is applied and recorded."""
+
+import pytest
+
+from coop_rl.precision import (
+    Precision,
+    bf16_speedup,
+    choose_precision,
+    cpu_info,
+    describe_cpu,
+    has_native_bf16,
+)
+
+AVX2_EPYC = {"model": "AMD EPYC", "flags": ["avx2"], "cores": 2, "torch_threads": 2, "torch_cpu_capability": "AVX2"}
+AMX_XEON = {
+    "model": "Intel Xeon",
+    "flags": ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"],
+    "cores": 2,
+    "torch_threads": 2,
+    "torch_cpu_capability": "AVX512",
+}
+
+
+def test_native_bf16_needs_the_flags_and_torch_kernels_that_use_them():
+    assert not has_native_bf16(AVX2_EPYC)
+    assert has_native_bf16(AMX_XEON)
+    # ATEN_CPU_CAPABILITY=avx2 on an AMX machine: torch takes the emulated path
+    assert not has_native_bf16({**AMX_XEON, "torch_cpu_capability": "AVX2"})
+    assert not has_native_bf16({**AMX_XEON, "flags": ["avx2", "avx512f"]})
+
+
+def test_describe_cpu_names_model_flags_cores_and_threads():
+    assert describe_cpu(AVX2_EPYC) == "AMD EPYC (avx2; 2 cores, 2 torch threads, torch kernels AVX2)"
+    info = cpu_info()
+    assert info["cores"] >= 1 and info["torch_threads"] >= 1
+    assert describe_cpu().startswith(info["model"])
+
+
+def test_explicit_precision_is_kept_and_bad_names_are_refused():
+    assert choose_precision("cpu", "float32") == Precision("float32", "set by the recipe or command line")
+    assert choose_precision("cpu", "bfloat16").bf16
+    with pytest.raises(ValueError, match="precision must be one of auto, float32, bfloat16"):
+        choose_precision("cpu", "fp8")
+
+
+def test_auto_on_this_cpu_follows_the_rule():
+    chosen = choose_precision("cpu", "auto", width=128)
+    if not has_native_bf16():
+        assert chosen == Precision("float32", "CPU without native bf16 (avx512_bf16/AMX): bf16 would be emulated")
+    else:  # the probe decided, and the reason quotes its measurement
+        assert "measured" in chosen.reason
+        assert chosen.bf16 == (bf16_speedup(128) * 0.85 >= 1.0)
+
+
+def test_aaconfig_resolves_precision_into_the_trainer_flags(tmp_path):
+    from coop_rl.aa_config import AAConfig
+
+    forced = AAConfig(output_dir=str(tmp_path), use_cpu=True, max_steps=1, precision="float32")
+    assert forced.resolved_precision.dtype == "float32" and not forced.bf16
+    bf16 = AAConfig(output_dir=str(tmp_path), use_cpu=True, max_steps=1, precision="bfloat16")
+    assert bf16.bf16 and bf16.mixed_precision == "bf16"
+    explicit = AAConfig(output_dir=str(tmp_path), use_cpu=True, max_steps=1, bf16=True)  # auto keeps an explicit flag
+    assert explicit.bf16 and explicit.resolved_precision.reason == "bf16/fp16 set explicitly"
+    with pytest.raises(ValueError, match="precision='half'"):
+        AAConfig(output_dir=str(tmp_path), use_cpu=True, max_steps=1, precision="half")
