@@ -273,30 +273,14 @@ def cmd_games(args: argparse.Namespace) -> int:
 
 
 # ----- solve --------------------------------------------------------------------------------------------------
-SOLVER_KEYS = {
-    "players": "players",
-    "levels": "levels",
-    "endowment": "endowment",
-    "r": "r",
-    "rho": "rho",
-    "gamma": "gamma",
-    "kappa": "kappa",
-    "penalty": "penalty",
-    "threshold": "threshold",
-    "reward": "reward",
-}
-
-
 def cmd_solve(args: argparse.Namespace) -> int:
     if args.game != "spgg":
         raise UsageError(f"solve supports --game spgg only, not {args.game!r}")
     from coop_rl.envs.spgg import SequentialPublicGoods
-    from coop_rl.envs.spgg_solver import solve_spgg
 
     params = _parse_sets(args.set)
     game = SequentialPublicGoods(**params)  # converts and checks every value like `play` does
-    solver_args = {key: game.params[key] for key in SOLVER_KEYS}
-    result = solve_spgg(**solver_args)
+    result = game.solve()  # the game's own parameters, first_mover_mean included
     if args.json:
         print_json({"spne": result.spne, "unique": result.unique, "payoffs": result.payoffs})
     else:

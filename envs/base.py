@@ -95,6 +95,18 @@ class GameParam:
         return converted
 
 
+#: the repeated games' ``show_horizon`` parameter: off by default, the prompts name the round but not how many there
+#: are (a known last round invites end-game defection, and under a continuation probability the total is false)
+SHOW_HORIZON = GameParam(
+    False, "state the number of rounds in the prompts ('Round k of N.'); off: 'Round k.' only", bool
+)
+
+
+def round_line(round_index: int, rounds: int, show_horizon: bool) -> str:
+    """A prompt's round line for the 0-based ``round_index``: "Round k." (the default) or "Round k of N."."""
+    return f"Round {round_index + 1} of {rounds}." if show_horizon else f"Round {round_index + 1}."
+
+
 class TextGame(ABC):
     """Base class of every text game. Subclasses define ``PARAMS`` and the game logic.
 

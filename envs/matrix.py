@@ -2,6 +2,10 @@
 
 Both players move simultaneously each round. Each sees the rules with the payoffs, the round number, the
 history (the last round or the whole history) and, right before the question, what happened last round.
+The prompt names the current round ("Round 3.") but not how many there are: with a known last round, defection
+there goes unpunished and backward induction unravels cooperation (and under ``continuation < 1`` a stated total
+would be false). ``show_horizon=true`` states it ("Round 3 of 10."); the scripted strategies (and the axelrod
+library's, which read the match length) know ``rounds`` either way.
 
 Answer format (documented to players in the prompt): the option's label, alone or wrapped as
 ``<action>C</action>``. The parser takes the text inside the last complete ``<action>`` tag when there is one,
@@ -21,7 +25,7 @@ import re
 import warnings
 from typing import Any
 
-from coop_rl.envs.base import GameConfigError, GameParam, TextGame, Turn, clean_text
+from coop_rl.envs.base import SHOW_HORIZON, GameConfigError, GameParam, TextGame, Turn, clean_text, round_line
 from coop_rl.envs.parsing import last_tag_content, strip_tag
 from coop_rl.envs.strategies import ScriptedStrategy, register
 
@@ -64,6 +68,7 @@ class IteratedMatrixGame(TextGame):
         "shuffle_options": GameParam(
             False, "name the two options in a random order each round (Akata et al.; on with payoffs=akata)", bool
         ),
+        "show_horizon": SHOW_HORIZON,
     }
 
     def validate(self) -> None:
@@ -117,8 +122,7 @@ class IteratedMatrixGame(TextGame):
 
     def _prompt(self, seat: int) -> str:
         first, second = (self.labels[i] for i in self._option_order)
-        total = self.params["rounds"]
-        parts = [f"Round {self.round + 1} of {total}."]
+        parts = [round_line(self.round, self.params["rounds"], self.params["show_horizon"])]
         if self.params["history"] != "last" and self.round > 0:
             parts.append("History:\n" + "\n".join(self._history_lines(seat)))
         if self.round == 0:
@@ -380,6 +384,8 @@ class AxelrodStrategy(ScriptedStrategy):
         view = game.view(turn.seat)
         axl_action = self._axl.Action
         to_axl = [axl_action.C, axl_action.D]
+        # The match length is the strategy's information (axelrod's Match tells its players), whatever the
+        # prompt says: show_horizon only changes what model players are told.
         if self._synced == 0 and "rounds" in game.params:
             self._player.set_match_attributes(length=game.params["rounds"])
         # Feed the rounds played since the last call into both histories, as axelrod's Match does after each

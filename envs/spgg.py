@@ -7,7 +7,11 @@ Each player's score q_i in [0, 1] enters one of two reward rules (the formulas l
 
 * ``classic``:     u_i = e*(1 - q_i) + (r/N) * e * sum_j q_j
 * ``redesigned``:  u_i = (rho/N)*e*sum_j q_j + gamma*e*q_i*m_i - kappa*e*q_i^2 - P*[ (1/N)*sum_j q_j < B ],
-  m_i = mean q of the players before i this round (1 for the first mover).
+  m_i = mean q of the players before i this round; the first mover has none and uses ``first_mover_mean``
+  (default 0: no cooperation bonus for the first mover). With m_1 = 1 the first mover's marginal payoff at full
+  contribution is (rho/N)e + gamma*e - 2*kappa*e = +1 under the default coefficients whatever the followers do,
+  so the SPNE is (1, 1, 1) with or without the penalty; with m_1 = 0 it is (0.6, 1, 1), and (0.6, 0.9, 0.9)
+  without the penalty (``coop-rl solve --game spgg``; see :mod:`coop_rl.envs.spgg_solver`).
 
 Rewards are computed exactly (fractions) and paid as floats.
 
@@ -39,7 +43,8 @@ Tags are matched case-insensitively, may carry spaces inside the brackets, and t
 
 Scripted strategies: ``free_rider`` (contributes 0; task mode: answers 0, which is never a correct answer),
 ``full`` (contributes 1; task mode: the correct answer), ``conditional`` (the mean of the visible predecessors'
-contributions snapped to a level, 1 as first mover; task mode: the correct answer when first or when the
+contributions snapped to a level; as first mover it opens with 1, a conditional cooperator's first move, which
+is not the reward's ``first_mover_mean``; task mode: the correct answer when first or when the
 immediate predecessor's answer is correct, otherwise a copy of that answer).
 """
 
@@ -55,7 +60,7 @@ from typing import Any
 
 from coop_rl.envs.base import GameConfigError, GameParam, TextGame, Turn, clean_text
 from coop_rl.envs.parsing import last_tag_content
-from coop_rl.envs.spgg_solver import SPNEResult, exact, solve_params, stage_utilities
+from coop_rl.envs.spgg_solver import FIRST_MOVER_MEAN, REDESIGNED_KEYS, SPNEResult, exact, solve_params, stage_utilities
 from coop_rl.envs.strategies import ScriptedStrategy, register
 
 MAX_MESSAGE_CHARS = 300
@@ -208,6 +213,13 @@ class SequentialPublicGoods(TextGame):
             low=0.0,
             high=1.0,
         ),
+        "first_mover_mean": GameParam(
+            FIRST_MOVER_MEAN,
+            "redesigned reward: the predecessor mean m the first mover's bonus uses (0: no bonus; 1: full bonus)",
+            float,
+            low=0.0,
+            high=1.0,
+        ),
         "reward": GameParam(
             "redesigned", "reward rule: 'redesigned' (MAC-SPGG) or 'classic'", str, choices=("redesigned", "classic")
         ),
@@ -228,7 +240,7 @@ class SequentialPublicGoods(TextGame):
     }
 
     def validate(self) -> None:
-        for key in ("endowment", "r", "rho", "gamma", "kappa", "penalty", "threshold"):
+        for key in ("endowment", "r", "rho", "gamma", "kappa", "penalty", "threshold", "first_mover_mean"):
             if not math.isfinite(self.params[key]):
                 raise GameConfigError(f"{key}={self.params[key]!r}: must be finite")
 
@@ -286,7 +298,7 @@ class SequentialPublicGoods(TextGame):
             f"+ {_num(exact(p['gamma']) * e)} * q_you * m - {_num(exact(p['kappa']) * e)} * q_you^2 "
             f"- {_num(p['penalty'])} if the average q of the {n} players is below {_num(p['threshold'])} "
             "(no penalty otherwise), where m is the average q of the players who acted before you this round "
-            "(m = 1 for the first player)."
+            f"(m = {_num(p['first_mover_mean'])} for the first player)."
         )
 
     def rules_text(self) -> str:
@@ -411,7 +423,7 @@ class SequentialPublicGoods(TextGame):
         utilities = stage_utilities(
             self.q[-1],
             p["reward"],
-            **{k: p[k] for k in ("endowment", "r", "rho", "gamma", "kappa", "penalty", "threshold")},
+            **{k: p[k] for k in ("r", *REDESIGNED_KEYS)},
         )
         for seat, utility in enumerate(utilities):
             self.rewards[seat].append(float(utility))

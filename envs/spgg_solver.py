@@ -6,7 +6,13 @@ subgame-perfect equilibria. Two reward rules (docs/games.md, section 3):
 
 - classic:     u_i = e*(1 - q_i) + (r/N) * e * sum_j q_j
 - redesigned:  u_i = (rho/N)*e*sum_j q_j + gamma*e*q_i*m_i - kappa*e*q_i^2 - P*[ (1/N)*sum_j q_j < B ]
-  with m_i the mean of the predecessors' q (1 for the first mover).
+  with m_i the mean of the predecessors' q; the first mover has no predecessors and uses ``first_mover_mean``.
+
+Why ``first_mover_mean`` defaults to 0: with m_1 = 1 and the default coefficients the first mover's marginal
+payoff at q_1 = 1 is (rho/N)e + gamma*e - 2*kappa*e = 6 + 15 - 20 = +1 > 0 whatever the followers do, so the unique
+SPNE is (1, 1, 1) with or without the penalty P and the threshold B: they never bind. With m_1 = 0 the first mover
+gets no bonus; the SPNE is (0.6, 1, 1), and without the penalty (P = 0, or B = 0) it is (0.6, 0.9, 0.9): the
+penalty is what lifts the followers from 0.9 to full contribution (mean 13/15 >= 0.85 instead of 0.8).
 
 The utility functions here are the game's single source of truth: the game pays its rewards with them.
 Everything is computed with :class:`fractions.Fraction` (floats enter through their decimal text, so 1.8 is
@@ -27,7 +33,23 @@ Number = int | float | Fraction
 REWARDS = ("redesigned", "classic")
 
 #: the game parameters the solver reads (the game has more: observation, mode, rounds, ...)
-SOLVER_KEYS = ("players", "levels", "endowment", "r", "rho", "gamma", "kappa", "penalty", "threshold", "reward")
+SOLVER_KEYS = (
+    "players",
+    "levels",
+    "endowment",
+    "r",
+    "rho",
+    "gamma",
+    "kappa",
+    "penalty",
+    "threshold",
+    "first_mover_mean",
+    "reward",
+)
+#: the redesigned reward's parameters (the keys of :func:`redesigned_utility` after ``q`` and ``i``)
+REDESIGNED_KEYS = ("endowment", "rho", "gamma", "kappa", "penalty", "threshold", "first_mover_mean")
+#: the default predecessor mean of the first mover (see the module docstring)
+FIRST_MOVER_MEAN = 0.0
 
 
 def exact(x: Number) -> Fraction:
@@ -58,13 +80,15 @@ def redesigned_utility(
     kappa: Number = 1.0,
     penalty: Number = 15,
     threshold: Number = 0.85,
+    first_mover_mean: Number = FIRST_MOVER_MEAN,
 ) -> Fraction:
     """MAC-SPGG redesigned payoff of player ``i`` (0-based): public share + predecessor-tied cooperation bonus
-    - convex effort cost - collective penalty when the mean contribution is under the quality threshold."""
+    - convex effort cost - collective penalty when the mean contribution is under the quality threshold.
+    The bonus uses m_i, the mean of the predecessors' q, and ``first_mover_mean`` for the first mover."""
     qs = [exact(x) for x in q]
     e, n = exact(endowment), len(qs)
     total = sum(qs, Fraction(0))
-    m_i = sum(qs[:i], Fraction(0)) / i if i > 0 else Fraction(1)
+    m_i = sum(qs[:i], Fraction(0)) / i if i > 0 else exact(first_mover_mean)
     below = total / n < exact(threshold)
     return (
         exact(rho) / n * e * total
@@ -76,13 +100,15 @@ def redesigned_utility(
 
 def stage_utilities(q: Sequence[Number], reward: str = "redesigned", **params: Number) -> list[Fraction]:
     """Every player's payoff for the profile ``q`` under ``reward``; ``params`` are the formula's parameters
-    (endowment, r for classic; endowment, rho, gamma, kappa, penalty, threshold for redesigned)."""
+    (endowment, r for classic; endowment, rho, gamma, kappa, penalty, threshold, first_mover_mean for
+    redesigned)."""
     if reward == "classic":
         keys = ("endowment", "r")
         return [classic_utility(q, i, **{k: params[k] for k in keys if k in params}) for i in range(len(q))]
     if reward == "redesigned":
-        keys = ("endowment", "rho", "gamma", "kappa", "penalty", "threshold")
-        return [redesigned_utility(q, i, **{k: params[k] for k in keys if k in params}) for i in range(len(q))]
+        return [
+            redesigned_utility(q, i, **{k: params[k] for k in REDESIGNED_KEYS if k in params}) for i in range(len(q))
+        ]
     raise GameConfigError(f"reward={reward!r}: expected one of {', '.join(REWARDS)}")
 
 
@@ -125,6 +151,7 @@ def solve_spgg(
     penalty: Number = 15,
     threshold: Number = 0.85,
     reward: str = "redesigned",
+    first_mover_mean: Number = FIRST_MOVER_MEAN,
 ) -> SPNEResult:
     """Backward induction over the stage game tree with ``players`` movers and ``levels`` + 1 levels each.
 
@@ -151,6 +178,7 @@ def solve_spgg(
             "kappa": exact(kappa),
             "penalty": exact(penalty),
             "threshold": exact(threshold),
+            "first_mover_mean": exact(first_mover_mean),
         }
 
         def util(q: list[Fraction], i: int) -> Fraction:

@@ -6,13 +6,18 @@ generator (the draws never depend on what the players do, so every match of one 
 winning hand is the "upper" hand (each coin worth ``upper_value``), the losing one the "lower" hand (each coin
 worth ``lower_value``); a player knows only its own hand. Each round has two phases:
 
-* ``chat``: each player sends exactly one message, one after the other; seat 0 speaks first in even rounds
-  (0, 2, ...), seat 1 in odd rounds. The second speaker sees the first message.
+* ``chat``: each player sends exactly one message, one after the other. The first speaker of round 0 is drawn
+  from the game's seeded generator at reset (one draw per match, before the hands: the same seed gives the same
+  order), then the first speaker alternates between rounds. The second speaker sees the first message.
 * ``split``: both players simultaneously propose how many coins they keep (an integer 0..coins). If the claims
   add up to ``coins`` or less, each gets its claim; otherwise coins_i = coins * x_i / max(coins, x_0 + x_1).
   Reward = coins_i * own coin value, one reward per seat per round (timestep = round index, shared by the chat
   and split turns of that round). Afterwards each player learns whether the other had the upper or the lower
   hand and what it claimed (shown in the next round's prompt).
+
+The prompts name the current round ("Round 3.") but not how many there are (a known last round invites a lie
+or a grab there that cannot be punished); ``show_horizon=true`` states it ("Round 3 of 10.") and the number of
+rounds in the rules. The same holds for Split-no-comm.
 
 Answer formats (also stated in the prompts):
 
@@ -43,7 +48,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from coop_rl.envs.base import GameConfigError, GameParam, TextGame, Turn, clean_text
+from coop_rl.envs.base import SHOW_HORIZON, GameConfigError, GameParam, TextGame, Turn, clean_text, round_line
 from coop_rl.envs.parsing import last_tag_content
 from coop_rl.envs.strategies import ScriptedStrategy, register
 
@@ -117,6 +122,11 @@ def _points(x: float) -> str:
     return f"{x:g} point" if x == 1 else f"{x:g} points"
 
 
+def _horizon(params: dict[str, Any]) -> str:
+    """The rules' statement of the number of rounds: only with show_horizon."""
+    return f": {params['rounds']} rounds" if params["show_horizon"] else ""
+
+
 def split_amounts(x0: float, x1: float, total: float) -> tuple[float, float]:
     """The proportional rule: claims that fit are granted; otherwise total * x_i / (x_0 + x_1)."""
     denominator = max(total, x0 + x1)
@@ -136,6 +146,7 @@ class TrustAndSplit(TextGame):
         ),
         "lower_value": GameParam(1.0, "value of each coin to the player with the losing (lower) hand", float, low=0.0),
         "max_message_chars": GameParam(500, "chat messages are truncated to this many characters", int, low=1),
+        "show_horizon": SHOW_HORIZON,
     }
 
     def validate(self) -> None:
@@ -149,6 +160,8 @@ class TrustAndSplit(TextGame):
     # --- life cycle ---------------------------------------------------------------------------------------
     def _reset(self) -> None:
         self.round = 0
+        # Who speaks first in round 0: one draw per match, first, so it and the hands are functions of the seed.
+        self.first_seat = self.rng.randrange(2)
         self.hands: list[tuple[str, str]] = []  # per round: (hand of seat 0, hand of seat 1)
         self.history: list[dict[str, Any]] = []  # per finished round: hands, kinds, claims, coins, rewards
         self.message_count = [0, 0]
@@ -169,7 +182,8 @@ class TrustAndSplit(TextGame):
         return self.round >= self.params["rounds"]
 
     def first_speaker(self, round_index: int) -> int:
-        return round_index % 2
+        """The seat that sends the first message of that round: drawn per match, then alternating."""
+        return (self.first_seat + round_index) % 2
 
     def kind(self, seat: int, round_index: int | None = None) -> str:
         """Whether the seat holds the "upper" (winning) or "lower" hand in that round (default: the current one)."""
@@ -183,13 +197,14 @@ class TrustAndSplit(TextGame):
     def rules_text(self) -> str:
         p = self.params
         return (
-            f"You are playing a repeated negotiation game with another player: {p['rounds']} rounds. Each round "
+            f"You are playing a repeated negotiation game with another player{_horizon(p)}. Each round "
             f"both of you draw different rock-paper-scissors hands (rock beats scissors, scissors beats paper, "
             f"paper beats rock). The player whose hand wins has the upper hand: each coin is worth "
             f"{_points(p['upper_value'])} to them. The other has the lower hand: each coin is worth "
             f"{_points(p['lower_value'])} to them. You know only your own hand. {p['coins']} coins are split each "
-            f"round. First each player sends one message to the other (the first speaker alternates). Then both "
-            f"propose at the same time how many of the {p['coins']} coins they keep. If the two claims add up to "
+            f"round. First each player sends one message to the other (who speaks first in the first round is "
+            f"drawn at random; then the first speaker alternates). Then both propose at the same time how many "
+            f"of the {p['coins']} coins they keep. If the two claims add up to "
             f"{p['coins']} or less, each gets its claim; otherwise the coins are shared in proportion to the "
             f"claims ({p['coins']} * your claim / sum of claims). After each round you learn whether the other "
             f"had the upper or the lower hand and what it claimed. Maximize your total points.\n"
@@ -213,7 +228,7 @@ class TrustAndSplit(TextGame):
         p = self.params
         kind = self.kind(seat)
         parts = [
-            f"Round {self.round + 1} of {p['rounds']}.",
+            round_line(self.round, p["rounds"], p["show_horizon"]),
             self._last_round_line(seat),
             f"Your hand this round: {self.hands[self.round][seat]}. You have the {kind} hand: each coin is worth "
             f"{_points(self.value(seat))} to you.",
@@ -361,6 +376,7 @@ class SplitNoComm(TextGame):
     PARAMS = {
         "rounds": GameParam(10, "number of rounds", int, low=1, high=100_000),
         "units": GameParam(10, "units of each item kind split each round", int, low=1, high=1_000_000),
+        "show_horizon": SHOW_HORIZON,
     }
 
     def _reset(self) -> None:
@@ -386,7 +402,7 @@ class SplitNoComm(TextGame):
     def rules_text(self) -> str:
         u = self.params["units"]
         return (
-            f"You are playing a repeated negotiation game with another player: {self.params['rounds']} rounds. "
+            f"You are playing a repeated negotiation game with another player{_horizon(self.params)}. "
             f"Each round {u} hats, {u} books and {u} balls are split between you. Each item kind is worth "
             f"{SPLIT_VALUES[0]} or {SPLIT_VALUES[1]} points per unit to each player; both players see both "
             f"players' values, and both players' values add up to the same total. There is no communication. "
@@ -404,7 +420,7 @@ class SplitNoComm(TextGame):
     def _prompt(self, seat: int) -> str:
         other = 1 - seat
         u = self.params["units"]
-        parts = [f"Round {self.round + 1} of {self.params['rounds']}."]
+        parts = [round_line(self.round, self.params["rounds"], self.params["show_horizon"])]
         if self.history:
             last = self.history[-1]
             parts.append(

@@ -43,7 +43,13 @@ def test_solve_spgg(capsys):
     assert code == 0
     assert json.loads(out)["spne"] == [0, 0, 0] and json.loads(out)["unique"] is True
     code, out, _ = run_cli(capsys, "solve", "--game", "spgg", "--set", "reward=redesigned", "--json")
-    assert json.loads(out)["spne"] == [1, 1, 1] and json.loads(out)["unique"] is True
+    assert json.loads(out)["spne"] == [0.6, 1, 1] and json.loads(out)["unique"] is True
+    # the penalty matters under the defaults (first_mover_mean = 0): without it the followers stop at 0.9
+    code, out, _ = run_cli(capsys, "solve", "--game", "spgg", "--set", "penalty=0", "--json")
+    assert code == 0 and json.loads(out)["spne"] == [0.6, 0.9, 0.9] and json.loads(out)["unique"] is True
+    # every game parameter reaches the solver: a first mover whose bonus counts a mean of 1 contributes fully
+    code, out, _ = run_cli(capsys, "solve", "--game", "spgg", "--set", "first_mover_mean=1", "--json")
+    assert code == 0 and json.loads(out)["spne"] == [1, 1, 1]
 
 
 def test_play_spgg_three_players(capsys):

@@ -1,4 +1,5 @@
 import itertools
+import random
 
 import axelrod
 import pytest
@@ -6,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coop_rl.envs import GameConfigError, make_game
-from coop_rl.envs.matrix import COOPERATE, DEFECT, parse_option
+from coop_rl.envs.matrix import COOPERATE, DEFECT, AxelrodStrategy, parse_option
 
 from helpers import play_scripted
 
@@ -51,6 +52,70 @@ def test_axelrod_library_strategy_plays_like_the_builtin():
     results = run_matches("ipd", {"rounds": 20}, [player, opponent], matches=1)
     builtin = play_scripted("ipd", ["tft", "alternator"], rounds=20)
     assert results[0].returns == builtin.returns()
+
+
+def test_axelrod_strategies_know_the_match_length_when_the_prompt_hides_it():
+    # BackStabber defects on the last two rounds of a match: it reads the length axelrod's Match gives it, which
+    # the adapter takes from the game's rounds whatever the prompt says (show_horizon off by default).
+    expected = axelrod.Match((axelrod.BackStabber(), axelrod.Cooperator()), turns=10)
+    expected.play()
+    for show_horizon in (False, True):
+        game = make_game("ipd", rounds=10, show_horizon=show_horizon)
+        backstabber, cooperator = AxelrodStrategy("BackStabber"), AxelrodStrategy("Cooperator")
+        backstabber.reset(random.Random(0))
+        cooperator.reset(random.Random(1))
+        game.reset(0)
+        while not game.done:
+            turns = game.pending_turns()
+            game.step({0: backstabber.act(game, turns[0]), 1: cooperator.act(game, turns[1])})
+        assert game.moves[0] == [COOPERATE] * 8 + [DEFECT] * 2
+        assert game.returns() == [float(x) for x in expected.final_score()]
+
+
+def _user_prompts(game_name: str, rounds: int = 3, **params) -> list[str]:
+    """Seat 0's user message in every round of a match where both seats play option 0."""
+    game = make_game(game_name, rounds=rounds, **params)
+    game.reset(0)
+    prompts = []
+    while not game.done:
+        turns = game.pending_turns()
+        prompts.append(turns[0].messages[-1]["content"])
+        game.step({t.seat: game.labels[COOPERATE] for t in turns})
+    return prompts
+
+
+def test_prompt_hides_the_horizon_by_default():
+    prompts = _user_prompts("ipd")
+    assert prompts == [
+        "Round 1.\nThis is the first round.\nAnswer C or D.",
+        "Round 2.\nLast round you played C and the other played C.\nAnswer C or D.",
+        "Round 3.\nLast round you played C and the other played C.\nAnswer C or D.",
+    ]
+    assert _user_prompts("bos")[1] == (
+        "You are the first player.\nRound 2.\nLast round you played J and the other played J.\nAnswer J or F."
+    )
+    # the rules text never states the number of rounds either (13 appears in no payoff)
+    for name in ("ipd", "bos"):
+        for params in ({}, {"history": "full"}, {"continuation": 0.9}, {"social_cot": True}):
+            game = make_game(name, rounds=13, **params)
+            game.reset(0)
+            for turn in game.pending_turns():
+                assert all("13" not in m["content"] for m in turn.messages)
+                assert "rounds" not in turn.messages[0]["content"]
+
+
+def test_show_horizon_states_the_number_of_rounds():
+    prompts = _user_prompts("ipd", show_horizon="true")
+    assert [p.splitlines()[0] for p in prompts] == ["Round 1 of 3.", "Round 2 of 3.", "Round 3 of 3."]
+    assert prompts[0] == "Round 1 of 3.\nThis is the first round.\nAnswer C or D."
+    assert _user_prompts("bos", show_horizon=True)[0] == (
+        "You are the first player.\nRound 1 of 3.\nThis is the first round.\nAnswer J or F."
+    )
+    # the parameter changes the text only: the same moves and payoffs either way
+    shown = play_scripted("ipd", ["tft", "alld"], show_horizon=True)
+    assert shown.returns() == play_scripted("ipd", ["tft", "alld"]).returns() == [9.0, 14.0]
+    with pytest.raises(GameConfigError):
+        make_game("ipd", show_horizon="sometimes")
 
 
 def test_mutual_cooperation_payoffs_and_labels_akata():

@@ -25,6 +25,7 @@ from coop_rl.envs.spgg import (
     parse_message,
 )
 from coop_rl.envs.spgg_solver import (
+    REDESIGNED_KEYS,
     SPNEResult,
     classic_utility,
     exact,
@@ -69,22 +70,54 @@ def test_classic_defaults_free_riding_is_the_unique_spne():
     assert result.payoffs == [10.0, 10.0, 10.0]
 
 
-def test_redesigned_defaults_full_contribution_is_the_unique_spne():
+def test_redesigned_defaults_unique_spne():
+    # first_mover_mean = 0 (the default): the first mover gets no bonus and stops at 0.6; the followers contribute
+    # fully, which keeps the mean (13/15) at or above the threshold 0.85.
     result = solve_spgg(reward="redesigned")
-    assert result.spne == [1.0, 1.0, 1.0]
+    assert result.spne == [0.6, 1.0, 1.0]
     assert result.unique and result.outcomes == 1
-    assert result.payoffs == [23.0, 23.0, 23.0]
+    assert result.payoffs == [12.0, 14.6, 17.6]
     # With exact arithmetic 15 off-path nodes have two best levels (e.g. the last mover after (0, 0.4): its
     # payoff peaks at q = 0.45), so the strategy profile is not unique, but all those ties give the same play.
     assert not result.strict and result.tie_nodes == 15
 
 
+def test_redesigned_defaults_penalty_and_threshold_change_the_spne():
+    default = solve_spgg()
+    no_penalty = solve_spgg(penalty=0)
+    no_threshold = solve_spgg(threshold=0)
+    # without the penalty the followers stop at 0.9 (mean 0.8 < 0.85): the penalty is what makes them contribute fully
+    assert no_penalty.spne == no_threshold.spne == [0.6, 0.9, 0.9] != default.spne
+    assert no_penalty.unique and no_threshold.unique
+    assert no_penalty.payoffs == [10.8, 14.4, 16.425]
+    assert sum(no_penalty.payoffs) < sum(default.payoffs)
+
+
+def test_first_mover_mean_one_makes_penalty_and_threshold_idle():
+    # m_1 = 1: the first mover's marginal payoff at q = 1 is 6 + 15 - 20 = +1 whatever the followers do, so
+    # full contribution is the unique SPNE with or without the penalty and the threshold.
+    result = solve_spgg(reward="redesigned", first_mover_mean=1)
+    assert result.spne == [1.0, 1.0, 1.0]
+    assert result.unique and result.outcomes == 1
+    assert result.payoffs == [23.0, 23.0, 23.0]
+    assert not result.strict and result.tie_nodes == 15
+    for idle in ({"penalty": 0}, {"threshold": 0}, {"penalty": 0, "threshold": 0}):
+        assert solve_spgg(first_mover_mean=1, **idle).spne == [1.0, 1.0, 1.0]
+
+
 def test_redesigned_gamma_one_first_mover_drops_to_0_6():
-    result = solve_spgg(reward="redesigned", gamma=1.0)
+    result = solve_spgg(reward="redesigned", gamma=1.0, first_mover_mean=1)
     assert result.spne == [0.6, 1.0, 1.0]
     assert result.unique and result.outcomes == 1
     assert result.payoffs == [18.0, 11.6, 13.6]
     assert not result.strict and result.tie_nodes == 30
+    # the same play with the default first_mover_mean = 0; only the first mover's bonus (15 * 0.6 * 1 = 9) goes
+    assert solve_spgg(reward="redesigned", gamma=1.0).payoffs == [12.0, 11.6, 13.6]
+
+
+def test_classic_ignores_first_mover_mean():
+    for m in (0, 1):
+        assert solve_spgg(reward="classic", first_mover_mean=m).spne == [0.0, 0.0, 0.0]
 
 
 def test_solver_defaults_are_the_games_defaults():
@@ -94,6 +127,9 @@ def test_solver_defaults_are_the_games_defaults():
     assert SequentialPublicGoods(reward="classic", observation="partial", mode="task").solve().spne == [0.0] * 3
     # extra game keys (observation, mode, rounds, ...) are ignored
     assert solve_params({**game.params, "gamma": 1.0}).spne == [0.6, 1.0, 1.0]
+    assert game.params["first_mover_mean"] == 0
+    assert SequentialPublicGoods(first_mover_mean=1).solve().spne == [1.0, 1.0, 1.0]
+    assert SequentialPublicGoods(penalty=0).solve().spne == [0.6, 0.9, 0.9]
 
 
 def test_solver_is_fast():
@@ -157,11 +193,13 @@ def _naive_solve(n: int, k_max: int, util) -> tuple[tuple[int, ...], set[tuple[i
     reward=st.sampled_from(["classic", "redesigned"]),
     coefficients=st.tuples(*[st.sampled_from([0, 0.5, 1, 1.5, 1.8, 2, 3]) for _ in range(4)]),
     threshold=st.sampled_from([0, 0.5, 0.75, 0.85, 1]),
+    first_mover_mean=st.sampled_from([0, 1, 0.5]),
 )
-def test_solver_matches_a_naive_full_tree_solver(n, k_max, reward, coefficients, threshold):
+def test_solver_matches_a_naive_full_tree_solver(n, k_max, reward, coefficients, threshold, first_mover_mean):
     r, gamma, kappa, penalty = coefficients
     params = dict(endowment=10, r=r, rho=r, gamma=gamma, kappa=kappa, penalty=penalty * 5, threshold=threshold)
-    keys = ("endowment", "r") if reward == "classic" else ("endowment", "rho", "gamma", "kappa", "penalty", "threshold")
+    params["first_mover_mean"] = first_mover_mean
+    keys = ("endowment", "r") if reward == "classic" else REDESIGNED_KEYS
     utility = classic_utility if reward == "classic" else redesigned_utility
 
     def util(levels_path, i):
@@ -180,7 +218,7 @@ def test_result_to_dict_is_json():
     result = solve_spgg()
     assert isinstance(result, SPNEResult)
     data = json.loads(json.dumps(result.to_dict()))
-    assert data["spne"] == [1.0, 1.0, 1.0] and data["unique"] is True
+    assert data["spne"] == [0.6, 1.0, 1.0] and data["unique"] is True
 
 
 # ----- utilities ---------------------------------------------------------------------------------------------
@@ -199,11 +237,24 @@ def test_classic_utility_examples():
 
 
 def test_redesigned_utility_examples():
-    assert [redesigned_utility([1, 1, 1], i) for i in range(3)] == [23, 23, 23]  # 6*3 + 15 - 10
+    # first_mover_mean = 1: the first mover's bonus is 15 * q_1 * 1
+    assert [redesigned_utility([1, 1, 1], i, first_mover_mean=1) for i in range(3)] == [23, 23, 23]  # 6*3 + 15 - 10
     assert [redesigned_utility([0, 0, 0], i) for i in range(3)] == [-15, -15, -15]  # only the penalty
-    assert [redesigned_utility([0.6, 1, 1], i, gamma=1.0) for i in range(3)] == [18, F(58, 5), F(68, 5)]
+    one = {"gamma": 1.0, "first_mover_mean": 1}
+    assert [redesigned_utility([0.6, 1, 1], i, **one) for i in range(3)] == [18, F(58, 5), F(68, 5)]
     # (1, 1, 0): mean 2/3 < 0.85 -> penalty; the free rider pays no effort cost and gets no bonus.
-    assert [redesigned_utility([1, 1, 0], i) for i in range(3)] == [2, 2, -3]
+    assert [redesigned_utility([1, 1, 0], i, first_mover_mean=1) for i in range(3)] == [2, 2, -3]
+    # first_mover_mean = 0 (the default): the first mover gets no bonus, the others are unchanged.
+    assert [redesigned_utility([1, 1, 1], i) for i in range(3)] == [8, 23, 23]  # 18 - 10; 18 + 15 - 10
+    assert [redesigned_utility([1, 1, 0], i) for i in range(3)] == [-13, 2, -3]  # 12 - 10 - 15
+    # the default SPNE play (0.6, 1, 1): sum 13/5, mean 13/15 >= 0.85, no penalty; m_2 = 0.6, m_3 = 0.8
+    #   u_1 = 6 * 2.6 - 10 * 0.36 = 12; u_2 = 15.6 + 15 * 0.6 - 10 = 14.6; u_3 = 15.6 + 15 * 0.8 - 10 = 17.6
+    assert [redesigned_utility([0.6, 1, 1], i) for i in range(3)] == [12, F(73, 5), F(88, 5)]
+    # (0.6, 0.9, 0.9): sum 2.4, mean 0.8 < 0.85 -> penalty 15; m_2 = 0.6, m_3 = 0.75
+    #   u_1 = 14.4 - 3.6 - 15; u_2 = 14.4 + 15 * 0.54 - 8.1 - 15; u_3 = 14.4 + 15 * 0.675 - 8.1 - 15
+    assert [redesigned_utility([0.6, 0.9, 0.9], i) for i in range(3)] == [F(-21, 5), F(-3, 5), F(57, 40)]
+    # first_mover_mean in between scales the first mover's bonus: 15 * 1 * 0.5
+    assert redesigned_utility([1, 1, 1], 0, first_mover_mean=0.5) == 18 + F(15, 2) - 10
     # m_i is the mean of the predecessors: player 3 after (0.5, 1) has m = 0.75; mean 5/6 < 0.85: penalty
     assert redesigned_utility([0.5, 1, 1], 2) == 6 * F(5, 2) + 15 * F(3, 4) - 10 - 15 == F(5, 4)
     assert redesigned_utility([0.6, 1, 1], 2) == 6 * F(26, 10) + 15 * F(8, 10) - 10  # mean 13/15 >= 0.85
@@ -211,14 +262,16 @@ def test_redesigned_utility_examples():
 
 def test_redesigned_threshold_is_exact():
     # mean exactly B is not "below B", although 0.9 + 0.8 = 1.7000000000000002 in floats
-    assert redesigned_utility([0.9, 0.8], 0, threshold=0.85) == 9 * F(17, 10) + 15 * F(9, 10) - 10 * F(81, 100)
+    assert redesigned_utility([0.9, 0.8], 0, threshold=0.85) == 9 * F(17, 10) - 10 * F(81, 100)
     assert redesigned_utility([0.7, 1.0], 1, threshold=0.85) == F(17, 10) * 9 + 15 * F(7, 10) - 10
     assert redesigned_utility([0.7, 0.9], 1, threshold=0.85) == F(16, 10) * 9 + 15 * F(63, 100) - 10 * F(81, 100) - 15
 
 
 def test_stage_utilities_dispatch():
     assert stage_utilities([1, 1, 1], "classic", endowment=10, r=1.8, rho=99) == [18, 18, 18]
-    assert stage_utilities([1, 1, 1], "redesigned", endowment=10, r=99) == [23, 23, 23]
+    assert stage_utilities([1, 1, 1], "redesigned", endowment=10, r=99) == [8, 23, 23]
+    assert stage_utilities([1, 1, 1], "redesigned", first_mover_mean=1) == [23, 23, 23]
+    assert stage_utilities([1, 1, 1], "classic", first_mover_mean=1) == [18, 18, 18]
     with pytest.raises(GameConfigError):
         stage_utilities([1, 1], "nope")
 
@@ -226,15 +279,25 @@ def test_stage_utilities_dispatch():
 # ----- played matches ----------------------------------------------------------------------------------------
 def test_full_contributors_redesigned():
     game = play(["full", "full", "full"], rounds=3)
-    assert game.returns() == [69.0, 69.0, 69.0]
-    assert game.rewards == [[23.0] * 3] * 3
+    assert game.returns() == [24.0, 69.0, 69.0]  # the first mover has no bonus: 18 - 10 = 8 per round
+    assert game.rewards == [[8.0] * 3, [23.0] * 3, [23.0] * 3]
     metrics = game.metrics()
     assert metrics["mean_contribution"] == [1.0, 1.0, 1.0]
     assert metrics["free_riding_rate"] == 0.0
     assert metrics["group_output"] == 1.0
-    assert metrics["welfare"] == 207.0
+    assert metrics["welfare"] == 162.0
     assert metrics["invalid_rate"] == [0.0, 0.0, 0.0]
     assert metrics["rounds"] == 3
+    # first_mover_mean = 1 pays the first mover the full bonus
+    assert play(["full", "full", "full"], rounds=3, first_mover_mean=1).returns() == [69.0, 69.0, 69.0]
+
+
+def test_game_pays_the_solver_payoffs_on_the_spne_play():
+    for params in ({}, {"penalty": 0}, {"first_mover_mean": 1}):
+        game = SequentialPublicGoods(**params)
+        spne = game.solve()
+        play_texts(game, [format_contribution(q) for q in spne.spne])
+        assert game.returns() == spne.payoffs
 
 
 def test_free_riders():
@@ -258,8 +321,10 @@ def test_conditional_strategy_follows_what_it_sees():
     assert [event["parsed"] for event in full.transcript_dicts()] == [1.0, 0.0, 0.5]
     partial = play(["full", "free_rider", "conditional"], observation="partial")
     assert [event["parsed"] for event in partial.transcript_dicts()] == [1.0, 0.0, 0.0]
-    first = play(["conditional", "conditional", "conditional"])
-    assert [event["parsed"] for event in first.transcript_dicts()] == [1.0, 1.0, 1.0]
+    # as first mover it opens with 1 (a conditional cooperator's first move), whatever first_mover_mean says
+    for m in (0, 1):
+        first = play(["conditional", "conditional", "conditional"], first_mover_mean=m)
+        assert [event["parsed"] for event in first.transcript_dicts()] == [1.0, 1.0, 1.0]
     # snapped to a level: mean of (1, 0, 0) = 1/3 -> 0.3
     snapped = play(["full", "free_rider", "free_rider", "conditional"])
     assert snapped.transcript_dicts()[-1]["parsed"] == 0.3
@@ -324,6 +389,10 @@ def test_prompt_states_rules_numbers_position_and_format():
     system, user = (m["content"] for m in game.pending_turns()[0].messages)
     for fragment in ("6 * (sum of the 3 players' q)", "15 * q_you * m", "10 * q_you^2", "- 15 if", "below 0.85"):
         assert fragment in system
+    assert system.count("(m = 0 for the first player)") == 1
+    one = SequentialPublicGoods(first_mover_mean=1)
+    one.reset(0)
+    assert "(m = 1 for the first player)" in one.pending_turns()[0].messages[0]["content"]
     assert "You are player 1 of 3" in user and "You act first" in user
     assert "<contribute>X</contribute>" in user and "steps of 0.1" in user
     classic = SequentialPublicGoods(reward="classic", r=2.4, players=4)
@@ -367,15 +436,16 @@ def test_task_mode_scores_answers():
         game.step({turn.seat: text})
     assert game.q[0] == [1, 0, 0]
     assert game.invalid_counts == [0, 0, 1]
-    # redesigned with q = (1, 0, 0): 6 + 15 - 10 - 15 for the solver, 6 - 15 for the others (mean 1/3 < 0.85)
-    assert game.rewards == [[-4.0], [-9.0], [-9.0]]
+    # redesigned with q = (1, 0, 0): 6 + 0 - 10 - 15 for the solver (the first mover: no bonus), 6 - 15 for the
+    # others (mean 1/3 < 0.85)
+    assert game.rewards == [[-19.0], [-9.0], [-9.0]]
     assert [e["parsed"] for e in game.transcript_dicts()] == [value, value + 1, None]
     assert game.tasks[1] != game.tasks[0]
 
 
 def test_task_mode_matches():
     game = play(["full", "full", "full"], mode="task", rounds=3, seed=3)
-    assert game.returns() == [69.0, 69.0, 69.0]
+    assert game.returns() == [24.0, 69.0, 69.0]
     assert game.metrics()["group_output"] == 1.0
     game = play(["full", "full", "free_rider"], mode="task", rounds=2, reward="classic")
     assert game.returns() == [24.0, 24.0, 44.0]
@@ -419,10 +489,12 @@ def test_parameters():
     assert game.num_players == 4 and game.params["levels"] == 20 and game.params["threshold"] == 0.9
     assert set(SequentialPublicGoods.PARAMS) == {
         "players", "levels", "endowment", "r", "rho", "gamma", "kappa", "penalty", "threshold",
-        "reward", "observation", "mode", "rounds", "task_digits",
+        "first_mover_mean", "reward", "observation", "mode", "rounds", "task_digits",
     }  # fmt: skip
+    assert make_game("spgg", first_mover_mean="1").params["first_mover_mean"] == 1.0
     for bad in ({"players": 1}, {"players": 9}, {"reward": "x"}, {"mode": "x"}, {"observation": "x"},
-                {"endowment": "inf"}, {"threshold": 2}, {"levels": 0}, {"unknown": 1}):  # fmt: skip
+                {"endowment": "inf"}, {"threshold": 2}, {"levels": 0}, {"unknown": 1},
+                {"first_mover_mean": 2}, {"first_mover_mean": -1}, {"first_mover_mean": "nan"}):  # fmt: skip
         with pytest.raises(GameConfigError):
             SequentialPublicGoods(**bad)
 

@@ -121,10 +121,12 @@ def test_tas_greedy_vs_honest(seed):
 
 def test_tas_greedy_vs_honest_seed0_exact():
     game = play(TrustAndSplit(), "greedy", "honest", 0)
-    # seed 0: seat 0 holds the upper hand in rounds 0-4 and 8 (6 rounds), seat 1 in rounds 5, 6, 7, 9
-    assert [game.kind(0, r) for r in range(10)] == ["upper"] * 5 + ["lower"] * 3 + ["upper", "lower"]
-    assert game.returns() == [620.0, 200.0]
-    assert game.metrics()["efficiency"] == pytest.approx(0.82)
+    # seed 0: seat 0 holds the upper hand in rounds 1, 2, 3 and 7 (4 rounds), seat 1 in the other 6
+    upper = {1, 2, 3, 7}
+    assert [game.kind(0, r) for r in range(10)] == ["upper" if r in upper else "lower" for r in range(10)]
+    # greedy upper: 10 coins * 10 = 100 (x4); honest upper: 5 coins each, 5 * 1 = 5 for greedy, 50 for honest (x6)
+    assert game.returns() == [430.0, 300.0]
+    assert game.metrics()["efficiency"] == pytest.approx(0.73)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -217,9 +219,11 @@ def test_tas_kind_and_value():
 # ----- turn order, timesteps, prompts and views ---------------------------------------------------------------
 def test_tas_turn_structure():
     game = TrustAndSplit(rounds=3)
-    game.reset(1)
+    game.reset(0)
+    assert game.first_speaker(0) == 1  # seed 0 draws seat 1 to speak first, then the seats alternate
     for r in range(3):
-        first = r % 2
+        first = (1 + r) % 2
+        assert game.first_speaker(r) == first
         turns = game.pending_turns()
         assert [(t.seat, t.phase, t.timestep) for t in turns] == [(first, "chat", r)]
         game.step({first: f"<message>round {r} from {first}</message>"})
@@ -236,11 +240,67 @@ def test_tas_turn_structure():
     assert [e.timestep for e in game.transcript] == [0] * 4 + [1] * 4 + [2] * 4
 
 
+def _chat_order(game: TrustAndSplit) -> list[list[int]]:
+    """The seats that sent each round's messages, in speaking order."""
+    return [[seat for seat, _ in h["messages"]] for h in game.history]
+
+
+def test_tas_first_speaker_is_drawn_per_match_then_alternates():
+    firsts = {}
+    for seed in range(40):
+        game = play(TrustAndSplit(), "honest", "greedy", seed)
+        first = game.first_speaker(0)
+        # within a match the first speaker alternates between rounds, and the transcript follows it
+        assert _chat_order(game) == [[(first + r) % 2, (first + r + 1) % 2] for r in range(10)]
+        assert [e.seat for e in game.transcript if e.phase == "chat"][:2] == [first, 1 - first]
+        firsts[seed] = first
+    assert set(firsts.values()) == {0, 1}  # both seats open some matches
+    assert 10 <= sum(firsts.values()) <= 30  # a fair draw, not a fixed pattern
+    # the same seed gives the same order, whoever plays and whatever they answer (the draw comes from the seed)
+    for seed in (0, 1, 5, 6):
+        assert play(TrustAndSplit(), "fair", "fair", seed).first_speaker(0) == firsts[seed]
+        game = TrustAndSplit(rounds=3)
+        game.reset(seed)
+        while not game.done:
+            game.step({t.seat: "???" for t in game.pending_turns()})
+        assert _chat_order(game) == [[(firsts[seed] + r) % 2, (firsts[seed] + r + 1) % 2] for r in range(3)]
+    # a reused game object draws again from the new seed
+    game = TrustAndSplit()
+    game.reset(0)
+    game.reset(1)
+    assert game.first_speaker(0) == firsts[1] != firsts[0]
+
+
+@pytest.mark.parametrize("cls", [TrustAndSplit, SplitNoComm])
+def test_prompts_hide_the_horizon_by_default(cls):
+    names = ("honest", "greedy") if cls is TrustAndSplit else ("greedy", "fair")
+    players = [make_strategy(cls.name, name) for name in names]
+    game = cls(rounds=13)
+    game.reset(0)
+    seen = []
+    while not game.done:
+        turns = game.pending_turns()
+        seen += [(game.round, t.messages) for t in turns]
+        game.step({t.seat: players[t.seat].act(game, t) for t in turns})
+    for round_index, messages in seen:
+        system, user = (m["content"] for m in messages)
+        assert system.startswith("You are playing a repeated negotiation game with another player. Each round ")
+        assert "13" not in system and "rounds" not in system
+        assert user.startswith(f"Round {round_index + 1}.\n") and " of 13" not in user
+    shown = cls(rounds=13, show_horizon="true")
+    shown.reset(0)
+    system, user = (m["content"] for m in shown.pending_turns()[0].messages)
+    assert system.startswith("You are playing a repeated negotiation game with another player: 13 rounds. Each round ")
+    assert user.startswith("Round 1 of 13.\n")
+    # the parameter changes the text only
+    assert play(cls(show_horizon=True), *names, seed=3).returns() == play(cls(), *names, seed=3).returns()
+
+
 def test_tas_wrong_seats_rejected():
     game = TrustAndSplit()
     game.reset(0)
     with pytest.raises(ValueError):
-        game.step({1: "<message>x</message>"})
+        game.step({1 - game.first_speaker(0): "<message>x</message>"})
     with pytest.raises(ValueError):
         game.step({0: "<message>x</message>", 1: "<message>y</message>"})
 
@@ -249,15 +309,16 @@ def test_tas_prompt_contents():
     game = TrustAndSplit()
     game.reset(2)
     turn = game.pending_turns()[0]
+    assert turn.seat == 0  # seed 2 draws seat 0 to speak first
     system, user = turn.messages[0]["content"], turn.messages[1]["content"]
     assert "<message>" in system and "<propose>N</propose>" in system
-    assert "Round 1 of 10" in user and game.hands[0][turn.seat] in user and "first round" in user
+    assert user.startswith("Round 1.\nThis is the first round.\n") and game.hands[0][turn.seat] in user
     game.step({turn.seat: "<message>I have rock</message>"})
     game.step({1 - turn.seat: "<message>me too</message>"})
     split_user = game.pending_turns()[0].messages[1]["content"]
     assert "I have rock" in split_user and "me too" in split_user and "<propose>N</propose>" in split_user
     game.step({0: "<propose>3</propose>", 1: "garbage"})
-    # round 1 is odd: seat 1 speaks first, and learns seat 0's kind of hand and claim of last round
+    # round 1: the other seat, seat 1, speaks first, and learns seat 0's kind of hand and claim of last round
     (turn,) = game.pending_turns()
     assert turn.seat == 1
     user1 = turn.messages[1]["content"]
@@ -337,9 +398,10 @@ def test_parse_message_truncates():
     assert valid and message == "a" * 500
     game = TrustAndSplit(max_message_chars=20)
     game.reset(0)
-    game.step({0: "<message>" + "b" * 100 + "</message>"})
+    first = game.first_speaker(0)
+    game.step({first: "<message>" + "b" * 100 + "</message>"})
     assert game.transcript[-1].parsed == "b" * 20 and game.transcript[-1].valid
-    assert game.view(1)["messages"][0]["text"] == "b" * 20
+    assert game.view(1 - first)["messages"][0]["text"] == "b" * 20
 
 
 @pytest.mark.parametrize(
@@ -431,7 +493,8 @@ def test_last_tag_content():
 # ----- invalid actions are defaulted and counted --------------------------------------------------------------
 def test_tas_invalid_actions_counted():
     game = TrustAndSplit(rounds=2)
-    game.reset(0)
+    game.reset(1)
+    assert game.first_speaker(0) == 0  # seed 1 draws seat 0 to speak first
     # round 0: seat 0 speaks first with an untagged message; seat 1 sends garbage proposal
     game.step({0: "hello without tags"})
     game.step({1: "<message>fine</message>"})
