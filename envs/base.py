@@ -202,6 +202,11 @@ class TextGame(ABC):
         """Game-specific metrics of this match (per-seat lists or scalars). Aggregated by the runner."""
         return {}
 
+    def answer_choices(self, turn: Turn) -> list[str] | None:
+        """Every valid answer of ``turn`` where its phase has a finite set of them (constrained decoding samples
+        among these exact strings), or None where answers are free text. Games with such phases override this."""
+        return None
+
     def transcript_dicts(self) -> list[dict]:
         return [event.to_dict() for event in self.transcript]
 

@@ -203,6 +203,10 @@ class IteratedMatrixGame(TextGame):
     def format_action(self, option: int) -> str:
         return self.labels[option]
 
+    def answer_choices(self, turn: Turn) -> list[str] | None:
+        """The option labels (e.g. C and D) in the action phase."""
+        return list(self.labels) if turn.phase == "action" else None
+
     def metrics(self) -> dict[str, Any]:
         rounds = max(1, self.round)
         coop = [sum(1 for m in self.moves[s] if m == COOPERATE) / rounds for s in (0, 1)]

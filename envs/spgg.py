@@ -460,6 +460,12 @@ class SequentialPublicGoods(TextGame):
         """The subgame-perfect equilibrium of this game's stage game (backward induction, exact)."""
         return solve_params(self.params)
 
+    def answer_choices(self, turn: Turn) -> list[str] | None:
+        """Contribution mode: one ``<contribute>X</contribute>`` per level X = k/K (no message); task mode: None."""
+        if turn.phase != "contribute":
+            return None
+        return [format_contribution(Fraction(k, self.params["levels"])) for k in range(self.params["levels"] + 1)]
+
     def metrics(self) -> dict[str, Any]:
         n = self.num_players
         scores = [s for row in self.q for s in row]  # every action taken, the round in progress included

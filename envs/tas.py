@@ -45,6 +45,7 @@ counts as a claim of every unit of every item.
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Any
 
@@ -314,6 +315,10 @@ class TrustAndSplit(TextGame):
             self._start_round()
 
     # --- structured state ---------------------------------------------------------------------------------
+    def answer_choices(self, turn: Turn) -> list[str] | None:
+        """The split phase: ``<propose>N</propose>`` for N = 0..coins; the chat is free text."""
+        return [_propose(n) for n in range(self.params["coins"] + 1)] if turn.phase == "split" else None
+
     def view(self, seat: int) -> dict[str, Any]:
         other = 1 - seat
         current = not self.done
@@ -479,6 +484,11 @@ class SplitNoComm(TextGame):
         self.round += 1
         if not self.done:
             self._start_round()
+
+    def answer_choices(self, turn: Turn) -> list[str] | None:
+        """Every per-item proposal ``<propose>hats=H books=B balls=L</propose>`` (units + 1 cubed of them)."""
+        units = range(self.params["units"] + 1)
+        return [_propose_items(dict(zip(ITEMS, c, strict=True))) for c in itertools.product(units, repeat=len(ITEMS))]
 
     def view(self, seat: int) -> dict[str, Any]:
         other = 1 - seat

@@ -45,6 +45,9 @@ def test_recipes_found():
         "tas/naive_tiny.yaml",
         "tas/aa_qwen2.5-7b.yaml",
         "spgg/aa_tiny.yaml",
+        "spgg/naive_tiny.yaml",
+        "spgg/aa_classic_tiny.yaml",
+        "spgg/naive_classic_tiny.yaml",
     }
     assert expected <= names
 

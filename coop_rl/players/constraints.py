@@ -19,11 +19,9 @@ from coop_rl.envs.base import TextGame, Turn
 
 
 def answer_choices(game: TextGame, turn: Turn) -> list[str] | None:
-    """The finite set of valid answers of a turn, or None where answers are free text."""
-    labels = getattr(game, "labels", None)
-    if turn.phase == "action" and isinstance(labels, tuple) and all(isinstance(label, str) for label in labels):
-        return list(labels)
-    return None
+    """The finite set of valid answers of a turn (the game declares it: ``TextGame.answer_choices``), or None
+    where answers are free text."""
+    return game.answer_choices(turn)
 
 
 class ChoiceConstraint:
