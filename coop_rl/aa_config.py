@@ -24,8 +24,10 @@ ROLLOUT_BACKENDS = ("hf", "vllm")
 class AAConfig(TrainingArguments):
     r"""Arguments of :class:`coop_rl.aa_trainer.AATrainer`.
 
-    One training iteration = one optimizer step: play ``matches_per_iteration`` matches, compute credit, take a
-    gradient step on the learner's tokens. ``max_steps`` is the number of iterations.
+    One rollout: play ``matches_per_iteration`` matches and compute credit; it feeds ``num_iterations`` optimizer
+    steps on the learner's tokens (1 by default: one step per rollout). ``max_steps`` counts optimizer steps, as in
+    TRL's GRPO, so a run plays ceil(max_steps / num_iterations) rollouts. Training samples at temperature 1 and
+    top_p 1 only: the loss differentiates the policy whose logprobs the sampler reports.
     """
 
     # ----- model --------------------------------------------------------------------------------------------
@@ -78,8 +80,16 @@ class AAConfig(TrainingArguments):
         default=None,
         metadata={"help": "Share of GPU memory the colocated vLLM engine may take (None: vLLM's default)."},
     )
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the rollouts."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold of the rollouts."})
+    temperature: float = field(
+        default=1.0,
+        metadata={
+            "help": "Sampling temperature of the rollouts; training needs 1 (the loss differentiates the untempered "
+            "policy, whose logprobs the sampler reports)."
+        },
+    )
+    top_p: float = field(
+        default=1.0, metadata={"help": "Nucleus sampling threshold of the rollouts; training needs 1 (as temperature)."}
+    )
     max_new_tokens: int = field(default=16, metadata={"help": "Longest answer of a turn, in tokens."})
     constrain_answers: bool = field(
         default=False,
@@ -105,7 +115,7 @@ class AAConfig(TrainingArguments):
         default=0.5, metadata={"help": "Probability that a group's co-player is a past checkpoint."}
     )
     pool_size: int = field(default=8, metadata={"help": "Most past checkpoints kept in the pool (oldest dropped)."})
-    pool_every: int = field(default=5, metadata={"help": "Add the learner to the pool every this many iterations."})
+    pool_every: int = field(default=5, metadata={"help": "Add the learner to the pool every this many rollouts."})
 
     # ----- credit -------------------------------------------------------------------------------------------
     credit: str = field(
@@ -124,12 +134,24 @@ class AAConfig(TrainingArguments):
 
     # ----- loss ---------------------------------------------------------------------------------------------
     loss_type: str = field(
-        default="reinforce", metadata={"help": "'reinforce' (the reference) or 'ppo' (clipped surrogate)."}
+        default="reinforce",
+        metadata={
+            "help": "'reinforce' (the reference) or 'ppo' (clipped surrogate; it clips with num_iterations > 1)."
+        },
     )
     is_clip: float = field(
         default=2.0, metadata={"help": "Truncation of the importance weight pi_theta / pi_sampler (detached)."}
     )
     ppo_clip: float = field(default=0.2, metadata={"help": "Clip range of the PPO surrogate."})
+    num_iterations: int = field(
+        default=1,
+        metadata={
+            "help": "Optimizer steps per rollout (TRL GRPO's num_iterations): each step is another pass over the same "
+            "matches, so the ratio pi_theta / pi_sampler moves off 1 and the PPO clip can bind; with 'reinforce' the "
+            "later passes are importance-weighted by min(pi_theta / pi_sampler, is_clip). max_steps counts optimizer "
+            "steps; pool_every counts rollouts."
+        },
+    )
     kl_coef: float = field(
         default=0.0, metadata={"help": "Weight of the k3 KL to the reference (the model with the adapter off)."}
     )
@@ -207,8 +229,14 @@ class AAConfig(TrainingArguments):
                 raise ValueError(f"{name}={value}: must be {'>' if strict else '>='} {low}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p={self.top_p}: must be in (0, 1]")
+        for name in ("temperature", "top_p"):
+            if getattr(self, name) != 1.0:
+                raise ValueError(
+                    f"{name}={getattr(self, name)}: training needs temperature 1 and top_p 1 (the loss differentiates "
+                    "the untempered policy the sampler reports)"
+                )
         if self.max_steps is None or self.max_steps < 1:
-            raise ValueError("max_steps (the number of iterations) must be >= 1")
+            raise ValueError("max_steps (the number of optimizer steps) must be >= 1")
         self._check_game()
 
     def _resolve_precision(self) -> None:
@@ -226,6 +254,8 @@ class AAConfig(TrainingArguments):
         else:
             self.resolved_precision = choose_precision(self._device(), self.precision, width=self._model_width())
         self.bf16 = self.resolved_precision.bf16
+        if self.bf16 and self._device() == "cpu":
+            self.use_cpu = True  # no GPU here: TrainingArguments accepts bf16 on the CPU only with use_cpu
 
     def _device(self) -> str:
         import torch
@@ -280,6 +310,7 @@ _LOWER_BOUNDS = (
     ("pool_every", 1, False),
     ("is_clip", 0.0, True),
     ("ppo_clip", 0.0, True),
+    ("num_iterations", 1, False),
     ("kl_coef", 0.0, False),
     ("entropy_coef", 0.0, False),
     ("invalid_penalty", 0.0, False),

@@ -1,14 +1,15 @@
 """Group-relative Advantage Alignment, TRL-style: a transformers ``Trainer`` whose batches are played, not loaded.
 
-One iteration = one optimizer step (``gradient_accumulation_steps`` micro-batches):
+One rollout feeds ``num_iterations`` optimizer steps (1 by default), each of ``gradient_accumulation_steps``
+micro-batches; ``max_steps`` counts optimizer steps, as in TRL's GRPO:
 
 1. pick co-players (self-play, the paper's pool of past checkpoints, or frozen opponents);
 2. play ``matches_per_iteration`` matches at once through the rollout layer (every pending turn batched);
 3. credit (pure tensor math in :mod:`coop_rl.credit`): discounted returns, leave-one-out baseline per seed group,
    the Advantage Alignment term, broadcast to every token the learner generated;
-4. loss on learner tokens: REINFORCE with the truncated importance weight min(pi_theta / pi_sampler, is_clip)
-   (detached) plus the k3 KL to the reference (the same model with the LoRA adapter disabled) and an entropy
-   bonus, or a PPO-clipped surrogate;
+4. loss on learner tokens (pure tensor math in :mod:`coop_rl.loss`): REINFORCE with the truncated importance
+   weight min(pi_theta / pi_sampler, is_clip) (detached) or the PPO clipped surrogate, plus the k3 KL to the
+   reference (the same model with the LoRA adapter disabled) and an entropy bonus;
 5. the optimizer step, gradient accumulation, DeepSpeed, logging to ``report_to``, checkpoints and
    ``resume_from_checkpoint`` all come from transformers' Trainer and accelerate.
 
@@ -34,6 +35,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCa
 from coop_rl.aa_config import AAConfig
 from coop_rl.credit import compute_credit
 from coop_rl.envs import make_game
+from coop_rl.loss import loss_metrics, merge_identical_turns, token_entropy, token_loss
 from coop_rl.players import SamplingConfig, make_player
 from coop_rl.players.base import Player
 from coop_rl.players.hf import HFEngine, HFPlayer
@@ -182,7 +184,7 @@ class AATrainer(Trainer):
         if self._zero_stage() == 3 and args.opponent == "pool":
             raise ValueError("opponent pool copies the learner's weights, which ZeRO-3 shards: use zero2 or self_play")
         self.sampling = SamplingConfig(args.temperature, args.top_p, args.max_new_tokens)
-        self._buffer: list[dict[str, Any]] = []
+        self._buffer, self._buffer_pass = [], 0  # the rollout's micro-batches, the pass over them (< num_iterations)
         self._micro_step = 0
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self.pool: list[dict[str, torch.Tensor]] = []  # past learners' trainable weights (on CPU)
@@ -273,8 +275,9 @@ class AATrainer(Trainer):
         return self._frozen_players[spec]
 
     def _maybe_grow_pool(self) -> None:
-        step = self.state.global_step
-        if self.args.opponent == "pool" and step % max(1, self.args.pool_every) == 0:
+        # every pool_every rollouts (a rollout every num_iterations steps; none when a resume lands between them)
+        step, passes = self.state.global_step, self.args.num_iterations
+        if self.args.opponent == "pool" and step % passes == 0 and (step // passes) % max(1, self.args.pool_every) == 0:
             self.pool.append(self._trainable_state())
             if len(self.pool) > self.args.pool_size:
                 self.pool.pop(0)
@@ -364,6 +367,7 @@ class AATrainer(Trainer):
         rewards_other = torch.zeros(len(pairs), others, horizon)
         mask = torch.zeros(len(pairs), horizon, dtype=torch.bool)
         group_ids = torch.zeros(len(pairs), dtype=torch.long)
+        seat_ids = torch.tensor([s for _, s in pairs], dtype=torch.long)  # baselines compare like seat with like
         penalties = self._format_penalties(records)
         for b, (m, s) in enumerate(pairs):
             rewards = [
@@ -375,7 +379,7 @@ class AATrainer(Trainer):
             for k, other in enumerate(o for o in range(self.num_seats) if o != s):
                 rewards_other[b, k, :length] = torch.tensor(rewards[other])
             mask[b, :length] = True
-            group_ids[b] = groups[m] * self.num_seats + s  # same seed and same seat: like with like
+            group_ids[b] = groups[m]
         credit = compute_credit(
             rewards_self,
             rewards_other if others > 1 else rewards_other[:, 0],
@@ -388,6 +392,7 @@ class AATrainer(Trainer):
             gamma_a=args.gamma_a,
             baseline=args.baseline,
             whiten=args.whiten,
+            seats=seat_ids,
         )
         index = {pair: b for b, pair in enumerate(pairs)}
         turn_credit = [float(credit["credit"][index[(r.match_id, r.seat)], r.timestep]) for r in records]
@@ -435,7 +440,8 @@ class AATrainer(Trainer):
                 )
                 for r, c in zip(records, scored["turn_credit"], strict=True)
                 if r.action.completion_ids
-            ]
+            ],
+            by_sign=args.loss_type == "ppo",  # the clipped surrogate is linear in credit only within one sign
         )
         local_tokens = torch.tensor(
             float(sum(len(row["completion_ids"]) * row["count"] for row in rows)), device=self.args.device
@@ -447,7 +453,7 @@ class AATrainer(Trainer):
         # Each process's loss is its tokens' sum over the GLOBAL token count, times the number of processes:
         # data parallelism averages gradients, so the update is the sum over all tokens / all tokens.
         scale = self.accelerator.num_processes / max(total_tokens, 1.0)
-        return [{"rows": chunk, "scale": scale, "first_micro_batch": k == 0} for k, chunk in enumerate(chunks)]
+        return [{"rows": chunk, "scale": scale} for chunk in chunks]
 
     def _zero_stage(self) -> int | None:
         if not self.is_deepspeed_enabled:
@@ -498,12 +504,18 @@ class AATrainer(Trainer):
         self._metrics["rollout/learner_turns"].append(float(len(records)))
 
     def _prepare_inputs(self, inputs: Any) -> dict[str, Any]:
-        gas = self.args.gradient_accumulation_steps
-        if self._micro_step % gas == 0:
-            self._buffer = self._generate_and_score()
-        chunk = self._buffer[self._micro_step % gas]
+        """The micro-batch of this training step: a new rollout every ``num_iterations`` optimizer steps (and after
+        a resume that lands between two), otherwise the next pass over the buffered one, as TRL's GRPO does."""
+        micro = self._micro_step % self.args.gradient_accumulation_steps
+        if micro == 0:
+            if not self._buffer or self.state.global_step % self.args.num_iterations == 0:
+                self._buffer, self._buffer_pass = self._generate_and_score(), 0
+            else:  # a later pass over the same rollout: all of this step's time is the update
+                self._buffer_pass += 1
+                self._iteration_started, self._iteration_scoring_s = time.perf_counter(), 0.0
         self._micro_step += 1
-        return chunk
+        # On the first micro-batch of the first pass the weights are still the sampler's.
+        return dict(self._buffer[micro], first_micro_batch=micro == 0 and self._buffer_pass == 0)
 
     # ----- loss ---------------------------------------------------------------------------------------------
     def _batch_tensors(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -562,7 +574,7 @@ class AATrainer(Trainer):
             logits = logits.masked_fill(~batch["support"][:, :, : logits.shape[-1]], float("-inf"))
         log_probs = torch.log_softmax(logits, dim=-1)
         targets = batch["input_ids"][:, -window:]
-        entropy = -(log_probs.exp() * log_probs.masked_fill(torch.isinf(log_probs), 0.0)).sum(-1)
+        entropy = token_entropy(log_probs)  # before the gather: the gradient sums in the order it always did
         return log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1), entropy
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -580,53 +592,34 @@ class AATrainer(Trainer):
         return loss
 
     def _rows_loss(self, model, rows: list[dict[str, Any]], inputs: dict[str, Any]) -> torch.Tensor:
-        """The loss of a list of (merged) turn rows: the policy-gradient term, entropy bonus and KL; logs metrics."""
+        """The loss of a list of (merged) turn rows (:func:`coop_rl.loss.token_loss`, summed, times the iteration's
+        1 / tokens); logs the loss metrics."""
         args = self.args
         batch = self._batch_tensors(rows)
         mask = batch["completion_mask"]
         logprobs, entropy = self._token_logprobs(model, batch)
-        # A merged row stands for `count` identical turns: its credit is their summed credit (the policy-gradient
-        # terms of identical turns add up exactly), its entropy and KL terms count `count` times.
-        credit, count = batch["credit"][:, None], batch["count"][:, None]
-        log_ratio = (logprobs - batch["sampler_logprobs"]) * mask
-        if args.loss_type == "ppo":
-            ratio = torch.exp(log_ratio)
-            clipped = torch.clamp(ratio, 1 - args.ppo_clip, 1 + args.ppo_clip)
-            per_token = -torch.minimum(ratio * credit, clipped * credit)
-        else:
-            weight = torch.clamp(torch.exp(log_ratio), max=args.is_clip).detach()
-            per_token = -credit * weight * logprobs
-        per_token = per_token - args.entropy_coef * count * entropy
-        if args.kl_coef > 0:
-            per_token = per_token + args.kl_coef * count * self._k3_kl(model, batch, logprobs)
-        loss = (per_token * mask).sum() * inputs["scale"]
-        with torch.no_grad():
-            tokens = (mask * count).sum().clamp(min=1)
-            self._metrics["loss/entropy"].append(((entropy * mask * count).sum() / tokens).item())
-            ratio = torch.exp(log_ratio)
-            self._metrics["loss/is_weight"].append(((ratio * mask * count).sum() / tokens).item())
-            if args.loss_type == "ppo":
-                clipped = (ratio < 1 - args.ppo_clip) | (ratio > 1 + args.ppo_clip)
-            else:
-                clipped = ratio > args.is_clip
-            self._metrics["loss/clip_fraction"].append(((clipped * mask * count).sum() / tokens).item())
-            self._metrics["loss/unique_rows"].append(float(len(rows)))
-            if inputs.get("first_micro_batch"):  # weights not yet updated this iteration: the sampler's weights
+        reference = self._reference_logprobs(model, batch) if args.kl_coef > 0 else None
+        terms = (logprobs, batch["sampler_logprobs"], batch["credit"], batch["count"], mask, entropy, reference)
+        clips = {"loss_type": args.loss_type, "is_clip": args.is_clip, "ppo_clip": args.ppo_clip}
+        per_token = token_loss(*terms, **clips, entropy_coef=args.entropy_coef, kl_coef=args.kl_coef)
+        loss = per_token.sum() * inputs["scale"]
+        for key, value in loss_metrics(*terms, **clips).items():
+            self._metrics[key].append(value)
+        self._metrics["loss/unique_rows"].append(float(len(rows)))
+        if inputs.get("first_micro_batch"):  # weights not yet updated by this rollout: the sampler's weights
+            with torch.no_grad():
                 gap = ((logprobs - batch["sampler_logprobs"]).abs() * mask).sum() / mask.sum().clamp(min=1)
-                self._metrics["rollout/sampler_logprob_gap"].append(gap.item())
+            self._metrics["rollout/sampler_logprob_gap"].append(gap.item())
         return loss
 
-    def _k3_kl(self, model, batch, logprobs) -> torch.Tensor:
-        """k3 estimator exp(d) - 1 - d, d = log pi_ref - log pi_theta; the reference is the adapter switched off."""
+    def _reference_logprobs(self, model, batch) -> torch.Tensor:
+        """log pi_ref of the batch's tokens, for the k3 KL: the reference is the model with its adapter switched off."""
         unwrapped = self.accelerator.unwrap_model(model)
         if not hasattr(unwrapped, "disable_adapter"):
             raise ValueError("kl_coef > 0 needs use_peft: the reference policy is the model with its adapter off")
         with torch.no_grad(), unwrapped.disable_adapter():
             reference, _ = self._token_logprobs(model, batch)
-        delta = reference - logprobs
-        kl = torch.exp(delta) - 1 - delta
-        self._metrics["loss/kl"].append(kl.mean().item())
-        return kl
+        return reference
 
     def save_policy_settings(self, output_dir: str) -> None:
         """Record how the policy answers, so that ``hf:<output_dir>`` plays exactly the policy that was trained."""
@@ -645,7 +638,8 @@ class AATrainer(Trainer):
     def _write_trajectories(self, records, results, groups, turn_credit) -> None:
         """Write this iteration's learner turns to <output_dir>/trajectories/iteration-<step>.jsonl, atomically.
 
-        ``<step>`` is the optimizer step the iteration makes (global_step + 1: checkpoint-N holds iterations 1..N).
+        ``<step>`` is the first optimizer step the rollout feeds (global_step + 1: checkpoint-N holds steps 1..N;
+        with ``num_iterations`` k the files are iteration-000001, iteration-<k+1>, ...).
         One JSON line per turn: iteration, match_id (global), seat, timestep, phase, text, valid, credit and the
         seat's reward at that timestep. Written to a temporary file in the same folder, flushed to disk, then
         renamed over the final name (os.replace), so a crash leaves either the whole file or none; a resumed run
@@ -844,31 +838,3 @@ def load_pool_file(path: str | Path) -> tuple[list[dict[str, torch.Tensor]], tup
     if not valid or not isinstance(rng, tuple):
         raise CheckpointError(f"{path}: not a coop-rl pool file (expected a pool of tensors and an RNG state)")
     return pool, rng
-
-
-def merge_identical_turns(turns: list[tuple]) -> list[dict[str, Any]]:
-    """Merge turns with the same prompt and completion tokens into one row whose credit is their sum.
-
-    The loss term of a turn is C * rho * log pi(completion | prompt); for identical token sequences rho and
-    log pi are identical (same weights), so the sum over such turns is (sum of C) * rho * log pi: one forward
-    pass instead of many, with exactly the same gradient. In the IPD a few dozen distinct (prompt, answer)
-    pairs stand for thousands of turns; in games with free text nearly every turn stays its own row.
-    """
-    merged: dict[tuple, dict[str, Any]] = {}
-    for prompt_ids, completion_ids, logprobs, credit, *rest in turns:
-        adapter = rest[1] if len(rest) > 1 else None  # seat_adapters: turns of different adapters never merge
-        key = (tuple(prompt_ids), tuple(completion_ids), adapter)
-        if key in merged:
-            merged[key]["credit"] += credit
-            merged[key]["count"] += 1
-        else:
-            merged[key] = {
-                "prompt_ids": list(prompt_ids),
-                "completion_ids": list(completion_ids),
-                "sampler_logprobs": list(logprobs),
-                "credit": float(credit),
-                "count": 1,
-                "allowed": rest[0] if rest else None,  # constrained answers: the allowed tokens per position
-                "adapter": adapter,
-            }
-    return list(merged.values())

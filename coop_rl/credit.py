@@ -104,12 +104,15 @@ def group_baseline_advantages(
     groups: torch.Tensor | None,
     mode: str = "loo",
     whiten: bool = False,
+    *,
+    seats: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Advantages against a group-relative baseline, per timestep (algorithm.md 2).
 
     ``mode="loo"`` (leave-one-out; the default): matches sharing a game seed form a group (``groups``, a
-    LongTensor [B] of seed-group ids). At each timestep t, with n_t the number of members of m's group that have
-    timestep t (masked),
+    LongTensor [B] of seed-group ids; with ``seats`` [B], a group is a (seed group, seat) pair: a seat is compared
+    with the same seat of the other matches). At each timestep t, with n_t the number of members of m's group that
+    have timestep t (masked),
 
         A_t(m) = G_t(m) - 1/(n_t - 1) * sum_{m' != m in group, m' has t} G_t(m')
                = n_t / (n_t - 1) * (G_t(m) - mean_{m' in group, m' has t} G_t(m'))
@@ -118,8 +121,10 @@ def group_baseline_advantages(
     a group of identical returns gets advantages of exactly 0). A member that is alone in its group at timestep t
     (n_t = 1, including a one-member group) has no one to compare with: its baseline is 0 there, so A_t = G_t.
 
-    ``mode="batch"``: the paper's batch-wide ablation; the baseline is the mean over all other rows of the batch
-    that have timestep t (the formula above with the whole batch as one group; ``groups`` is ignored).
+    ``mode="batch"``: the paper's batch-wide ablation, per seat; the baseline of a row is the mean over the other
+    rows of the batch in the same seat (``seats``) that have timestep t: the formula above with the seat as the
+    group (``groups`` is ignored). Without ``seats`` the whole batch is one group. Grouping by seat keeps the other
+    seat of the same match (whose return moves against the row's own in a dilemma) out of the row's baseline.
     ``mode="none"``: A_t = G_t.
 
     ``whiten=True`` then divides by the (population) standard deviation of the advantages over the valid entries,
@@ -132,30 +137,40 @@ def group_baseline_advantages(
     _check_values(returns, mask, "returns", allow_k=True)
     if mode not in BASELINES:
         raise ValueError(f"unknown baseline mode {mode!r}; expected one of {BASELINES}")
-    batch = mask.shape[0]
     full_mask = _expand_mask(mask, returns)
     g = _masked(returns, mask)
     if mode == "none":
         adv = g
     else:
-        if mode == "batch":
-            index = torch.zeros(batch, dtype=torch.long, device=returns.device)
-            n_groups = 1
-        else:
-            if not isinstance(groups, torch.Tensor):
-                raise ValueError("groups must be a LongTensor [B] of seed-group ids for mode='loo'")
-            if groups.dim() != 1 or groups.shape[0] != batch:
-                raise ValueError(f"groups must have shape [B] = [{batch}], got {tuple(groups.shape)}")
-            if groups.is_floating_point() or groups.is_complex() or groups.dtype == torch.bool:
-                raise ValueError(f"groups must be an integer tensor of group ids, got {groups.dtype}")
-            uniques, index = torch.unique(groups.to(returns.device), return_inverse=True)
-            n_groups = uniques.numel()
+        if mode == "loo" and not isinstance(groups, torch.Tensor):
+            raise ValueError("groups must be a LongTensor [B] of seed-group ids for mode='loo'")
+        keys = [("groups", groups)] if mode == "loo" else []
+        if seats is not None:
+            keys.append(("seats", seats))
+        index, n_groups = _group_index(keys, mask.shape[0], returns.device)
         adv = _leave_one_out(g, full_mask, index, n_groups)
     if whiten:
         valid = adv[full_mask]
         std = valid.std(correction=0) if valid.numel() > 0 else adv.new_zeros(())
         adv = adv / (std + 1e-8)
     return _masked(adv, mask)
+
+
+def _group_index(keys: list[tuple[str, torch.Tensor | None]], batch: int, device) -> tuple[torch.Tensor, int]:
+    """A group index [B] in 0..n-1 for rows that agree on every id tensor in ``keys`` (all rows: one group)."""
+    columns = []
+    for name, ids in keys:
+        if not isinstance(ids, torch.Tensor):
+            raise ValueError(f"{name} must be a LongTensor [B], got {type(ids).__name__}")
+        if ids.dim() != 1 or ids.shape[0] != batch:
+            raise ValueError(f"{name} must have shape [B] = [{batch}], got {tuple(ids.shape)}")
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise ValueError(f"{name} must be an integer tensor of group ids, got {ids.dtype}")
+        columns.append(ids.to(device=device, dtype=torch.long))
+    if not columns:
+        return torch.zeros(batch, dtype=torch.long, device=device), 1
+    uniques, index = torch.unique(torch.stack(columns, dim=1), dim=0, return_inverse=True)
+    return index, uniques.shape[0]
 
 
 def _leave_one_out(g: torch.Tensor, valid: torch.Tensor, index: torch.Tensor, n_groups: int) -> torch.Tensor:
@@ -243,18 +258,22 @@ def compute_credit(
     gamma_a: float = 1.0,
     baseline: str = "loo",
     whiten: bool = False,
+    seats: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor | None]:
     """The trainer's entry point: rewards in, per-timestep credit out (algorithm.md 1-3).
 
     1. returns G = discounted_returns(r, mask, gamma, scale), for the learner and for each co-player from the
        co-player's own rewards;
-    2. advantages A = group_baseline_advantages(G, mask, groups, baseline, whiten), the co-players' with the same
-       seed groups (slot by slot when ``rewards_other`` is [B, K, T]);
+    2. advantages A = group_baseline_advantages(G, mask, groups, baseline, whiten, seats=seats), the co-players'
+       with the same groups (slot by slot when ``rewards_other`` is [B, K, T]; a row's seat fixes its co-players'
+       seats, so grouping rows by the learner's seat groups the co-player slots by seat too);
     3. credit C by ``method``: "aa" (advantage_alignment_credit with beta, gamma_a), "naive" (C = A^self) or
        "sum" (C = A^self + A^other, summed over co-players).
 
     ``rewards_self`` and ``mask`` are [B, T]; ``rewards_other`` [B, T] or [B, K, T] (it may be None only for
-    "naive"); ``groups`` a LongTensor [B] (may be None unless baseline is "loo"). Returns a dict with
+    "naive"); ``groups`` a LongTensor [B] (may be None unless baseline is "loo"); ``seats`` a LongTensor [B], the
+    learner's seat of each row (None: one seat; with "batch" the baseline pools only rows of the same seat, with
+    "loo" a group is a (seed group, seat) pair). Returns a dict with
     "returns_self", "returns_other", "adv_self", "adv_other" (None when there are no co-players) and "credit",
     all 0 at padded entries.
     """
@@ -267,12 +286,12 @@ def compute_credit(
     if rewards_other is None and method != "naive":
         raise ValueError(f"method {method!r} needs rewards_other (the co-players' rewards)")
     returns_self = discounted_returns(rewards_self, mask, gamma, scale)
-    adv_self = group_baseline_advantages(returns_self, mask, groups, baseline, whiten)
+    adv_self = group_baseline_advantages(returns_self, mask, groups, baseline, whiten, seats=seats)
     returns_other = adv_other = None
     if rewards_other is not None:
         _check_values(rewards_other, mask, "rewards_other", allow_k=True)
         returns_other = discounted_returns(rewards_other, mask, gamma, scale)
-        adv_other = group_baseline_advantages(returns_other, mask, groups, baseline, whiten)
+        adv_other = group_baseline_advantages(returns_other, mask, groups, baseline, whiten, seats=seats)
     if method == "aa":
         credit = advantage_alignment_credit(adv_self, adv_other, mask, beta, gamma_a)
     elif method == "sum":

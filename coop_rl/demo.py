@@ -17,11 +17,14 @@ resumes where it stopped; ``--force`` retrains. ``--max-steps`` shortens the tra
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger("coop_rl.demo")
 
 #: learning-curve metric logged by the trainer, per game (matrix games: cooperation; others: the learner's return)
 COOPERATION_KEY = "rollout/cooperation_rate"
@@ -84,13 +87,21 @@ def _progress(total: int, desc: str):
 
 
 def ensure_tiny_model(spec: DemoSpec, tiny_dir: str | None = None) -> Path:
-    """The demo's tiny model directory, built (``coop-rl init-model tiny``) when it is missing."""
-    from coop_rl.tiny_model import TinyModelConfig, init_tiny_model
+    """The demo's tiny model directory, built (``coop-rl init-model tiny``) when it is missing, or rebuilt when it
+    was warm-started on other game texts than today's (its ``corpus_sha256``)."""
+    from coop_rl.tiny_model import TinyModelConfig, collect_examples, corpus_fingerprint, init_tiny_model
 
     path = Path(tiny_dir or spec.tiny_dir)
-    if (path / "coop_rl_tiny.json").exists() or (path / "config.json").exists():
+    config = TinyModelConfig(games=spec.tiny_games, data_scale=spec.tiny_data_scale)
+    info_file = path / "coop_rl_tiny.json"
+    if info_file.exists():
+        built = json.loads(info_file.read_text(encoding="utf-8")).get("corpus_sha256")
+        if built == corpus_fingerprint(collect_examples(config.seed, config.data_scale)):
+            return path
+        logger.warning("%s was warm-started on other game texts (an older prompt format): rebuilding it", path)
+    elif (path / "config.json").exists():  # a model the user put there: used as it is
         return path
-    return init_tiny_model(path, TinyModelConfig(games=spec.tiny_games, data_scale=spec.tiny_data_scale))
+    return init_tiny_model(path, config)
 
 
 def is_trained(run_dir: Path) -> bool:

@@ -109,6 +109,15 @@ def collect_examples(
     return examples
 
 
+def corpus_fingerprint(examples: list[dict[str, Any]]) -> str:
+    """sha256 of the warm-start corpus (every prompt and answer): a model built from other game texts (an older
+    prompt format, say) is stale, and ``coop-rl demo`` rebuilds it."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(examples, sort_keys=True).encode("utf-8")).hexdigest()
+
+
 def _corpus(examples: list[dict[str, Any]]):
     for example in examples:
         for message in example["prompt"] + example["completion"]:
@@ -233,6 +242,7 @@ def init_tiny_model(out_dir: str | Path, config: TinyModelConfig | None = None) 
     # the populations of ``config.games`` only.
     examples = collect_examples(config.seed, config.data_scale)
     logger.info("recorded %d scripted turns", len(examples))
+    fingerprint = corpus_fingerprint(examples)  # the tokenizer's corpus: every game's text
     tokenizer = build_tokenizer(examples, config.vocab_size)
     examples = [example for example in examples if example["game"] in config.games]
     model = build_model(tokenizer, config)
@@ -241,6 +251,7 @@ def init_tiny_model(out_dir: str | Path, config: TinyModelConfig | None = None) 
     info = {
         "kind": "coop-rl tiny",
         "examples": len(examples),
+        "corpus_sha256": fingerprint,
         "seconds": round(time.perf_counter() - started, 1),
         **vars(config),
         **stats,  # after the config: "precision" is the resolved choice, not the requested "auto"
@@ -248,17 +259,33 @@ def init_tiny_model(out_dir: str | Path, config: TinyModelConfig | None = None) 
     return _save_model_atomically(out, model, tokenizer, info)
 
 
-def _save_model_atomically(out: Path, model: Any, tokenizer: Any, info: dict[str, Any]) -> Path:
-    """Save under a temporary name and rename, so an interrupted build never leaves a half-saved model at ``out``."""
+def _save_model_atomically(
+    out: Path,
+    model: Any,
+    tokenizer: Any,
+    info: dict[str, Any],
+    info_file: str = "coop_rl_tiny.json",
+    extra_files: dict[str, dict[str, Any]] | None = None,
+) -> Path:
+    """Save under a temporary name and rename, so an interrupted build never leaves a half-saved model at ``out``.
+
+    ``info`` goes to ``info_file`` (JSON) and each of ``extra_files`` (name -> JSON object) beside the weights.
+    """
     import json
     import os
     import shutil
 
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    (partial / "coop_rl_tiny.json").write_text(json.dumps(info, indent=2))
+    try:
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        for name, content in (extra_files or {}).items():
+            (partial / name).write_text(json.dumps(content, indent=2) + "\n")
+        (partial / info_file).write_text(json.dumps(info, indent=2))
+    except BaseException:  # interrupted or failed (disk full): no half-saved copy left beside ``out`` either
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     if out.exists():
         shutil.rmtree(out)
     os.replace(partial, out)

@@ -67,6 +67,10 @@ def _train(model_dir, tmp_path, *extra, config=RECIPE):
         (["--matches_per_iteration", "1.5"], ["matches_per_iteration", "1.5"]),
         (["--use_peft", "maybe"], ["use_peft", "maybe"]),
         (["--top_p", "0"], ["top_p", "(0, 1]"]),
+        (["--temperature", "0.7"], ["temperature=0.7: training needs temperature 1 and top_p 1", "untempered"]),
+        (["--top_p", "0.9"], ["top_p=0.9: training needs temperature 1 and top_p 1"]),
+        (["--num_iterations", "0"], ["num_iterations=0", ">= 1"]),
+        (["--num_iterations", "1.5"], ["num_iterations", "1.5"]),
         (["--max_new_tokens", "0"], ["max_new_tokens", ">= 1"]),
         (["--reward_scale", "0"], ["reward_scale", "> 0"]),
         (["--pool_prob", "1.5"], ["pool_prob", "[0, 1]"]),
@@ -133,6 +137,7 @@ def test_defaults_and_the_shipped_recipes_pass_validation():
 
     config = AAConfig(output_dir="/tmp/unused", max_steps=1, use_cpu=True, report_to="none", warmup_steps=0)
     assert config.save_trajectories is True and config.max_consecutive_faults == 3
+    assert config.num_iterations == 1 and config.temperature == 1.0 and config.top_p == 1.0
     assert isinstance(config.warmup_steps, float)  # an integer given for a float field is converted
     from coop_rl.cli import _check_recipe
 
@@ -143,3 +148,4 @@ def test_defaults_and_the_shipped_recipes_pass_validation():
         gpu_off = ["--bf16", "false", "--fp16", "false"]  # the GPU recipes, checked on this CPU machine
         (parsed,) = TrlParser(AAConfig).parse_args_and_config(["--config", str(recipe), *gpu_off])
         assert 0 < parsed.gamma <= 1 and parsed.matches_per_iteration % parsed.group_size == 0
+        assert parsed.temperature == 1.0 and parsed.top_p == 1.0  # what the loss accounts for

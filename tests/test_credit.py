@@ -102,6 +102,53 @@ def test_batch_wide_baseline():
     assert rows(group_baseline_advantages(RETURNS, FULL, None, mode="batch")) == approx(rows(expected))  # groups unused
 
 
+SEATS = torch.tensor([0, 0, 1, 1, 0])  # rows 0, 1, 4 in seat 0; rows 2, 3 in seat 1
+
+
+def test_batch_baseline_is_per_seat():
+    adv = group_baseline_advantages(RETURNS, FULL, GROUPS, mode="batch", seats=SEATS)
+    # seat 0 (rows 0, 1, 4): t=0 returns 1, 4, 6; t=1 returns 0, 1, 3.  seat 1 (rows 2, 3): t=0 2, 10; t=1 3, 5
+    expected = [
+        [1 - (4 + 6) / 2, 0 - (1 + 3) / 2],  # [-4, -2]
+        [4 - (1 + 6) / 2, 1 - (0 + 3) / 2],  # [0.5, -0.5]
+        [2 - 10, 3 - 5],  # [-8, -2]
+        [10 - 2, 5 - 3],  # [8, 2]
+        [6 - (1 + 4) / 2, 3 - (0 + 1) / 2],  # [3.5, 2.5]
+    ]
+    assert rows(adv) == approx(rows(expected))
+    assert rows(adv) == approx(rows([[-4, -2], [0.5, -0.5], [-8, -2], [8, 2], [3.5, 2.5]]))
+    # groups play no part in it
+    assert torch.equal(adv, group_baseline_advantages(RETURNS, FULL, None, mode="batch", seats=SEATS))
+
+
+def test_batch_baseline_keeps_the_other_seat_of_the_same_match_out():
+    # Two self-play matches, rows (match, seat) = (0, 0), (0, 1), (1, 0), (1, 1): changing seat 1's returns (in a
+    # dilemma they move against seat 0's) leaves seat 0's advantages unchanged, and the other way round.
+    seats = torch.tensor([0, 1, 0, 1])
+    mask = torch.ones(4, 1, dtype=torch.bool)
+    before = group_baseline_advantages(torch.tensor([[1.0], [5.0], [3.0], [0.0]]), mask, None, "batch", seats=seats)
+    after = group_baseline_advantages(torch.tensor([[1.0], [-7.0], [3.0], [9.0]]), mask, None, "batch", seats=seats)
+    assert rows(before) == approx([1 - 3, 5 - 0, 3 - 1, 0 - 5])  # [-2, 5, 2, -5]
+    assert rows(after) == approx([1 - 3, -7 - 9, 3 - 1, 9 + 7])  # seat 0 unchanged: [-2, -16, 2, 16]
+    pooled = group_baseline_advantages(torch.tensor([[1.0], [5.0], [3.0], [0.0]]), mask, None, "batch")
+    assert rows(pooled) == approx([1 - 8 / 3, 5 - 4 / 3, 3 - 6 / 3, 0 - 9 / 3])  # without seats: one pool
+
+
+def test_leave_one_out_with_seats_groups_seed_and_seat():
+    adv = group_baseline_advantages(RETURNS, FULL, GROUPS, mode="loo", seats=SEATS)
+    # (group 7, seat 0): rows 0, 4; rows 1 (3, 0), 2 (7, 1) and 3 (3, 1) are alone: A = G
+    assert rows(adv) == approx(rows([[1 - 6, 0 - 3], [4, 1], [2, 3], [10, 5], [6 - 1, 3 - 0]]))
+    # the same as seed-and-seat ids folded into one, which the trainer passed before
+    assert torch.equal(adv, group_baseline_advantages(RETURNS, FULL, GROUPS * 2 + SEATS, mode="loo"))
+    r_other = RETURNS.flip(0)
+    for mode in ("loo", "batch"):
+        with_seats = compute_credit(RETURNS, r_other, FULL, GROUPS, gamma=0.9, beta=0.5, gamma_a=0.9,
+                                    baseline=mode, seats=SEATS)  # fmt: skip
+        a_self = group_baseline_advantages(discounted_returns(RETURNS, FULL, 0.9), FULL, GROUPS, mode, seats=SEATS)
+        a_other = group_baseline_advantages(discounted_returns(r_other, FULL, 0.9), FULL, GROUPS, mode, seats=SEATS)
+        assert torch.equal(with_seats["adv_self"], a_self) and torch.equal(with_seats["adv_other"], a_other)
+
+
 def test_no_baseline():
     assert rows(group_baseline_advantages(RETURNS, FULL, GROUPS, mode="none")) == rows(RETURNS)
 
@@ -244,6 +291,10 @@ def test_validation_errors():
         group_baseline_advantages(r, mask, torch.tensor([0, 0, 1]))
     with pytest.raises(ValueError, match="groups"):
         group_baseline_advantages(r, mask, None)
+    with pytest.raises(ValueError, match="seats"):
+        group_baseline_advantages(r, mask, None, mode="batch", seats=torch.tensor([0, 1, 0]))
+    with pytest.raises(ValueError, match="seats"):
+        group_baseline_advantages(r, mask, torch.tensor([0, 0]), seats=torch.tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match="gamma_a"):
         advantage_alignment_credit(r, r, mask, beta=0.5, gamma_a=2.0)
     with pytest.raises(ValueError, match="adv_other"):

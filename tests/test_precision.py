@@ -3,6 +3,7 @@
 import pytest
 
 from coop_rl.precision import (
+    BF16_MIN_SPEEDUP,
     Precision,
     bf16_speedup,
     choose_precision,
@@ -49,7 +50,7 @@ def test_auto_on_this_cpu_follows_the_rule():
         assert chosen == Precision("float32", "CPU without native bf16 (avx512_bf16/AMX): bf16 would be emulated")
     else:  # the probe decided, and the reason quotes its measurement
         assert "measured" in chosen.reason
-        assert chosen.bf16 == (bf16_speedup(128) * 0.85 >= 1.0)
+        assert chosen.bf16 == (bf16_speedup(128) >= BF16_MIN_SPEEDUP)
 
 
 def test_aaconfig_resolves_precision_into_the_trainer_flags(tmp_path):
