@@ -38,7 +38,7 @@ from coop_rl.envs import make_game
 from coop_rl.loss import loss_metrics, merge_identical_turns, token_entropy, token_loss
 from coop_rl.players import SamplingConfig, make_player
 from coop_rl.players.base import Player
-from coop_rl.players.hf import HFEngine, HFPlayer
+from coop_rl.players.hf import HFEngine, HFPlayer, shared_prefix_batch
 from coop_rl.precision import precision_record
 from coop_rl.runner import TurnRecord, run_matches
 
@@ -196,6 +196,9 @@ class AATrainer(Trainer):
         self._iteration_started, self._iteration_scoring_s = 0.0, 0.0
         self.add_callback(_IterationTimer(self))
         self._run_info_written = False
+        # The loss runs the rows' shared prompt prefix once (exact; see _token_logprobs). One process only: a
+        # second forward call before backward is outside what DDP and DeepSpeed's engines are tested for here.
+        self._share_prefix = self.accelerator.num_processes == 1 and not self.is_deepspeed_enabled
 
     # ----- players ------------------------------------------------------------------------------------------
     def _live_player(self) -> Player:
@@ -519,36 +522,26 @@ class AATrainer(Trainer):
 
     # ----- loss ---------------------------------------------------------------------------------------------
     def _batch_tensors(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Left-padded prompt+completion rows (every row ends at the last column) and masks over completions."""
-        pad = self.processing_class.pad_token_id
-        length = max(len(r["prompt_ids"]) + len(r["completion_ids"]) for r in rows)
+        """Prompt+completion rows laid out as ``shared prefix + padding + own tokens`` (every row ends at the last
+        column; :func:`~coop_rl.players.hf.shared_prefix_batch`) and masks over the completions."""
+        sequences = [r["prompt_ids"] + r["completion_ids"] for r in rows]
+        # The shared prefix stays inside every prompt: completions and the token before each are in own columns.
+        shortest_prompt = min(len(r["prompt_ids"]) for r in rows)
+        limit = shortest_prompt - 1 if self._share_prefix else 0
+        layout = shared_prefix_batch(sequences, self.processing_class.pad_token_id, min_prefix=8, max_prefix=limit)
         window = max(len(r["completion_ids"]) for r in rows)
-        ids = torch.full((len(rows), length), pad, dtype=torch.long)
-        attention = torch.zeros((len(rows), length), dtype=torch.long)
         completion_mask = torch.zeros((len(rows), window), dtype=torch.float)
         sampler = torch.zeros((len(rows), window))
-        constrained = [(i, row["allowed"]) for i, row in enumerate(rows) if row.get("allowed")]
-        support = None
-        if constrained:  # [rows, window, vocab]: True where a token is in the policy's support
-            vocab = self.accelerator.unwrap_model(self.model).config.get_text_config().vocab_size
-            support = torch.ones((len(rows), window, vocab), dtype=torch.bool)
-            for i, allowed in constrained:
-                offset = window - len(allowed)
-                for k, options in enumerate(allowed):
-                    if options:
-                        support[i, offset + k] = False
-                        support[i, offset + k, options] = True
         for i, row in enumerate(rows):
-            sequence = row["prompt_ids"] + row["completion_ids"]
-            ids[i, length - len(sequence) :] = torch.tensor(sequence)
-            attention[i, length - len(sequence) :] = 1
             c = len(row["completion_ids"])
             completion_mask[i, window - c :] = 1.0
             sampler[i, window - c :] = torch.tensor(row["sampler_logprobs"])
         device = self.args.device
+        support = self._support(rows, window)
         return {
-            "input_ids": ids.to(device),
-            "attention_mask": attention.to(device),
+            "input_ids": layout["input_ids"].to(device),
+            "attention_mask": layout["attention_mask"].to(device),
+            "prefix_length": layout["prefix_length"],
             "completion_mask": completion_mask.to(device),
             "sampler_logprobs": sampler.to(device),
             "credit": torch.tensor([r["credit"] for r in rows], device=device),
@@ -557,14 +550,42 @@ class AATrainer(Trainer):
             "window": window,
         }
 
+    def _support(self, rows: list[dict[str, Any]], window: int) -> torch.Tensor | None:
+        """[rows, window, vocab] True where a token is in a constrained policy's support; None if unconstrained."""
+        constrained = [(i, row["allowed"]) for i, row in enumerate(rows) if row.get("allowed")]
+        if not constrained:
+            return None
+        vocab = self.accelerator.unwrap_model(self.model).config.get_text_config().vocab_size
+        support = torch.ones((len(rows), window, vocab), dtype=torch.bool)
+        for i, allowed in constrained:
+            offset = window - len(allowed)
+            for k, options in enumerate(allowed):
+                if options:
+                    support[i, offset + k] = False
+                    support[i, offset + k, options] = True
+        return support
+
     def _token_logprobs(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        window = batch["window"]
-        position_ids = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # as generate() numbers left-padded rows
+        """log pi_theta of the window's tokens (and the entropy there), renormalised where answers are constrained.
+
+        The rows' shared prefix (the rules, the system prompt) runs once and its keys and values serve every row:
+        the same logprobs as running each row whole, and the same gradient (the copies' gradients add up in the
+        one prefix), for a fraction of the tokens.
+        """
+        window, prefix = batch["window"], batch["prefix_length"]
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate() numbers its rows
+        cache = None
+        if prefix:
+            cache = model(input_ids=ids[:1, :prefix], use_cache=True).past_key_values
+            cache.batch_repeat_interleave(len(ids))
         logits = (
             model(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                position_ids=position_ids,
+                input_ids=ids[:, prefix:],
+                attention_mask=mask,
+                position_ids=position_ids[:, prefix:],
+                past_key_values=cache,
+                use_cache=cache is not None,
                 logits_to_keep=window + 1,
             )
             .logits[:, :-1]
@@ -573,7 +594,7 @@ class AATrainer(Trainer):
         if batch.get("support") is not None:  # constrained answers: renormalise over the allowed tokens
             logits = logits.masked_fill(~batch["support"][:, :, : logits.shape[-1]], float("-inf"))
         log_probs = torch.log_softmax(logits, dim=-1)
-        targets = batch["input_ids"][:, -window:]
+        targets = ids[:, -window:]
         entropy = token_entropy(log_probs)  # before the gather: the gradient sums in the order it always did
         return log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1), entropy
 

@@ -88,6 +88,36 @@ def test_merged_rows_give_the_same_gradient_as_single_turns(tiny_model_dir):
 
 
 @pytest.mark.slow
+def test_shared_prompt_prefix_gives_the_same_logprobs_and_gradient(tiny_model_dir):
+    """The loss runs the rows' common prompt prefix once: same logprobs and gradient as running every row whole."""
+    from coop_rl.aa_config import AAConfig
+    from coop_rl.aa_trainer import AATrainer
+    from coop_rl.players.scripted import ScriptedPlayer
+    from coop_rl.runner import run_matches
+
+    args = AAConfig(output_dir="/tmp/unused", max_steps=1, report_to="none", use_cpu=True, constrain_answers=True)
+    trainer = AATrainer(model=str(tiny_model_dir), args=args)
+    turns = []
+    live = trainer._live_player()
+    run_matches("ipd", {"rounds": 4}, [live, ScriptedPlayer("tft", "ipd")], matches=8, on_turns=turns.extend)
+    rows = merge_identical_turns(
+        [(t.action.prompt_ids, t.action.completion_ids, t.action.logprobs, 1.0, t.action.allowed) for t in turns if t.seat == 0]
+    )  # fmt: skip
+    results = {}
+    for share in (True, False):
+        trainer._share_prefix = share
+        batch = trainer._batch_tensors(rows)
+        assert (batch["prefix_length"] > 8) == share  # the IPD's rules are a long common opening
+        trainer.model.zero_grad()
+        logprobs, _ = trainer._token_logprobs(trainer.model, batch)
+        (logprobs * batch["completion_mask"]).sum().backward()
+        gradient = torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None])
+        results[share] = (logprobs * batch["completion_mask"], gradient)
+    assert torch.allclose(results[True][0], results[False][0], atol=1e-5)
+    assert (results[True][1] - results[False][1]).abs().max() <= 1e-4 * results[False][1].abs().max()
+
+
+@pytest.mark.slow
 def test_short_run_trains_logs_and_saves_a_playable_policy(tmp_path, tiny_model_dir, capsys):
     from coop_rl.cli import main
 

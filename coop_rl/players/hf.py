@@ -364,13 +364,16 @@ class HFEngine:
         return self._decoded[key]
 
 
-def shared_prefix_batch(prompts: list[list[int]], pad_id: int, min_prefix: int = 8) -> dict[str, Any]:
+def shared_prefix_batch(
+    prompts: list[list[int]], pad_id: int, min_prefix: int = 8, max_prefix: int | None = None
+) -> dict[str, Any]:
     """Batch token-id prompts as ``prefix + padding + suffix`` rows around their longest common prefix.
 
     Padding sits between the shared prefix and each row's own suffix (masked out; positions follow the mask), so
     the prefix occupies the same positions in every row and its key/value cache can be computed once. Every row
     keeps at least one token of its own after the prefix. Without a useful common prefix (shorter than
-    ``min_prefix``) this is plain left padding and ``prefix_length`` is 0.
+    ``min_prefix``) this is plain left padding and ``prefix_length`` is 0. ``max_prefix`` caps the prefix (the
+    trainer keeps every completion, and the token before it, out of the shared part).
     """
     import os
 
@@ -378,6 +381,8 @@ def shared_prefix_batch(prompts: list[list[int]], pad_id: int, min_prefix: int =
 
     shortest = min(len(p) for p in prompts)
     prefix = min(len(os.path.commonprefix(prompts)), shortest - 1)  # commonprefix compares lists element-wise
+    if max_prefix is not None:
+        prefix = min(prefix, max_prefix)
     if prefix < min_prefix or len(prompts) == 1:
         prefix = 0
     width = max(len(p) for p in prompts) - prefix
