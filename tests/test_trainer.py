@@ -100,9 +100,8 @@ def test_shared_prompt_prefix_gives_the_same_logprobs_and_gradient(tiny_model_di
     turns = []
     live = trainer._live_player()
     run_matches("ipd", {"rounds": 4}, [live, ScriptedPlayer("tft", "ipd")], matches=8, on_turns=turns.extend)
-    rows = merge_identical_turns(
-        [(t.action.prompt_ids, t.action.completion_ids, t.action.logprobs, 1.0, t.action.allowed) for t in turns if t.seat == 0]
-    )  # fmt: skip
+    mine = [t.action for t in turns if t.seat == 0]
+    rows = merge_identical_turns([(a.prompt_ids, a.completion_ids, a.logprobs, 1.0, a.allowed) for a in mine])
     results = {}
     for share in (True, False):
         trainer._share_prefix = share
