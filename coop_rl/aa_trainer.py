@@ -228,7 +228,11 @@ class AATrainer(Trainer):
             if self.args.vllm_gpu_memory_utilization is not None:
                 engine_options["gpu_memory_utilization"] = self.args.vllm_gpu_memory_utilization
             self._vllm_player = VLLMPlayer(
-                f"vllm:{self.args.model_name_or_path}", self.sampling, self._player_seed(0), **engine_options
+                f"vllm:{self.args.model_name_or_path}",
+                self.sampling,
+                self._player_seed(0),
+                constrain=False,  # the loss differentiates the free policy (constrain_answers is refused with vllm)
+                **engine_options,
             )
         folder = Path(self.args.output_dir) / ".rollout_adapter" / f"rank{self.accelerator.process_index}"
         self.accelerator.unwrap_model(self.model).save_pretrained(folder)

@@ -100,7 +100,8 @@ def cmd_play(args: argparse.Namespace) -> int:
     try:
         for spec in specs:  # seats with the same spec share one player (one engine for a model)
             if spec not in players:
-                players[spec] = make_player(spec, args.game, sampling=sampling, seed=args.seed)
+                constrain = True if args.constrain_answers else None
+                players[spec] = make_player(spec, args.game, sampling=sampling, seed=args.seed, constrain=constrain)
             seat_players.append(players[spec])
         results = run_matches(
             args.game,
@@ -529,6 +530,12 @@ def build_parser() -> argparse.ArgumentParser:
     play.add_argument("--group-size", type=int, default=1, help="consecutive matches sharing one game seed")
     play.add_argument("--transcripts", metavar="FILE", help="write every match's transcript as JSON lines")
     play.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    play.add_argument(
+        "--constrain-answers",
+        action="store_true",
+        help="hf/vllm players answer one of the game's declared answers where a phase has them (as a policy trained "
+        "with constrain_answers does; without this flag, each policy folder's own setting applies)",
+    )
     _add_sampling_arguments(play)
     play.set_defaults(func=cmd_play)
 

@@ -15,10 +15,13 @@ from coop_rl.players.scripted import ScriptedPlayer
 MODEL_PREFIXES = ("hf:", "vllm:", "openai:")
 
 
-def make_player(spec: str, game_name: str, sampling: SamplingConfig | None = None, seed: int = 0) -> Player:
+def make_player(
+    spec: str, game_name: str, sampling: SamplingConfig | None = None, seed: int = 0, constrain: bool | None = None
+) -> Player:
     """Build the player a spec names, for a game (scripted strategies are per game).
 
-    ``sampling`` (temperature, top_p, max_new_tokens) and ``seed`` apply to model players.
+    ``sampling`` (temperature, top_p, max_new_tokens) and ``seed`` apply to model players; ``constrain`` to local
+    models (hf, vllm): True restricts answers to the game's declared answer sets, None follows the policy folder.
     """
     spec = spec.strip()
     if not spec:
@@ -28,11 +31,11 @@ def make_player(spec: str, game_name: str, sampling: SamplingConfig | None = Non
     if spec.startswith("hf:"):
         from coop_rl.players.hf import HFPlayer
 
-        return HFPlayer(spec, sampling=sampling, seed=seed)
+        return HFPlayer(spec, sampling=sampling, seed=seed, constrain=constrain)
     if spec.startswith("vllm:"):
         from coop_rl.players.vllm_player import VLLMPlayer  # imports vllm itself only when an engine starts
 
-        return VLLMPlayer(spec, sampling=sampling, seed=seed)
+        return VLLMPlayer(spec, sampling=sampling, seed=seed, constrain=constrain)
     if spec.startswith(MODEL_PREFIXES):
         prefix = spec.split(":", 1)[0]
         raise PlayerSpecError(f"player backend {prefix!r} is not available in this build")

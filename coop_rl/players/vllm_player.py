@@ -42,9 +42,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coop_rl.envs.base import TextGame
+from coop_rl.envs.base import TextGame, Turn
 from coop_rl.players.base import Action, Player, PlayerSpecError, TurnRequest
-from coop_rl.players.hf import resolve_model_dir
+from coop_rl.players.hf import read_policy_settings, resolve_model_dir
 from coop_rl.players.sampling import SamplingConfig
 
 logger = logging.getLogger("coop_rl.players.vllm")
@@ -105,6 +105,13 @@ def answer_pattern(
     if entry is None:
         return None
     return entry(game) if callable(entry) else entry
+
+
+def choice_pattern(game: TextGame, turn: Turn) -> str | None:
+    """The regex matching exactly one of the turn's declared answers (``TextGame.answer_choices``), or None
+    where the phase is free text: a policy trained with constrained answers answers this way under vLLM."""
+    choices = game.answer_choices(turn)
+    return None if choices is None else "(" + "|".join(re.escape(choice) for choice in choices) + ")"
 
 
 # -- the engine ----------------------------------------------------------------------------------------------------
@@ -446,6 +453,7 @@ class VLLMPlayer(Player):
         seed: int = 0,
         guided_after: int | None = None,
         answer_patterns: dict[str, str | Callable[[TextGame], str | None]] | None = None,
+        constrain: bool | None = None,
         **engine_kwargs: Any,
     ) -> None:
         self.spec = spec
@@ -457,6 +465,11 @@ class VLLMPlayer(Player):
         self.sampling = sampling or SamplingConfig()
         self.guided_after = guided_after
         self.answer_patterns = answer_patterns
+        # A policy folder trained (or marked, `init-model smollm2`) with constrained answers plays constrained, as
+        # with hf: guided decoding to exactly one of the game's declared answers, free text elsewhere.
+        if constrain is None:
+            constrain = bool(read_policy_settings(self.adapter_dir or base_dir).get("constrain_answers"))
+        self.constrain = constrain and guided_after is None
         self.tries: list[int] = []  # per answered turn of the last act() call: how many generations it took
         self._rng = random.Random(f"vllm:{seed}:{spec}")
 
@@ -478,7 +491,8 @@ class VLLMPlayer(Player):
             return []
         if self.guided_after is None:
             self.tries = [1] * len(requests)
-            return self._generate(requests, None)
+            patterns = [choice_pattern(r.game, r.turn) for r in requests] if self.constrain else None
+            return self._generate(requests, patterns if patterns and any(patterns) else None)
         patterns = [answer_pattern(r.game, r.turn.phase, self.answer_patterns) for r in requests]
         actions: list[Action | None] = [None] * len(requests)
         self.tries = [0] * len(requests)

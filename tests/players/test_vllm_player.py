@@ -162,6 +162,20 @@ def test_ipd_against_tft(engine_dir):
 
 
 @pytest.mark.slow
+def test_a_constrained_policy_answers_exactly_one_declared_choice(engine_dir):
+    """constrain=True (a policy folder marked constrain_answers): every action is one of the game's answers,
+    exactly (no padding), as with hf; answers elsewhere stay free."""
+    from coop_rl.players.vllm_player import VLLMPlayer
+
+    player = VLLMPlayer(f"vllm:{engine_dir}", SamplingConfig(temperature=1.0, max_new_tokens=8), seed=0, constrain=True)
+    turns = []
+    run_matches("ipd", {}, [player, make_player("tft", "ipd")], matches=16, seed=3, on_turns=turns.extend)
+    answers = [t.action.text for t in turns if t.seat == 0]
+    assert len(answers) == 160 and set(answers) <= {"C", "D"}
+    assert all(t.valid for t in turns)
+
+
+@pytest.mark.slow
 def test_logprobs_match_transformers(engine_dir, hf_model):
     # temperature and top-p change what is sampled, not the reported (raw) logprobs
     player = make_player(
