@@ -644,6 +644,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
             continue
         meta = stages.get(stage, {})
         run = f"{'quick' if meta.get('quick') else 'full'} {meta.get('date', '')}".strip()
+        run += f", {meta['cpu']}" if meta.get("cpu") and meta["cpu"] != machine_info.get("cpu") else ""
         lines.append(f"| {stage} | {label.strip()} | {_fmt(results[key])} | {run} |")
     for stage, error in results.get("errors", {}).items():
         lines.append(f"| {stage} | error | {error} | |")
@@ -698,6 +699,7 @@ def main(argv: list[str] | None = None) -> int:
             "date": results["date"],
             "quick": args.quick,
             "seconds": round(time.perf_counter() - started, 1),
+            "cpu": results["machine"]["cpu"],  # stages kept from earlier runs keep the CPU they ran on
         }
         results_file.write_text(json.dumps(results, indent=2) + "\n")  # after each stage: nothing lost
     if not results["errors"]:
