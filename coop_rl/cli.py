@@ -479,8 +479,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from coop_rl.demo import DEMOS, DemoError, run_demo
 
-    if args.game not in DEMOS:
-        raise UsageError(f"no demo for game {args.game!r}; demos: {', '.join(DEMOS)}")
+    key = args.game if args.model == "tiny" else f"{args.game}-{args.model}"
+    if key not in DEMOS:
+        raise UsageError(f"no demo for game {args.game!r} with model {args.model!r}; demos: {', '.join(DEMOS)}")
     if args.max_steps is not None and args.max_steps < 1:
         raise UsageError("--max-steps must be >= 1")
     if args.matches is not None and args.matches < 1:
@@ -495,6 +496,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             matches=args.matches,
             seed=args.seed,
             force=args.force,
+            model=args.model,
         )
     except DemoError as error:
         raise UsageError(str(error)) from None
@@ -622,6 +624,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--matches", type=int, default=None, help="evaluation matches per opponent")
     demo.add_argument("--seed", type=int, default=0, help="evaluation seed (default 0)")
     demo.add_argument("--force", action="store_true", help="retrain even when a finished run is found")
+    demo.add_argument(
+        "--model",
+        default="tiny",
+        help="tiny (default) or smollm2 (SmolLM2-135M-Instruct with LoRA, ipd only: runs/demo-smollm2, ~30 min on CPU)",
+    )
     demo.set_defaults(func=cmd_demo)
 
     sub.add_parser(

