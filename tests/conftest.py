@@ -7,6 +7,10 @@ import pytest
 # Make tests/helpers.py importable as `helpers` from every test folder.
 sys.path.insert(0, str(Path(__file__).parent))
 
+# Every "precision: auto" in the suite (and in the processes it starts) is float32: the exact checks must not hang on
+# a timing probe, which a busy machine can sway. tests/test_precision.py tests the rule itself without it.
+os.environ["COOP_RL_PRECISION"] = "float32"
+
 # Fixtures that build (or load) a model: a test that needs one, directly or through another fixture, is slow.
 MODEL_FIXTURES = ("tiny_model_dir",)
 

@@ -44,7 +44,14 @@ def test_explicit_precision_is_kept_and_bad_names_are_refused():
         choose_precision("cpu", "fp8")
 
 
-def test_auto_on_this_cpu_follows_the_rule():
+def test_environment_pins_every_auto_and_the_suite_runs_in_float32(monkeypatch):
+    assert choose_precision("cpu", "auto") == Precision("float32", "set by COOP_RL_PRECISION")  # conftest's pin
+    monkeypatch.setenv("COOP_RL_PRECISION", "bfloat16")
+    assert choose_precision("cpu", "auto").bf16 and not choose_precision("cpu", "float32").bf16
+
+
+def test_auto_on_this_cpu_follows_the_rule(monkeypatch):
+    monkeypatch.delenv("COOP_RL_PRECISION")
     chosen = choose_precision("cpu", "auto", width=128)
     if not has_native_bf16():
         assert chosen == Precision("float32", "CPU without native bf16 (avx512_bf16/AMX): bf16 would be emulated")
@@ -53,7 +60,8 @@ def test_auto_on_this_cpu_follows_the_rule():
         assert chosen.bf16 == (bf16_speedup(128) >= BF16_MIN_SPEEDUP)
 
 
-def test_aaconfig_resolves_precision_into_the_trainer_flags(tmp_path):
+def test_aaconfig_resolves_precision_into_the_trainer_flags(tmp_path, monkeypatch):
+    monkeypatch.delenv("COOP_RL_PRECISION")
     from coop_rl.aa_config import AAConfig
 
     forced = AAConfig(output_dir=str(tmp_path), use_cpu=True, max_steps=1, precision="float32")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import threading
 from pathlib import Path
@@ -95,9 +94,8 @@ class HFEngine:
         self.model: Any = model
         self.adapters: dict[Path, str] = {}
         self.max_length = getattr(model.config, "max_position_embeddings", None) or 4096
-        # COOP_RL_PRECISION (auto, float32, bfloat16) overrides the machine's choice for a standalone engine
-        width = getattr(model.config, "hidden_size", 128)
-        self.precision = choose_precision(device, os.environ.get("COOP_RL_PRECISION", "auto"), width=width)
+        # the machine's choice (COOP_RL_PRECISION overrides it: coop_rl.precision)
+        self.precision = choose_precision(device, "auto", width=getattr(model.config, "hidden_size", 128))
         self.lock = threading.Lock()
         self._prompt_cache: dict[tuple, list[int]] = {}
         self._decoded: dict[tuple[int, ...], str] = {}

@@ -316,4 +316,6 @@ def test_play_json_alone_on_stdout(tiny_model_dir):
     spec = f"vllm:{tiny_model_dir}"
     summary, proc = run_play_json("ipd", [spec, "tft"], "--matches", "8", env=env, timeout=600)
     assert summary["matches"] == 8 and 0.0 <= summary["players"][0]["cooperation_rate"] <= 1.0
-    assert "EngineCore" in proc.stderr and "[shutdown]" in proc.stderr  # vLLM did log, start to exit, on stderr
+    # vLLM's own output (its engine core's, a child process's) landed on stderr; which lines it writes depends on
+    # its log level in this environment (its INFO lines were absent in one full-suite run), its loader's are not
+    assert "Loading safetensors checkpoint shards" in proc.stderr
