@@ -113,8 +113,17 @@ def ensure_tiny_model(spec: DemoSpec, tiny_dir: str | None = None) -> Path:
     config = TinyModelConfig(games=spec.tiny_games, data_scale=spec.tiny_data_scale)
     info_file = path / "coop_rl_tiny.json"
     if info_file.exists():
-        built = json.loads(info_file.read_text(encoding="utf-8")).get("corpus_sha256")
-        if built == corpus_fingerprint(collect_examples(config.seed, config.data_scale)):
+        info = json.loads(info_file.read_text(encoding="utf-8"))
+        same_build = (tuple(info.get("games", ())), info.get("data_scale"), info.get("seed")) == (
+            config.games,
+            config.data_scale,
+            config.seed,
+        )
+        # Only a model built with this demo's settings is checked for staleness; any other (a user's --tiny) is used
+        # as it is, never rebuilt in its place.
+        if not same_build or info.get("corpus_sha256") == corpus_fingerprint(
+            collect_examples(config.seed, config.data_scale)
+        ):
             return path
         logger.warning("%s was warm-started on other game texts (an older prompt format): rebuilding it", path)
     elif (path / "config.json").exists():  # a model the user put there: used as it is

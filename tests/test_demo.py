@@ -142,7 +142,10 @@ def test_demo_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_path, capsys):
 def test_demo_tas_pipeline_runs_and_reports_returns(tiny_model_dir, tmp_path):
     """The Trust-and-Split demo's stages on a tiny model (the matrix-game one: the pipeline, not a result)."""
     out = tmp_path / "demo-tas"
+    built = (tiny_model_dir / "model.safetensors").stat().st_mtime_ns
     result = run_demo(game="tas", tiny_dir=str(tiny_model_dir), out=str(out), max_steps=1, matches=1)
+    # a model the user names (--tiny), built for other games, is used as it is: never rebuilt in its place
+    assert (tiny_model_dir / "model.safetensors").stat().st_mtime_ns == built
     data = json.loads((out / "demo.json").read_text())
     assert data["table"]["headers"][:4] == ["method", "self-play return", "vs honest (return)", "vs greedy (return)"]
     assert set(data["crossplay"]) == {"methods", "mean return of the row policy"}
