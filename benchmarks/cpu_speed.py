@@ -20,16 +20,10 @@ from pathlib import Path
 from typing import Any
 
 
-def _interleave(functions: dict[str, Any], repeats: int) -> dict[str, list[Any]]:
-    samples: dict[str, list[Any]] = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, function in functions.items():
-            samples[name].append(function())
-    return samples
-
-
 def constrained_rollout(model: Path, matches: int, repeats: int) -> dict[str, Any]:
     """Seconds of one rollout of ``matches`` self-play IPD matches, trie sampler vs generate(); medians."""
+    from run_all import interleave  # the sibling module (run_all imports this one only inside its stages)
+
     from coop_rl.players.hf import HFPlayer
     from coop_rl.runner import run_matches
 
@@ -48,7 +42,7 @@ def constrained_rollout(model: Path, matches: int, repeats: int) -> dict[str, An
         return play
 
     run_matches("ipd", {}, [player, player], matches=8, seed=0)  # warm up
-    samples = _interleave({"trie": rollout(True), "generate": rollout(False)}, repeats)
+    samples = interleave({"trie": rollout(True), "generate": rollout(False)}, repeats)
     seconds = {name: statistics.median(s for s, _ in runs) for name, runs in samples.items()}
     cooperation = {name: round(statistics.mean(c for _, c in runs), 3) for name, runs in samples.items()}
     return {
@@ -62,6 +56,7 @@ def constrained_rollout(model: Path, matches: int, repeats: int) -> dict[str, An
 def precision_step(model: Path, repeats: int) -> dict[str, Any]:
     """Seconds of one forward+backward of a 64-example warm-start batch, float32 vs bf16 autocast; the probe."""
     import torch
+    from run_all import interleave
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from coop_rl.precision import bf16_speedup, choose_precision, has_native_bf16
@@ -85,7 +80,7 @@ def precision_step(model: Path, repeats: int) -> dict[str, Any]:
         return run
 
     step(False)(), step(True)()  # warm up both
-    samples = _interleave({"float32": step(False), "bfloat16": step(True)}, repeats)
+    samples = interleave({"float32": step(False), "bfloat16": step(True)}, repeats)
     seconds = {name: statistics.median(runs) for name, runs in samples.items()}
     native = has_native_bf16()
     return {
