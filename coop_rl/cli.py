@@ -9,14 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from coop_rl.errors import UsageError
 from coop_rl.output import json_only_stdout, print_json, send_library_logs_to_stderr
-
-
-class UsageError(Exception):
-    """An error in what the user asked for: reported in one line, exit status 2."""
+from coop_rl.train import check_recipe as _check_recipe  # noqa: F401 (tests/test_config_validation.py imports it)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,14 +41,28 @@ def _split_specs(text: str) -> list[str]:
     return specs
 
 
-def _game_params(args: argparse.Namespace, cls: Any) -> dict[str, Any]:
-    """Game parameters from ``--set`` and ``--rounds`` (a game without rounds rejects --rounds)."""
+def _game_params(args: argparse.Namespace, cls: Any, seats: int | None = None) -> dict[str, Any]:
+    """Game parameters from ``--set``, ``--rounds`` and the number of ``seats`` (for games with a players parameter),
+    checked by the game before any player is loaded."""
     params: dict[str, Any] = _parse_sets(args.set)
     if args.rounds is not None:
         if "rounds" not in cls.PARAMS:
             raise UsageError(f"game {args.game!r} has no rounds parameter")
         params["rounds"] = args.rounds
+    if seats is not None and "players" in cls.PARAMS:
+        if "players" in params and str(params["players"]) != str(seats):
+            raise UsageError(f"--set players={params['players']} but {seats} player specs were given")
+        params["players"] = seats
+    if args.matches < 1:
+        raise UsageError("--matches must be >= 1")
+    cls(**params)  # converts and checks every value
     return params
+
+
+def _sampling(args: argparse.Namespace) -> Any:
+    from coop_rl.players import SamplingConfig
+
+    return SamplingConfig(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
 
 
 # ----- play ---------------------------------------------------------------------------------------------------
@@ -81,20 +93,10 @@ def cmd_play(args: argparse.Namespace) -> int:
 
     specs = _split_specs(args.players)
     cls = game_class(args.game)
-    params = _game_params(args, cls)
-    if "players" in cls.PARAMS:
-        if "players" in params and str(params["players"]) != str(len(specs)):
-            raise UsageError(f"--set players={params['players']} but {len(specs)} player specs were given")
-        params["players"] = len(specs)
-    if args.matches < 1:
-        raise UsageError("--matches must be >= 1")
-    cls(**params)  # validate parameters and the number of seats before loading any player
+    params = _game_params(args, cls, seats=len(specs))
     if cls.min_players == cls.max_players and len(specs) != cls.min_players:
         raise UsageError(f"game {args.game!r} takes {cls.min_players} players, got {len(specs)}")
-
-    from coop_rl.players import SamplingConfig
-
-    sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
+    sampling = _sampling(args)
     players: dict[str, Any] = {}
     seat_players = []
     try:
@@ -138,7 +140,6 @@ def cmd_tournament(args: argparse.Namespace) -> int:
     if cls.max_players != 2:
         raise UsageError(f"tournaments are round robins of two-player games, not {args.game!r}")
     params = _game_params(args, cls)
-    cls(**params)  # check parameters before any match
     result = round_robin(args.game, specs, matches=args.matches, seed=args.seed, game_params=params)
     if args.json:
         print_json(result.to_dict())
@@ -148,18 +149,6 @@ def cmd_tournament(args: argparse.Namespace) -> int:
 
 
 # ----- eval and exploit ---------------------------------------------------------------------------------------
-def _eval_params(args: argparse.Namespace) -> dict[str, Any]:
-    """Game parameters from --set/--rounds, checked (with --matches) before any player is loaded."""
-    from coop_rl.envs import game_class
-
-    cls = game_class(args.game)
-    params = _game_params(args, cls)
-    if args.matches < 1:
-        raise UsageError("--matches must be >= 1")
-    cls(**params)
-    return params
-
-
 def _out_dir(path: str | None) -> str | None:
     """Check before any match that --out can become a directory (it is created when the results are written)."""
     import os
@@ -176,16 +165,11 @@ def _out_dir(path: str | None) -> str | None:
     return path
 
 
-def _sampling(args: argparse.Namespace) -> Any:
-    from coop_rl.players import SamplingConfig
-
-    return SamplingConfig(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
+    from coop_rl.envs import game_class
     from coop_rl.eval.suites import SuiteError, resolve_opponents
 
-    params = _eval_params(args)
+    params = _game_params(args, game_class(args.game))
     try:
         opponents = resolve_opponents(args.opponents, args.game)
     except SuiteError as error:
@@ -213,10 +197,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_exploit(args: argparse.Namespace) -> int:
+    from coop_rl.envs import game_class
     from coop_rl.eval.exploit import ExploitError, exploit
     from coop_rl.eval.report import exploit_table
 
-    params = _eval_params(args)
+    params = _game_params(args, game_class(args.game))
     out = _out_dir(args.out)
     try:
         result = exploit(
@@ -301,175 +286,36 @@ def cmd_init_model(args: argparse.Namespace) -> int:
     from coop_rl.tiny_model import RANDOM_MODEL_SIZES, TinyModelConfig, init_random_model, init_tiny_model
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if args.kind in PRETRAINED:  # a real pretrained model, converted from its installed wheel
-        try:
+    try:
+        if args.kind in PRETRAINED:  # a real pretrained model, converted from its installed wheel
             out = init_pretrained_model(
                 args.out, args.kind, precision=args.precision, constrain_answers=not args.unconstrained
             )
-        except (FileExistsError, ValueError, PretrainedSourceError) as error:
-            raise UsageError(str(error)) from None
-        print(out)
-        return 0
-    if args.kind in RANDOM_MODEL_SIZES:  # random initialisation, no warm start (benchmarks; no TRL needed)
-        try:
+        elif args.kind in RANDOM_MODEL_SIZES:  # random initialisation, no warm start (benchmarks; no TRL needed)
             out = init_random_model(args.out, args.kind, seed=args.seed)
-        except (FileExistsError, ValueError) as error:
-            raise UsageError(str(error)) from None
-        print(out)
-        return 0
-    if args.kind != "tiny":
-        known = ", ".join(["tiny", *PRETRAINED, *RANDOM_MODEL_SIZES])
-        raise UsageError(f"unknown model kind {args.kind!r}; known: {known}")
-    games = tuple(g.strip() for g in args.games.split(",") if g.strip())
-    config = TinyModelConfig(seed=args.seed, data_scale=args.data_scale, games=games, precision=args.precision)
-    try:
-        out = init_tiny_model(args.out, config)
-    except (FileExistsError, ValueError) as error:
+        elif args.kind == "tiny":
+            games = tuple(g.strip() for g in args.games.split(",") if g.strip())
+            config = TinyModelConfig(seed=args.seed, data_scale=args.data_scale, games=games, precision=args.precision)
+            out = init_tiny_model(args.out, config)
+        else:
+            known = ", ".join(["tiny", *PRETRAINED, *RANDOM_MODEL_SIZES])
+            raise UsageError(f"unknown model kind {args.kind!r}; known: {known}")
+    except (FileExistsError, ValueError, PretrainedSourceError) as error:
         raise UsageError(str(error)) from None
     print(out)
     return 0
 
 
 # ----- train --------------------------------------------------------------------------------------------------
-def _train_keys() -> list[str]:
-    import dataclasses
-
-    from coop_rl.aa_config import AAConfig
-
-    return [f.name for f in dataclasses.fields(AAConfig) if f.init]
-
-
-def _did_you_mean(key: str) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(key, _train_keys(), n=3)
-    hint = f"; did you mean {' or '.join(close)}?" if close else ""
-    return f"{hint} (every setting: coop-rl train --help)"
-
-
-# Environment variables a recipe's `env:` block may not set: they decide what code a process (or its children:
-# vLLM and accelerate workers) loads.
-_LOADER_PREFIXES = ("LD_", "DYLD_", "PYTHON")
-_LOADER_NAMES = frozenset({"PATH", "BASH_ENV", "ENV", "NODE_OPTIONS", "PERL5LIB", "PERL5OPT"})
-
-
-def _check_recipe(path: str) -> None:
-    """A recipe is a YAML mapping of known settings, read with yaml.safe_load (no Python tags, nothing executed)."""
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as handle:
-            recipe = yaml.safe_load(handle)
-    except yaml.YAMLError as error:
-        where = getattr(error, "problem_mark", None)
-        line = f" (line {where.line + 1})" if where is not None else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise UsageError(f"recipe {path} is not a plain YAML mapping{line}: {problem}") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise UsageError(f"cannot read recipe {path}: {error}") from None
-    if not isinstance(recipe, dict):
-        raise UsageError(f"recipe {path} must be a YAML mapping of settings, not {type(recipe).__name__}")
-    known = set(_train_keys()) | {"env"}  # TrlParser's `env:` block sets environment variables
-    for key in recipe:
-        if not isinstance(key, str) or key not in known:
-            raise UsageError(f"unknown key {key!r} in recipe {path}{_did_you_mean(str(key))}")
-    env = recipe.get("env", {})
-    if not isinstance(env, dict):
-        raise UsageError(f"env in recipe {path} must be a mapping of environment variables")
-    for name, value in env.items():
-        if not isinstance(name, str) or not isinstance(value, (str, int, float, bool)):
-            raise UsageError(f"env in recipe {path}: {name!r} must be a name with a plain value")
-        if name.upper().startswith(_LOADER_PREFIXES) or name.upper() in _LOADER_NAMES:  # what code processes load
-            raise UsageError(f"env in recipe {path}: {name} may not be set from a recipe")
-
-
-def _check_lora_targets(model_dir: str, targets: str) -> None:
-    """LoRA target modules must exist in the model: checked on the model's config (meta device, no weights)."""
-    if targets.strip() == "all-linear":
-        return
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from coop_rl.players.hf import resolve_model_dir
-
-    base, _ = resolve_model_dir(model_dir)
-    wanted = [t.strip() for t in targets.split(",") if t.strip()]
-    if not wanted:
-        raise UsageError(f"lora_target_modules={targets!r}: expected 'all-linear' or a comma-separated list")
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base))
-    names = [name for name, _ in skeleton.named_modules() if name]
-    missing = [t for t in wanted if not any(n == t or n.endswith("." + t) for n in names)]
-    if missing:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in skeleton.named_modules() if isinstance(m, torch.nn.Linear)})
-        raise UsageError(
-            f"lora_target_modules: {', '.join(missing)} not in the model; expected 'all-linear' or some of "
-            f"{', '.join(linear)}"
-        )
-
-
 def cmd_train(argv: Sequence[str]) -> int:
-    """``coop-rl train --config RECIPE.yaml [--key value ...]`` (also under ``accelerate launch``)."""
+    """``coop-rl train --config RECIPE.yaml [--key value ...]`` (also under ``accelerate launch``): coop_rl.train."""
     import logging
-    import os
 
-    from trl import TrlParser
+    from coop_rl.train import load_recipe, train
 
-    from coop_rl.aa_config import AAConfig
-
-    argv = list(argv)
-    if "--config" in argv:
-        index = argv.index("--config")
-        if index + 1 >= len(argv):
-            raise UsageError("--config needs a recipe file")
-        if not os.path.isfile(argv[index + 1]):
-            raise UsageError(f"recipe not found: {argv[index + 1]}")
-        _check_recipe(argv[index + 1])
-    parser = TrlParser(AAConfig, prog="coop-rl train")
-
-    def one_line_error(message: str) -> NoReturn:
-        raise UsageError(message)
-
-    parser.error = one_line_error  # type: ignore[method-assign]
-    try:
-        config, unknown = parser.parse_args_and_config(argv, return_remaining_strings=True)
-    except (ValueError, TypeError) as error:
-        raise UsageError(str(error).splitlines()[0]) from None
-    if unknown:
-        option = next((u for u in unknown if u.startswith("-")), unknown[0])
-        raise UsageError(f"unknown option {option!r}{_did_you_mean(option.lstrip('-').replace('-', '_'))}")
+    config = load_recipe(argv)  # every check, before any weights load
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    from coop_rl.aa_trainer import AATrainer
-    from coop_rl.players.hf import resolve_model_dir
-
-    if not config.model_name_or_path:
-        raise UsageError("no model: set model_name_or_path in the recipe or with --model_name_or_path")
-    try:
-        resolve_model_dir(config.model_name_or_path)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
-    if config.use_peft:
-        _check_lora_targets(config.model_name_or_path, config.lora_target_modules)
-    if config.resume_from_checkpoint and not os.path.isdir(config.resume_from_checkpoint):
-        raise UsageError(f"checkpoint not found: {config.resume_from_checkpoint}")
-    try:
-        trainer = AATrainer(model=config.model_name_or_path, args=config)
-    except ValueError as error:
-        raise UsageError(str(error).splitlines()[0]) from None
-    from coop_rl.aa_trainer import CheckpointError, NumericalFaultError
-
-    try:
-        trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
-    except (NumericalFaultError, CheckpointError) as error:
-        raise UsageError(str(error)) from None
-    trainer.save_model(config.output_dir)
-    if trainer.accelerator.is_main_process:
-        trainer.processing_class.save_pretrained(config.output_dir)
-        trainer.save_policy_settings(config.output_dir)
-        print(f"saved the trained policy to {config.output_dir} (play it as hf:{config.output_dir})")
-    from coop_rl.distributed import finish_distributed_run
-
-    finish_distributed_run(trainer.accelerator)  # a rank of a multi-process run ends here (see its docstring)
+    train(config)
     return 0
 
 
@@ -477,29 +323,11 @@ def cmd_train(argv: Sequence[str]) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     import logging
 
-    from coop_rl.demo import DEMOS, DemoError, run_demo
+    from coop_rl.demo import run_demo
 
-    key = args.game if args.model == "tiny" else f"{args.game}-{args.model}"
-    if key not in DEMOS:
-        raise UsageError(f"no demo for game {args.game!r} with model {args.model!r}; demos: {', '.join(DEMOS)}")
-    if args.max_steps is not None and args.max_steps < 1:
-        raise UsageError("--max-steps must be >= 1")
-    if args.matches is not None and args.matches < 1:
-        raise UsageError("--matches must be >= 1")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    try:
-        result = run_demo(
-            game=args.game,
-            out=args.out,
-            tiny_dir=args.tiny,
-            max_steps=args.max_steps,
-            matches=args.matches,
-            seed=args.seed,
-            force=args.force,
-            model=args.model,
-        )
-    except DemoError as error:
-        raise UsageError(str(error)) from None
+    options = ("game", "out", "max_steps", "matches", "seed", "force", "model")
+    result = run_demo(tiny_dir=args.tiny, **{name: getattr(args, name) for name in options})
     print(result["table"])
     print(f"report: {result['report']}")
     return 0
@@ -524,7 +352,13 @@ def _add_match_arguments(parser: argparse.ArgumentParser, matches: int, matches_
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="coop-rl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_match_commands(sub)
+    _add_other_commands(sub)
+    return parser
 
+
+def _add_match_commands(sub: Any) -> None:
+    """play, tournament, eval and exploit: commands that play matches between player specs."""
     play = sub.add_parser("play", help="play matches between players and print a summary")
     play.add_argument("--game", required=True, help="ipd, bos, tas, split or spgg")
     play.add_argument("--players", required=True, help="comma-separated player specs, one per seat")
@@ -574,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_arguments(exploit)
     exploit.set_defaults(func=cmd_exploit)
 
+
+def _add_other_commands(sub: Any) -> None:
+    """games, solve, init-model, demo and train (whose own parser, over AAConfig, reads its options)."""
     games = sub.add_parser("games", help="list the games, their --set parameters and scripted strategies")
     games.add_argument("game", nargs="?", help="one game (default: all)")
     games.add_argument("--json", action="store_true", help="print JSON")
@@ -635,28 +472,22 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train with Advantage Alignment: coop-rl train --config RECIPE.yaml [--key value ...] (see train --help)",
     )
-    return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    is_program = argv is None  # called as the program (console script, python -m): the process ends after this
-    argv = list(sys.argv[1:] if argv is None else argv)
-    send_library_logs_to_stderr()  # before anything imports vLLM (see coop_rl/output.py)
-    parser = build_parser()
-    json_mode = False
+def _command(argv: list[str]) -> tuple[Callable[[], int], bool]:
+    """The command to run, and whether it prints JSON alone on stdout (``--json``)."""
     if argv and argv[0] == "train":  # the trainer's own parser (TrlParser over AAConfig) reads the rest
         if any(flag in argv[1:] for flag in ("-h", "--help")):
-            from trl import TrlParser
+            from coop_rl.train import print_recipe_help
 
-            from coop_rl.aa_config import AAConfig
+            return lambda: print_recipe_help() or 0, False
+        return lambda: cmd_train(argv[1:]), False
+    args = build_parser().parse_args(argv)
+    return lambda: args.func(args), getattr(args, "json", False)
 
-            TrlParser(AAConfig, prog="coop-rl train").print_help()
-            return 0
-        run = lambda: cmd_train(argv[1:])  # noqa: E731
-    else:
-        args = parser.parse_args(argv)
-        json_mode = getattr(args, "json", False)
-        run = lambda: args.func(args)  # noqa: E731
+
+def _run(run: Callable[[], int], json_mode: bool, is_program: bool) -> int:
+    """Run a command; a user error is one line on stderr and exit status 2 (an API player's failure: 1)."""
     from coop_rl.envs import GameConfigError, UnknownGameError
     from coop_rl.players import PlayerSpecError
     from coop_rl.players.openai_player import OpenAIPlayerError
@@ -670,12 +501,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OpenAIPlayerError as error:  # an API opponent failed after its retries: one line, no traceback
         print(f"coop-rl: error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("coop-rl: interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:  # output piped into `head` and the like: not an error of ours
         sys.stderr.close()
         return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    is_program = argv is None  # called as the program (console script, python -m): the process ends after this
+    argv = list(sys.argv[1:] if argv is None else argv)
+    send_library_logs_to_stderr()  # before anything imports vLLM (see coop_rl/output.py)
+    try:
+        return _run(*_command(argv), is_program)
+    except KeyboardInterrupt:  # Ctrl-C in any command, a training included: one line, the shell's status for SIGINT
+        print("coop-rl: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

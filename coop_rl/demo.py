@@ -2,8 +2,8 @@
 
 1. build the offline tiny model if it is missing (cached: ``runs/tiny``; ``runs/tiny-tas`` for Trust-and-Split);
 2. train Advantage Alignment and the naive learner (beta = 0), one after the other, with the shipped tiny
-   recipes (``recipes/<game>/{aa,naive}_tiny.yaml``) into ``<out>/aa`` and ``<out>/naive``, through the same code
-   path as ``coop-rl train``;
+   recipes (``recipes/<game>/{aa,naive}_tiny.yaml``) into ``<out>/aa`` and ``<out>/naive``, in this process through
+   ``coop_rl.train`` (``load_recipe`` then ``train``: the path ``coop-rl train`` takes);
 3. evaluate both against the game's classic suite (``coop-rl eval``: ``<out>/<method>-eval/``) and against each
    other (cross-play);
 4. write ``<out>/report.md``: a table (method x self-play, the key opponents, mean return), the learning curves
@@ -12,6 +12,7 @@
 
 A stage whose output exists is not redone (a trained policy directory, the tiny model), so an interrupted demo
 resumes where it stopped; ``--force`` retrains. ``--max-steps`` shortens the trainings (tests, a quick look).
+A stage that fails raises ``DemoError`` (a ``UsageError``: one line, exit status 2); Ctrl-C is not caught here.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from coop_rl.errors import UsageError
 
 logger = logging.getLogger("coop_rl.demo")
 
@@ -90,8 +93,8 @@ DEMOS: dict[str, DemoSpec] = {
 }
 
 
-class DemoError(RuntimeError):
-    """A stage of the demo failed (the message says which)."""
+class DemoError(UsageError):
+    """A stage of the demo failed or cannot start (the message says which): one line, exit status 2."""
 
 
 def _progress(total: int, desc: str):
@@ -139,16 +142,17 @@ def is_trained(run_dir: Path) -> bool:
 
 
 def train(recipe: str, model_dir: Path, run_dir: Path, max_steps: int | None = None) -> None:
-    """``coop-rl train --config RECIPE --model_name_or_path MODEL --output_dir RUN`` in this process."""
-    from coop_rl.cli import main
+    """``coop-rl train --config RECIPE --model_name_or_path MODEL --output_dir RUN``, through ``coop_rl.train``."""
+    from coop_rl import train as training
 
-    argv = ["train", "--config", recipe, "--model_name_or_path", str(model_dir), "--output_dir", str(run_dir)]
+    argv = ["--config", recipe, "--model_name_or_path", str(model_dir), "--output_dir", str(run_dir)]
     if max_steps is not None:  # a short run still logs and checkpoints its last step (trainer_state.json)
         argv += ["--max_steps", str(max_steps), "--save_steps", str(max_steps)]
         argv += ["--logging_steps", str(max(1, min(5, max_steps // 4)))]
-    status = main(argv)
-    if status != 0:
-        raise DemoError(f"training failed (exit status {status}): coop-rl {' '.join(argv)}")
+    try:
+        training.train(training.load_recipe(argv))
+    except UsageError as error:  # one line that names the run; Ctrl-C (KeyboardInterrupt) passes through
+        raise DemoError(f"training {run_dir} failed: {error}") from None
 
 
 def log_history(run_dir: Path) -> list[dict[str, Any]]:
@@ -403,7 +407,10 @@ def run_demo(
     """Run every stage; returns ``{"report": path, "table": text, "rows": ..., "timings": ...}``."""
     key = game if model == "tiny" else f"{game}-{model}"
     if key not in DEMOS:
-        raise ValueError(f"no demo for game {game!r} with model {model!r}; demos: {', '.join(DEMOS)}")
+        raise DemoError(f"no demo for game {game!r} with model {model!r}; demos: {', '.join(DEMOS)}")
+    for name, value in (("--max-steps", max_steps), ("--matches", matches)):
+        if value is not None and value < 1:
+            raise DemoError(f"{name} must be >= 1")
     spec = DEMOS[key]
     out_dir = Path(out or ("runs/demo" if key == "ipd" else f"runs/demo-{key.removeprefix('ipd-')}"))
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -149,3 +149,69 @@ def test_json_alone_on_stdout(argv, check, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("\n") == 1, proc.stdout
     assert check(json.loads(proc.stdout))
+
+
+@pytest.mark.parametrize("command", ["play", "tournament"])
+def test_ctrl_c_in_a_command_exits_130_with_one_line(command, capsys, monkeypatch):
+    """KeyboardInterrupt (what Ctrl-C raises) inside any command: exit status 130, one line, no "error:"."""
+    from coop_rl import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, f"cmd_{command}", interrupted)
+    assert main([command, "--game", "ipd", "--players", "tft,alld"]) == 130
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", "coop-rl: interrupted\n")
+
+
+def test_no_import_circle_in_the_package():
+    """Every import between coop_rl's modules (lazy ones inside functions too) points one way: no circle."""
+    import ast
+    from pathlib import Path
+
+    import coop_rl
+    import coop_rl.envs
+    import coop_rl.eval
+
+    modules: dict[str, Path] = {}
+    for package in (coop_rl, coop_rl.envs, coop_rl.eval):
+        folder = Path(package.__file__).parent
+        for path in folder.rglob("*.py"):
+            parts = [p for p in path.relative_to(folder).with_suffix("").parts if p != "__init__"]
+            modules[".".join([package.__name__, *parts])] = path
+
+    def owner(name: str) -> str | None:  # the module a dotted name lives in (coop_rl.players.hf.X -> ...players.hf)
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets: set[str | None] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets |= {owner(alias.name) for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative import: from the package, up level - 1 folders
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*up, base] if base else up)
+                targets |= {owner(f"{base}.{alias.name}") or owner(base) for alias in node.names}
+        graph[name] = {t for t in targets if t and t != name}
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            current = todo.pop()
+            if current == goal:
+                return True
+            if current not in seen:
+                seen.add(current)
+                todo += graph.get(current, ())
+        return False
+
+    assert len(graph) > 30 and "coop_rl.demo" in graph["coop_rl.cli"]  # the walk sees lazy imports
+    circles = sorted((a, b) for a, deps in graph.items() for b in deps if reaches(b, a))
+    assert circles == []

@@ -3,6 +3,7 @@ model with two training iterations per method (slow)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from coop_rl.cli import main
 from coop_rl.demo import (
     DEMOS,
+    DemoError,
     crossplay_matrices,
     learning_curve,
     log_history,
@@ -113,6 +115,43 @@ def test_demo_cli_rejects_an_unknown_game(capsys):
 def test_demo_cli_rejects_bad_numbers(capsys):
     assert main(["demo", "--max-steps", "0"]) == 2
     assert "--max-steps must be >= 1" in capsys.readouterr().err
+
+
+def test_demo_cli_rejects_bad_numbers_before_any_stage(tmp_path):
+    with pytest.raises(DemoError, match=r"^--matches must be >= 1$"):
+        run_demo(out=str(tmp_path / "demo"), matches=0)
+    assert not (tmp_path / "demo").exists()
+
+
+def _error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if "error" in line.lower() or "Traceback" in line]
+
+
+def test_a_failed_demo_training_is_one_error_line_exit_2(model_config_dir, tmp_path, capsys, monkeypatch):
+    """The training runs in-process through coop_rl.train: its error is reported once, naming the run."""
+    recipe = tmp_path / "aa.yaml"
+    recipe.write_text(Path(DEMOS["ipd"].recipes["aa"]).read_text() + "seat_adapters: true\n")  # needs use_peft
+    monkeypatch.setitem(DEMOS, "ipd", dataclasses.replace(DEMOS["ipd"], recipes={"aa": str(recipe)}))
+    out = tmp_path / "demo"
+    assert main(["demo", "--tiny", str(model_config_dir), "--out", str(out), "--max-steps", "1"]) == 2
+    lines = _error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and lines[0].startswith(
+        f"coop-rl: error: training {out / 'aa'} failed: seat_adapters needs use_peft true"
+    ), lines
+
+
+def test_ctrl_c_during_a_demo_training_exits_130(model_config_dir, tmp_path, capsys, monkeypatch):
+    """Ctrl-C raises KeyboardInterrupt in the training: the demo lets it through, the command line exits 130."""
+    import coop_rl.train
+
+    def interrupted(config):
+        assert config.output_dir == str(tmp_path / "demo" / "aa")  # the recipe was read and checked first
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(coop_rl.train, "train", interrupted)
+    assert main(["demo", "--tiny", str(model_config_dir), "--out", str(tmp_path / "demo"), "--max-steps", "1"]) == 130
+    err = capsys.readouterr().err
+    assert _error_lines(err) == [] and err.rstrip().endswith("\ncoop-rl: interrupted"), err
 
 
 @pytest.mark.slow

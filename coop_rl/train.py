@@ -1,0 +1,195 @@
+"""From a recipe to a saved policy: ``load_recipe`` checks every setting of a training run, ``train`` runs it.
+
+The one path of a training run, taken by ``coop-rl train`` (also under ``accelerate launch``) and ``coop-rl demo``:
+
+1. ``load_recipe(argv)`` reads ``--config RECIPE.yaml [--key value ...]`` into an ``AAConfig`` and checks all that
+   can be checked before any weights load: the recipe is a plain YAML mapping of known keys (``yaml.safe_load``: no
+   Python tags, nothing executed; its ``env:`` block may not set what code a process loads), every value
+   (``AAConfig.__post_init__``), no unknown option (with a did-you-mean hint), the model folder, the LoRA target
+   modules (on the model's config, on the meta device) and the checkpoint to resume from.
+2. ``train(config)`` builds the ``AATrainer``, trains (resuming when asked), saves the policy folder (weights,
+   tokenizer, ``coop_rl_policy.json``) and returns its path.
+
+Every error of the user's is raised as a ``UsageError`` with the one line the command line prints (exit status 2).
+The ML stack is imported inside the functions: importing this module costs nothing (``coop-rl play`` imports no
+torch). Logging is the caller's to configure.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from coop_rl.errors import UsageError
+
+if TYPE_CHECKING:
+    from coop_rl.aa_config import AAConfig
+
+PROG = "coop-rl train"
+
+# Environment variables a recipe's `env:` block may not set: they decide what code a process (or its children:
+# vLLM and accelerate workers) loads.
+_LOADER_PREFIXES = ("LD_", "DYLD_", "PYTHON")
+_LOADER_NAMES = frozenset({"PATH", "BASH_ENV", "ENV", "NODE_OPTIONS", "PERL5LIB", "PERL5OPT"})
+
+
+def _train_keys() -> list[str]:
+    import dataclasses
+
+    from coop_rl.aa_config import AAConfig
+
+    return [f.name for f in dataclasses.fields(AAConfig) if f.init]
+
+
+def _did_you_mean(key: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, _train_keys(), n=3)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return f"{hint} (every setting: coop-rl train --help)"
+
+
+def check_recipe(path: str) -> None:
+    """A recipe is a YAML mapping of known settings, read with yaml.safe_load (no Python tags, nothing executed)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            recipe = yaml.safe_load(handle)
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise UsageError(f"recipe {path} is not a plain YAML mapping{line}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"cannot read recipe {path}: {error}") from None
+    if not isinstance(recipe, dict):
+        raise UsageError(f"recipe {path} must be a YAML mapping of settings, not {type(recipe).__name__}")
+    known = set(_train_keys()) | {"env"}  # TrlParser's `env:` block sets environment variables
+    for key in recipe:
+        if not isinstance(key, str) or key not in known:
+            raise UsageError(f"unknown key {key!r} in recipe {path}{_did_you_mean(str(key))}")
+    env = recipe.get("env", {})
+    if not isinstance(env, dict):
+        raise UsageError(f"env in recipe {path} must be a mapping of environment variables")
+    for name, value in env.items():
+        if not isinstance(name, str) or not isinstance(value, (str, int, float, bool)):
+            raise UsageError(f"env in recipe {path}: {name!r} must be a name with a plain value")
+        if name.upper().startswith(_LOADER_PREFIXES) or name.upper() in _LOADER_NAMES:  # what code processes load
+            raise UsageError(f"env in recipe {path}: {name} may not be set from a recipe")
+
+
+def check_lora_targets(model_dir: str, targets: str) -> None:
+    """LoRA target modules must exist in the model: checked on the model's config (meta device, no weights)."""
+    if targets.strip() == "all-linear":
+        return
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from coop_rl.players.hf import resolve_model_dir
+
+    base, _ = resolve_model_dir(model_dir)
+    wanted = [t.strip() for t in targets.split(",") if t.strip()]
+    if not wanted:
+        raise UsageError(f"lora_target_modules={targets!r}: expected 'all-linear' or a comma-separated list")
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base))
+    names = [name for name, _ in skeleton.named_modules() if name]
+    missing = [t for t in wanted if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in skeleton.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise UsageError(
+            f"lora_target_modules: {', '.join(missing)} not in the model; expected 'all-linear' or some of "
+            f"{', '.join(linear)}"
+        )
+
+
+def _parser() -> Any:
+    """TrlParser over AAConfig (recipe, then --key value overrides) whose errors are one-line UsageErrors."""
+    from trl import TrlParser
+
+    from coop_rl.aa_config import AAConfig
+
+    parser = TrlParser(AAConfig, prog=PROG)
+
+    def one_line_error(message: str) -> NoReturn:
+        raise UsageError(message)
+
+    parser.error = one_line_error  # type: ignore[method-assign]
+    return parser
+
+
+def print_recipe_help() -> None:
+    """``coop-rl train --help``: every setting of AAConfig with its help text."""
+    _parser().print_help()
+
+
+def load_recipe(argv: Sequence[str]) -> AAConfig:
+    """``--config RECIPE.yaml [--key value ...]`` as a checked ``AAConfig``; a ``UsageError`` at the first problem.
+
+    The recipe file is checked before it is parsed, the values when the config is built, and the model folder,
+    LoRA targets and checkpoint after: all before any weights load.
+    """
+    argv = list(argv)
+    if "--config" in argv:
+        index = argv.index("--config")
+        if index + 1 >= len(argv):
+            raise UsageError("--config needs a recipe file")
+        if not os.path.isfile(argv[index + 1]):
+            raise UsageError(f"recipe not found: {argv[index + 1]}")
+        check_recipe(argv[index + 1])
+    try:
+        config, unknown = _parser().parse_args_and_config(argv, return_remaining_strings=True)
+    except (ValueError, TypeError) as error:
+        raise UsageError(str(error).splitlines()[0]) from None
+    if unknown:
+        option = next((u for u in unknown if u.startswith("-")), unknown[0])
+        raise UsageError(f"unknown option {option!r}{_did_you_mean(option.lstrip('-').replace('-', '_'))}")
+    _check_model(config)
+    return config
+
+
+def _check_model(config: AAConfig) -> None:
+    """The model folder exists, the LoRA targets are in it, the checkpoint to resume from exists."""
+    from coop_rl.players.hf import resolve_model_dir
+
+    if not config.model_name_or_path:
+        raise UsageError("no model: set model_name_or_path in the recipe or with --model_name_or_path")
+    try:
+        resolve_model_dir(config.model_name_or_path)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if config.use_peft:
+        check_lora_targets(config.model_name_or_path, config.lora_target_modules)
+    if config.resume_from_checkpoint and not os.path.isdir(config.resume_from_checkpoint):
+        raise UsageError(f"checkpoint not found: {config.resume_from_checkpoint}")
+
+
+def train(config: AAConfig) -> Path:
+    """Build the trainer, train, save the policy folder (``config.output_dir``, played as ``hf:DIR``); its path.
+
+    A rank of a multi-process run (``accelerate launch``) ends inside, after saving (``finish_distributed_run``).
+    """
+    from coop_rl.aa_trainer import AATrainer, CheckpointError, NumericalFaultError
+    from coop_rl.distributed import finish_distributed_run
+
+    try:
+        trainer = AATrainer(model=config.model_name_or_path, args=config)
+    except ValueError as error:
+        raise UsageError(str(error).splitlines()[0]) from None
+    try:
+        trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    except (NumericalFaultError, CheckpointError) as error:
+        raise UsageError(str(error)) from None
+    trainer.save_model(config.output_dir)
+    if trainer.accelerator.is_main_process:
+        trainer.processing_class.save_pretrained(config.output_dir)
+        trainer.save_policy_settings(config.output_dir)
+        print(f"saved the trained policy to {config.output_dir} (play it as hf:{config.output_dir})")
+    finish_distributed_run(trainer.accelerator)  # a rank of a multi-process run ends here (see its docstring)
+    return Path(config.output_dir)
+
+
+__all__ = ["check_lora_targets", "check_recipe", "load_recipe", "print_recipe_help", "train"]
