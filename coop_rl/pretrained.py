@@ -212,7 +212,7 @@ def init_pretrained_model(
     import torch
     import transformers
 
-    from coop_rl.players.hf import POLICY_SETTINGS_FILE
+    from coop_rl.policy_folder import POLICY_SETTINGS_FILE
     from coop_rl.tiny_model import _save_model_atomically
 
     logger.info("reading %s (%s, sha256 %s)", gguf_path, source.quantization, digest[:12])

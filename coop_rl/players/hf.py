@@ -9,7 +9,6 @@ model's raw distribution (what the trainer's importance weights compare against)
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
@@ -17,45 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from coop_rl.players.base import Action, Player, PlayerSpecError, TurnRequest
-from coop_rl.players.constraints import ChoiceConstraint, ConstrainedLogitsProcessor, answer_choices, sample_choices
+from coop_rl.players.constraints import ChoiceConstraint, ConstrainedLogitsProcessor, sample_choices
 from coop_rl.players.sampling import SamplingConfig
+
+# The policy folder's format lives in coop_rl.policy_folder; its names are re-exported for the modules that import
+# them from here.
+from coop_rl.policy_folder import POLICY_SETTINGS_FILE as POLICY_SETTINGS_FILE
+from coop_rl.policy_folder import parse_policy_spec
+from coop_rl.policy_folder import read_policy_settings as read_policy_settings
+from coop_rl.policy_folder import resolve_model_dir as resolve_model_dir
 from coop_rl.precision import Precision, choose_precision
 
 logger = logging.getLogger("coop_rl.players.hf")
 
 PROMPT_CACHE_SIZE = 100_000  # tokenized prompts kept per engine
-
-
-POLICY_SETTINGS_FILE = "coop_rl_policy.json"
-
-
-def read_policy_settings(directory: Path) -> dict[str, Any]:
-    """Settings a trainer saved beside a policy (e.g. that its answers are constrained); {} when none."""
-    path = Path(directory) / POLICY_SETTINGS_FILE
-    try:
-        return json.loads(path.read_text()) if path.exists() else {}
-    except (OSError, ValueError):
-        raise PlayerSpecError(f"unreadable {path}") from None
-
-
-def resolve_model_dir(path: str) -> tuple[Path, Path | None]:
-    """(base model dir, adapter dir or None) for ``model_dir`` or a peft adapter dir (as a trainer saves it)."""
-    directory = Path(path).expanduser()
-    if not directory.is_dir():
-        raise PlayerSpecError(f"model directory not found: {path}")
-    if (directory / "config.json").exists():
-        return directory.resolve(), None
-    adapter_config = directory / "adapter_config.json"
-    if adapter_config.exists():
-        try:
-            base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
-        except (KeyError, ValueError):
-            raise PlayerSpecError(f"{adapter_config} names no base model (base_model_name_or_path)") from None
-        base_dir = Path(base)
-        if not (base_dir / "config.json").exists():
-            raise PlayerSpecError(f"adapter {path} needs base model {base}, which is not a local model directory")
-        return base_dir.resolve(), directory.resolve()
-    raise PlayerSpecError(f"{path} holds neither a model (config.json) nor a peft adapter (adapter_config.json)")
 
 
 class HFEngine:
@@ -418,21 +392,10 @@ class HFPlayer(Player):
         constrain: bool | None = None,
     ) -> None:
         self.spec = spec
-        body = spec.split(":", 1)[1] if spec.startswith("hf:") else spec
-        model_path, _, adapter_path = body.partition("@")
-        if not model_path:
-            raise PlayerSpecError(f"malformed spec {spec!r}: expected hf:<model_dir>[@<adapter_dir>]")
-        base_dir, implied_adapter = resolve_model_dir(model_path)
-        if adapter_path:
-            if implied_adapter is not None:
-                raise PlayerSpecError(f"{model_path} is itself an adapter; give hf:<base>@<adapter>")
-            if not (Path(adapter_path) / "adapter_config.json").exists():
-                raise PlayerSpecError(f"adapter directory not found or not a peft adapter: {adapter_path}")
-            implied_adapter = Path(adapter_path).resolve()
-        # A policy trained with constrained answers is that constrained policy: its directory says so.
-        if constrain is None:
-            constrain = bool(read_policy_settings(implied_adapter or base_dir).get("constrain_answers", False))
-        self.constrain = constrain
+        folder = parse_policy_spec(spec, "hf")
+        # A policy trained with constrained answers is that constrained policy: its folder says so.
+        self.constrain = folder.constrain_answers if constrain is None else constrain
+        base_dir, implied_adapter = folder
         self.engine = get_engine(base_dir, device)
         self.adapter = self.engine.adapter_name(implied_adapter) if implied_adapter else None
         self.sampling = sampling or SamplingConfig()
@@ -449,7 +412,7 @@ class HFPlayer(Player):
         )
 
     def _constraint(self, request: TurnRequest) -> ChoiceConstraint | None:
-        choices = answer_choices(request.game, request.turn)
+        choices = request.game.answer_choices(request.turn)
         if choices is None:
             return None
         key = tuple(choices)

@@ -1,0 +1,117 @@
+"""The policy folder: what a trained or served policy's directory holds, and how a player spec names one.
+
+A policy folder is either
+
+* a full model: ``config.json`` and the weights (``coop-rl init-model``, a merged or fully fine-tuned policy), or
+* a peft adapter: ``adapter_config.json`` (whose ``base_model_name_or_path`` names the local base model folder)
+  and the adapter weights, as a LoRA run saves it;
+
+and, beside either, optionally the policy settings file :data:`POLICY_SETTINGS_FILE` (``coop_rl_policy.json``):
+how the policy must be played to be the policy it was trained as, e.g. ``{"constrain_answers": true}`` (answers
+restricted to the game's declared choices). A folder without it is played with the defaults.
+
+A local model spec names a policy as ``<backend>:<model_dir>[@<adapter_dir>]`` (``hf:``, ``vllm:``): the model
+directory may itself be an adapter folder (its base is then read from its config), or a base model with an
+explicit adapter after ``@``. Every backend parses it with :func:`parse_policy_spec`. Errors are
+:class:`~coop_rl.players.base.PlayerSpecError` (a user error: exit status 2).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from coop_rl.players.base import PlayerSpecError
+
+POLICY_SETTINGS_FILE = "coop_rl_policy.json"
+
+
+def read_policy_settings(directory: Path) -> dict[str, Any]:
+    """Settings a trainer saved beside a policy (e.g. that its answers are constrained); {} when none."""
+    path = Path(directory) / POLICY_SETTINGS_FILE
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        raise PlayerSpecError(f"unreadable {path}") from None
+
+
+def write_policy_settings(directory: Path, settings: dict[str, Any]) -> Path:
+    """Write ``settings`` as the policy settings file of ``directory`` (what :func:`read_policy_settings` reads)."""
+    path = Path(directory) / POLICY_SETTINGS_FILE
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+    return path
+
+
+def resolve_model_dir(path: str) -> tuple[Path, Path | None]:
+    """(base model dir, adapter dir or None) for ``model_dir`` or a peft adapter dir (as a trainer saves it)."""
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        raise PlayerSpecError(f"model directory not found: {path}")
+    if (directory / "config.json").exists():
+        return directory.resolve(), None
+    adapter_config = directory / "adapter_config.json"
+    if adapter_config.exists():
+        try:
+            base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
+        except (KeyError, ValueError):
+            raise PlayerSpecError(f"{adapter_config} names no base model (base_model_name_or_path)") from None
+        base_dir = Path(base)
+        if not (base_dir / "config.json").exists():
+            raise PlayerSpecError(f"adapter {path} needs base model {base}, which is not a local model directory")
+        return base_dir.resolve(), directory.resolve()
+    raise PlayerSpecError(f"{path} holds neither a model (config.json) nor a peft adapter (adapter_config.json)")
+
+
+class PolicyFolder(NamedTuple):
+    """A policy a spec names: its base model folder and, for a LoRA policy, its adapter folder.
+
+    A tuple, so ``base_dir, adapter_dir = folder`` unpacks it."""
+
+    base_dir: Path
+    adapter_dir: Path | None
+
+    @property
+    def path(self) -> Path:
+        """The folder that holds the policy (and its settings file): the adapter's, else the base model's."""
+        return self.adapter_dir or self.base_dir
+
+    def settings(self) -> dict[str, Any]:
+        """The policy settings saved in :attr:`path` ({} when none)."""
+        return read_policy_settings(self.path)
+
+    @property
+    def constrain_answers(self) -> bool:
+        """Whether the policy was trained (or marked) to answer only the game's declared choices."""
+        return bool(self.settings().get("constrain_answers", False))
+
+
+def parse_policy_spec(spec: str, backend: str) -> PolicyFolder:
+    """``<backend>:<model_dir>[@<adapter_dir>]`` -> its :class:`PolicyFolder`; the directories are checked.
+
+    The prefix is optional (a bare ``<model_dir>[@<adapter_dir>]`` is read the same way). ``model_dir`` may be an
+    adapter folder; giving an adapter after an adapter folder is an error."""
+    body = spec.strip()
+    body = body[len(backend) + 1 :] if body.startswith(f"{backend}:") else body
+    model_path, _, adapter_path = body.partition("@")
+    model_path = model_path.strip()
+    if not model_path:
+        raise PlayerSpecError(f"malformed spec {spec!r}: expected {backend}:<model_dir>[@<adapter_dir>]")
+    base_dir, adapter_dir = resolve_model_dir(model_path)
+    if adapter_path:
+        if adapter_dir is not None:
+            raise PlayerSpecError(f"{model_path} is itself an adapter; give {backend}:<base>@<adapter>")
+        if not (Path(adapter_path) / "adapter_config.json").exists():
+            raise PlayerSpecError(f"adapter directory not found or not a peft adapter: {adapter_path}")
+        adapter_dir = Path(adapter_path).resolve()
+    return PolicyFolder(base_dir, adapter_dir)
+
+
+__all__ = [
+    "POLICY_SETTINGS_FILE",
+    "PolicyFolder",
+    "parse_policy_spec",
+    "read_policy_settings",
+    "resolve_model_dir",
+    "write_policy_settings",
+]

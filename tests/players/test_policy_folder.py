@@ -1,0 +1,111 @@
+"""coop_rl/policy_folder.py: what a policy folder holds and how a spec names it, shared by the hf and vllm players.
+
+Folders here are stand-ins that pass the checks (a config.json, an adapter_config.json): no model is loaded.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from coop_rl.players import PlayerSpecError, make_player
+from coop_rl.policy_folder import (
+    POLICY_SETTINGS_FILE,
+    PolicyFolder,
+    parse_policy_spec,
+    read_policy_settings,
+    resolve_model_dir,
+    write_policy_settings,
+)
+
+
+@pytest.fixture
+def base(tmp_path) -> Path:
+    directory = tmp_path / "base"
+    directory.mkdir()
+    (directory / "config.json").write_text("{}")
+    return directory
+
+
+def make_adapter(directory: Path, base_dir: Path | str) -> Path:
+    directory.mkdir()
+    (directory / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base_dir), "r": 8}))
+    return directory
+
+
+def test_resolve_a_model_folder_and_an_adapter_folder(tmp_path, base):
+    assert resolve_model_dir(str(base)) == (base.resolve(), None)
+    adapter = make_adapter(tmp_path / "adapter", base)
+    assert resolve_model_dir(str(adapter)) == (base.resolve(), adapter.resolve())
+
+
+def test_resolve_errors_are_one_line_spec_errors(tmp_path):
+    cases = [
+        (tmp_path / "missing", "model directory not found: "),
+        (tmp_path, "holds neither a model (config.json) nor a peft adapter (adapter_config.json)"),
+    ]
+    no_base = tmp_path / "no-base"
+    no_base.mkdir()
+    (no_base / "adapter_config.json").write_text("{}")
+    cases.append((no_base, "names no base model (base_model_name_or_path)"))
+    remote = make_adapter(tmp_path / "remote", "some-org/some-model")
+    cases.append((remote, "needs base model some-org/some-model, which is not a local model directory"))
+    for path, message in cases:
+        with pytest.raises(PlayerSpecError, match=message.replace("(", r"\(").replace(")", r"\)")) as error:
+            resolve_model_dir(str(path))
+        assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("backend", ["hf", "vllm"])
+def test_parse_policy_spec(tmp_path, base, backend):
+    adapter = make_adapter(tmp_path / "adapter", base)
+    assert parse_policy_spec(f"{backend}:{base}", backend) == PolicyFolder(base.resolve(), None)
+    assert parse_policy_spec(f" {backend}:{base} ", backend) == (base.resolve(), None)
+    assert parse_policy_spec(str(base), backend) == (base.resolve(), None)  # the prefix is optional
+    assert parse_policy_spec(f"{backend}:{adapter}", backend) == (base.resolve(), adapter.resolve())
+    assert parse_policy_spec(f"{backend}:{base}@{adapter}", backend) == (base.resolve(), adapter.resolve())
+    with pytest.raises(PlayerSpecError, match=rf"malformed spec '{backend}:': expected {backend}:<model_dir>"):
+        parse_policy_spec(f"{backend}:", backend)
+    with pytest.raises(PlayerSpecError, match=rf"is itself an adapter; give {backend}:<base>@<adapter>"):
+        parse_policy_spec(f"{backend}:{adapter}@{adapter}", backend)
+    with pytest.raises(PlayerSpecError, match="adapter directory not found or not a peft adapter"):
+        parse_policy_spec(f"{backend}:{base}@{tmp_path / 'nothing'}", backend)
+
+
+def test_the_settings_file_belongs_to_the_policy_folder(tmp_path, base):
+    adapter = make_adapter(tmp_path / "adapter", base)
+    folder = parse_policy_spec(f"hf:{adapter}", "hf")
+    assert folder.path == adapter.resolve()
+    assert PolicyFolder(base, None).path == base
+    assert folder.settings() == {} and folder.constrain_answers is False  # no settings file: the defaults
+    written = write_policy_settings(adapter, {"constrain_answers": True, "game": "ipd"})
+    assert written == adapter / POLICY_SETTINGS_FILE == adapter / "coop_rl_policy.json"
+    assert written.read_text() == '{\n  "constrain_answers": true,\n  "game": "ipd"\n}\n'
+    assert read_policy_settings(adapter) == {"constrain_answers": True, "game": "ipd"}
+    assert folder.constrain_answers is True
+    assert parse_policy_spec(f"hf:{base}", "hf").constrain_answers is False  # the base model's folder has none
+    written.write_text("{not json")
+    with pytest.raises(PlayerSpecError, match="unreadable .*coop_rl_policy.json"):
+        folder.settings()
+
+
+def test_every_backend_reads_specs_through_the_policy_folder(tmp_path):
+    """hf and vllm give the same one-line errors for the same folders (vllm fails before importing vllm)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for backend in ("hf", "vllm"):
+        with pytest.raises(PlayerSpecError, match="model directory not found"):
+            make_player(f"{backend}:{tmp_path / 'missing'}", "ipd")
+        with pytest.raises(PlayerSpecError, match="neither a model"):
+            make_player(f"{backend}:{empty}", "ipd")
+        with pytest.raises(PlayerSpecError, match=f"expected {backend}:<model_dir>"):
+            make_player(f"{backend}:@x", "ipd")
+
+
+def test_the_old_import_path_still_names_the_same_objects():
+    from coop_rl import policy_folder
+    from coop_rl.players import hf
+
+    assert hf.POLICY_SETTINGS_FILE is policy_folder.POLICY_SETTINGS_FILE
+    assert hf.read_policy_settings is policy_folder.read_policy_settings
+    assert hf.resolve_model_dir is policy_folder.resolve_model_dir
