@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from coop_rl.envs.base import GameConfigError, TextGame, Turn
-from coop_rl.envs.matrix import BattleOfTheSexes, PrisonersDilemma
+from coop_rl.envs.matrix import BattleOfTheSexes, IteratedMatrixGame, PrisonersDilemma
 from coop_rl.envs.spgg import SequentialPublicGoods
 from coop_rl.envs.strategies import UnknownStrategyError, make_strategy, strategy_names
 from coop_rl.envs.tas import SplitNoComm, TrustAndSplit
@@ -33,6 +33,12 @@ def game_class(name: str) -> type[TextGame]:
         raise UnknownGameError(f"unknown game {name!r}; known: {', '.join(GAMES)}") from None
 
 
+def matrix_game_names() -> list[str]:
+    """The registered games that are iterated 2x2 matrix games (what axelrod strategies and the memory-one
+    exploit search play), in registry order."""
+    return [name for name, cls in GAMES.items() if issubclass(cls, IteratedMatrixGame)]
+
+
 def make_game(name: str, **params: Any) -> TextGame:
     """Build a game by command-line name with ``--set``-style parameters (strings are converted and checked)."""
     return game_class(name)(**params)
@@ -48,5 +54,6 @@ __all__ = [
     "game_class",
     "make_game",
     "make_strategy",
+    "matrix_game_names",
     "strategy_names",
 ]

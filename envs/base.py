@@ -116,9 +116,16 @@ class TextGame(ABC):
 
     name: str = ""
     PARAMS: dict[str, GameParam] = {}
-    #: strategies usable on this game's seats, by command-line name (filled by the strategies module)
     min_players: int = 2
     max_players: int = 2
+
+    # ----- traits: what evaluation, reports and players read from the game instead of its name ---------------
+    #: the seats are interchangeable (same payoffs, same information): evaluation also plays the policy in seat 1
+    symmetric: bool = False
+    #: the key of :meth:`metrics` (a per-seat list) that measures a seat's cooperation, or None where there is none
+    cooperation_metric: str | None = None
+    #: how reports name that metric (in headers and plots)
+    cooperation_label: str = "cooperation rate"
 
     def __init__(self, **params: Any) -> None:
         unknown = sorted(set(params) - set(self.PARAMS))
@@ -204,8 +211,18 @@ class TextGame(ABC):
 
     def answer_choices(self, turn: Turn) -> list[str] | None:
         """Every valid answer of ``turn`` where its phase has a finite set of them (constrained decoding samples
-        among these exact strings), or None where answers are free text. Games with such phases override this."""
+        among these exact strings), or None where answers are free text. Games with such phases override this.
+        Each choice fully matches the phase's :meth:`answer_pattern`."""
         return None
+
+    def answer_patterns(self) -> dict[str, str]:
+        """The answer grammar: per phase this game asks for, the regex a well-formed answer fully matches (guided
+        decoding retries or constrains answers with it). Every game overrides this for each of its phases."""
+        return {}
+
+    def answer_pattern(self, phase: str) -> str | None:
+        """The regex a well-formed answer to ``phase`` fully matches, or None for a phase this game does not have."""
+        return self.answer_patterns().get(phase)
 
     def transcript_dicts(self) -> list[dict]:
         return [event.to_dict() for event in self.transcript]

@@ -76,6 +76,10 @@ class IteratedMatrixGame(TextGame):
         if history not in {"last", "full"} and not (history.isdigit() and int(history) >= 1):
             raise GameConfigError(f"history={history!r}: expected 'last', 'full' or a positive integer")
 
+    # --- traits (a subclass whose seats are interchangeable sets symmetric) ----------------------------------
+    #: the fraction of rounds a seat chose option 0 (cooperate in the PD, J in BoS)
+    cooperation_metric = "cooperation_rate"
+
     # --- subclass hooks -----------------------------------------------------------------------------------
     labels: tuple[str, str] = ("C", "D")
 
@@ -207,6 +211,10 @@ class IteratedMatrixGame(TextGame):
         """The option labels (e.g. C and D) in the action phase."""
         return list(self.labels) if turn.phase == "action" else None
 
+    def answer_patterns(self) -> dict[str, str]:
+        """The action phase: one option label alone, whitespace around it allowed (``\\s*(C|D)\\s*``)."""
+        return {"action": r"\s*(" + "|".join(re.escape(label) for label in self.labels) + r")\s*"}
+
     def metrics(self) -> dict[str, Any]:
         rounds = max(1, self.round)
         coop = [sum(1 for m in self.moves[s] if m == COOPERATE) / rounds for s in (0, 1)]
@@ -223,6 +231,7 @@ class IteratedMatrixGame(TextGame):
 
 class PrisonersDilemma(IteratedMatrixGame):
     name = "ipd"
+    symmetric = True
     PARAMS = {
         **IteratedMatrixGame.PARAMS,
         "payoffs": GameParam(
@@ -263,6 +272,7 @@ class PrisonersDilemma(IteratedMatrixGame):
 
 class BattleOfTheSexes(IteratedMatrixGame):
     name = "bos"
+    symmetric = False  # the seats' payoffs differ: J/J pays the first player more, F/F the second
     labels = ("J", "F")
 
     def payoff(self, a0: int, a1: int) -> tuple[float, float]:

@@ -1,4 +1,4 @@
-"""Tag extraction shared by every game's parser: linear time on any text, never raises."""
+"""Tag extraction shared by every game's parser (linear time on any text, never raises), and answer regexes."""
 
 from __future__ import annotations
 
@@ -54,3 +54,15 @@ def strip_tag(text: str, tag: str) -> str:
         position = end.end()
     pieces.append(text[position:])
     return " ".join(pieces)
+
+
+def integer_pattern(high: int) -> str:
+    """A regex group matching the integers 0..``high`` written plainly (``(10|[0-9])`` for 10).
+
+    Above 100 the group matches any plain integer of at most as many digits as ``high`` (it may exceed ``high``:
+    the game then counts the answer invalid), which keeps the grammar small."""
+    if high <= 9:
+        return f"([0-{high}])"
+    if high <= 100:
+        return "(" + "|".join(str(n) for n in range(high, 9, -1)) + "|[0-9])"
+    return f"(0|[1-9][0-9]{{0,{len(str(high)) - 1}}})"

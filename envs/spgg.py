@@ -195,6 +195,10 @@ class SequentialPublicGoods(TextGame):
     """MAC-SPGG: players act in seat order; one reward per seat per round from the classic or redesigned rule."""
 
     name = "spgg"
+    #: seats act in order and see their predecessors: not symmetric. Cooperation is the mean contribution level
+    #: (task mode: the mean answer correctness, the same score q).
+    cooperation_metric = "mean_contribution"
+    cooperation_label = "mean contribution level"
     min_players = 2
     max_players = 8
     PARAMS = {
@@ -465,6 +469,15 @@ class SequentialPublicGoods(TextGame):
         if turn.phase != "contribute":
             return None
         return [format_contribution(Fraction(k, self.params["levels"])) for k in range(self.params["levels"] + 1)]
+
+    def answer_patterns(self) -> dict[str, str]:
+        """Contribution mode: ``<contribute>X</contribute>``, X a decimal in [0, 1] (one decimal for K = 10, up to
+        six otherwise, as :func:`format_contribution` writes the levels); task mode: ``<answer>N</answer>``."""
+        digits = "" if self.params["levels"] == 10 else "{1,6}"  # how many decimals follow the point
+        return {
+            "contribute": rf"<contribute>(0(\.[0-9]{digits})?|1(\.0{digits})?)</contribute>",
+            "answer": r"<answer>-?[0-9]{1,6}</answer>",
+        }
 
     def metrics(self) -> dict[str, Any]:
         n = self.num_players

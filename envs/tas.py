@@ -50,7 +50,7 @@ import re
 from typing import Any
 
 from coop_rl.envs.base import SHOW_HORIZON, GameConfigError, GameParam, TextGame, Turn, clean_text, round_line
-from coop_rl.envs.parsing import last_tag_content
+from coop_rl.envs.parsing import integer_pattern, last_tag_content
 from coop_rl.envs.strategies import ScriptedStrategy, register
 
 HANDS = ("rock", "paper", "scissors")
@@ -139,6 +139,7 @@ class TrustAndSplit(TextGame):
     """Trust-and-Split, rock-paper-scissors variant: one chat message each, then a simultaneous coin split."""
 
     name = "tas"
+    symmetric = True  # hands are drawn at random, the first speaker alternates: no seat is favoured
     PARAMS = {
         "rounds": GameParam(10, "number of rounds", int, low=1, high=100_000),
         "coins": GameParam(10, "coins split each round", int, low=1, high=1_000_000),
@@ -319,6 +320,13 @@ class TrustAndSplit(TextGame):
         """The split phase: ``<propose>N</propose>`` for N = 0..coins; the chat is free text."""
         return [_propose(n) for n in range(self.params["coins"] + 1)] if turn.phase == "split" else None
 
+    def answer_patterns(self) -> dict[str, str]:
+        """The chat: one ``<message>`` of at most 200 characters without '<'; the split: ``<propose>N</propose>``."""
+        return {
+            "chat": r"<message>[^<]{0,200}</message>",
+            "split": "<propose>" + integer_pattern(self.params["coins"]) + "</propose>",
+        }
+
     def view(self, seat: int) -> dict[str, Any]:
         other = 1 - seat
         current = not self.done
@@ -378,6 +386,7 @@ class SplitNoComm(TextGame):
     """Split-no-comm: both players see both value sets and propose per-item splits simultaneously; no chat."""
 
     name = "split"
+    symmetric = True  # each seat's value set is drawn from the same pairs, in either order
     PARAMS = {
         "rounds": GameParam(10, "number of rounds", int, low=1, high=100_000),
         "units": GameParam(10, "units of each item kind split each round", int, low=1, high=1_000_000),
@@ -489,6 +498,11 @@ class SplitNoComm(TextGame):
         """Every per-item proposal ``<propose>hats=H books=B balls=L</propose>`` (units + 1 cubed of them)."""
         units = range(self.params["units"] + 1)
         return [_propose_items(dict(zip(ITEMS, c, strict=True))) for c in itertools.product(units, repeat=len(ITEMS))]
+
+    def answer_patterns(self) -> dict[str, str]:
+        """The split: ``<propose>hats=H books=B balls=L</propose>``, each count 0..units."""
+        number = integer_pattern(self.params["units"])
+        return {"split": "<propose>" + " ".join(f"{item}={number}" for item in ITEMS) + "</propose>"}
 
     def view(self, seat: int) -> dict[str, Any]:
         other = 1 - seat

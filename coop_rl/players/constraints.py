@@ -1,12 +1,12 @@
 """Constrained answers: restrict a model's answer to the game's finite set of valid answers.
 
-Where a phase's valid answers form a small finite set (the option labels of a matrix game), decoding can be
-restricted to exactly those strings followed by the end-of-text token, as the Advantage Alignment code does
-with guided decoding. The policy is then the model's distribution renormalised over the valid continuations at
-each position: the sampler reports those renormalised logprobs, and the trainer computes pi_theta the same way,
-so importance weights compare like with like. A forced token (the end-of-text after a complete label) has
-probability 1 and carries no gradient: credit on an answer no longer moves the end-of-text token, which is what
-lets a small model drift into invalid text under unconstrained REINFORCE.
+Where a phase's valid answers form a small finite set (the game declares it, ``TextGame.answer_choices``: the option
+labels of a matrix game), decoding can be restricted to exactly those strings followed by the end-of-text token, as
+the Advantage Alignment code does with guided decoding. The policy is then the model's distribution renormalised
+over the valid continuations at each position: the sampler reports those renormalised logprobs, and the trainer
+computes pi_theta the same way, so importance weights compare like with like. A forced token (the end-of-text after
+a complete label) has probability 1 and carries no gradient: credit on an answer no longer moves the end-of-text
+token, which is what lets a small model drift into invalid text under unconstrained REINFORCE.
 """
 
 from __future__ import annotations
@@ -14,14 +14,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from typing import Any
-
-from coop_rl.envs.base import TextGame, Turn
-
-
-def answer_choices(game: TextGame, turn: Turn) -> list[str] | None:
-    """The finite set of valid answers of a turn (the game declares it: ``TextGame.answer_choices``), or None
-    where answers are free text."""
-    return game.answer_choices(turn)
 
 
 class ChoiceConstraint:

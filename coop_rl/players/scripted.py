@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+from coop_rl.envs import matrix_game_names
 from coop_rl.envs.strategies import ScriptedStrategy, make_strategy
 from coop_rl.players.base import Action, Player, PlayerSpecError, TurnRequest
 
@@ -19,8 +20,10 @@ class ScriptedPlayer(Player):
 
     def _make(self) -> ScriptedStrategy:
         if self.spec.startswith("axelrod:"):
-            if self.game_name not in ("ipd", "bos"):
-                raise PlayerSpecError(f"axelrod: strategies play matrix games (ipd, bos), not {self.game_name!r}")
+            matrix_games = matrix_game_names()
+            if self.game_name not in matrix_games:
+                names = ", ".join(matrix_games)
+                raise PlayerSpecError(f"axelrod: strategies play matrix games ({names}), not {self.game_name!r}")
             from coop_rl.envs.matrix import AxelrodStrategy
 
             try:

