@@ -1,10 +1,11 @@
 """Evaluation of one policy against frozen opponents: ``coop-rl eval``.
 
 For each opponent the policy plays ``matches`` matches in seat 0 with the opponent in every other seat (one
-seat in the two-player games, ``players - 1`` seats in spgg). In the symmetric two-player games (ipd, tas,
-split) it also plays the same matches with the seats swapped (policy in seat 1), reported separately under
-``"swapped"``; every headline number is the seat-0 one (``"policy_seat": 0``). BoS is not symmetric (the seats
-have different payoffs) and spgg is sequential, so they are played in seat 0 only. The policy also plays
+seat in the two-player games, ``players - 1`` seats in spgg). In the two-player games whose seats are
+interchangeable (the game's ``symmetric`` trait: ipd, tas, split) it also plays the same matches with the seats
+swapped (policy in seat 1), reported separately under ``"swapped"``; every headline number is the seat-0 one
+(``"policy_seat": 0``). BoS is not symmetric (the seats have different payoffs) and spgg is sequential, so they
+are played in seat 0 only. The policy also plays
 itself (self-play, every seat served by the policy) as its own row. Match ``i`` of every pairing uses the same
 game seed (:func:`coop_rl.runner.match_seed`), so opponents are compared on the same hands and noise.
 
@@ -21,8 +22,9 @@ results.json (what :func:`evaluate` returns; :func:`coop_rl.eval.report.write_ev
           "policy_mean_return": float,           # mean over matches of the policy's undiscounted return
           "policy_ci95": [lo, hi],               # 95% bootstrap CI of that mean (width 0: every match equal)
           "opponent_mean_return": float,         # the opponent's (mean over its seats in spgg)
-          "policy_cooperation_rate": float|null, # ipd/bos: fraction of rounds choosing C (J in bos);
-          "opponent_cooperation_rate": float|null,  # spgg: mean contribution level q; tas/split: null
+          "policy_cooperation_rate": float|null, # the game's cooperation_metric: ipd/bos: fraction of rounds
+          "opponent_cooperation_rate": float|null,  # choosing C (J in bos); spgg: mean contribution level q;
+                                                    # tas/split (no such metric): null
           "welfare": float,                      # mean over matches of the sum of all seats' returns
           "policy_invalid_rate": float,          # unparseable answers / answers, over all matches
           "opponent_invalid_rate": float,
@@ -60,9 +62,6 @@ from coop_rl.eval.suites import resolve_opponents, suite_names
 from coop_rl.players import Player, PlayerSpecError, SamplingConfig, make_player
 from coop_rl.runner import aggregate_metrics, run_matches
 
-#: two-player games whose seats are interchangeable: the policy also plays seat 1
-SYMMETRIC_GAMES = ("ipd", "tas", "split")
-MATRIX_GAMES = ("ipd", "bos")
 BOOTSTRAP_RESAMPLES = 2000
 CI_LEVEL = 0.95
 
@@ -91,9 +90,9 @@ def bootstrap_ci(
     return [float(low), float(high)]
 
 
-def _cooperation(game: str, metrics: dict[str, Any], seat: int) -> float | None:
-    """A seat's cooperation: the fraction of C/J rounds in matrix games, the mean contribution level in spgg."""
-    key = "cooperation_rate" if game in MATRIX_GAMES else "mean_contribution" if game == "spgg" else None
+def _cooperation(key: str | None, metrics: dict[str, Any], seat: int) -> float | None:
+    """A seat's cooperation: its entry of the game's cooperation metric ``key`` (``TextGame.cooperation_metric``:
+    the fraction of C/J rounds in matrix games, the mean contribution level in spgg); None where there is none."""
     value = metrics.get(key) if key else None
     return float(value[seat]) if isinstance(value, list) and seat < len(value) else None
 
@@ -109,16 +108,17 @@ def seat_row(game: str, opponent: str, results: Sequence[MatchResult], policy_se
     seats = len(results[0].returns)
     others = [s for s in range(seats) if s != policy_seat]
     metrics = aggregate_metrics(results)
+    cooperation = game_class(game).cooperation_metric
     policy_returns = [float(r.returns[policy_seat]) for r in results]
     opponent_returns = [_mean([r.returns[s] for s in others]) for r in results]
-    opponent_coop = [_cooperation(game, metrics, s) for s in others]
+    opponent_coop = [_cooperation(cooperation, metrics, s) for s in others]
     return {
         "opponent": opponent,
         "policy_seat": policy_seat,
         "policy_mean_return": _mean(policy_returns),
         "policy_ci95": bootstrap_ci(policy_returns, seed=ci_seed),
         "opponent_mean_return": _mean(opponent_returns),
-        "policy_cooperation_rate": _cooperation(game, metrics, policy_seat),
+        "policy_cooperation_rate": _cooperation(cooperation, metrics, policy_seat),
         "opponent_cooperation_rate": None if None in opponent_coop else _mean(opponent_coop),
         "welfare": _mean([math.fsum(r.returns) for r in results]),
         "policy_invalid_rate": _invalid_rate(results, [policy_seat]),
@@ -173,7 +173,7 @@ def evaluate(
     instance = cls(**params)  # validates the parameters
     seats = instance.num_players
     specs = resolve_opponents(opponents, game)
-    symmetric = swap and game in SYMMETRIC_GAMES and seats == 2
+    symmetric = swap and cls.symmetric and seats == 2
 
     players: dict[str, Player] = {}
     try:
@@ -249,4 +249,4 @@ def summarize_rows(rows: Sequence[dict[str, Any]], self_play: dict[str, Any]) ->
     return summary
 
 
-__all__ = ["SYMMETRIC_GAMES", "bootstrap_ci", "evaluate", "seat_row", "summarize_rows"]
+__all__ = ["bootstrap_ci", "evaluate", "seat_row", "summarize_rows"]

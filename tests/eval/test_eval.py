@@ -17,7 +17,7 @@ import pytest
 from coop_rl.cli import main
 from coop_rl.eval.evaluate import bootstrap_ci, evaluate
 from coop_rl.eval.exploit import KNOWN_MEMORY_ONE, MemoryOneRule, exploit, memory_one_rules
-from coop_rl.eval.report import DPI, figure_size, plot_returns
+from coop_rl.eval.plots import DPI, figure_size, plot_returns
 from coop_rl.eval.suites import SuiteError, resolve_opponents
 
 # opponent: (tft's return, opponent's return, tft's cooperation rate, opponent's cooperation rate)
@@ -213,3 +213,33 @@ def test_user_errors_exit_2_with_one_line(argv, needle, tmp_path):
     assert len(lines) == 1 and needle in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()  # nothing written before the error
+
+
+def test_evaluation_reads_the_game_traits(monkeypatch, tmp_path):
+    """Seat swapping, the cooperation numbers and their label come from the game class, not from its name."""
+    from coop_rl.envs.matrix import PrisonersDilemma
+
+    monkeypatch.setattr(PrisonersDilemma, "symmetric", False)
+    monkeypatch.setattr(PrisonersDilemma, "cooperation_metric", None)
+    monkeypatch.setattr(PrisonersDilemma, "cooperation_label", "trust")
+    results = evaluate("tft", "ipd", "alld", matches=2, seed=0, out_dir=str(tmp_path))
+    row = results["opponents"][0]
+    assert results["symmetric"] is False and "swapped" not in row and "mean_return_swapped" not in results["summary"]
+    assert row["policy_mean_return"] == 9.0
+    assert row["policy_cooperation_rate"] is None and row["opponent_cooperation_rate"] is None
+    assert results["plots"] == ["returns.png"]  # no cooperation numbers: no cooperation plot
+    report = (tmp_path / "report.md").read_text()
+    assert "| opponent | policy return [95% CI] | opponent return | policy trust | opponent trust |" in report
+    assert "| alld | 9.00 [9.00, 9.00] | 14.00 | n/a | n/a | 23.00 | 0.000 |" in report
+    assert "## Seats swapped" not in report
+
+
+def test_spgg_cooperation_is_the_mean_contribution_level(tmp_path):
+    results = evaluate("full", "spgg", "free_rider", matches=2, seed=0, out_dir=str(tmp_path))
+    row = results["opponents"][0]
+    assert results["symmetric"] is False and "swapped" not in row
+    assert row["policy_cooperation_rate"] == 1.0 and row["opponent_cooperation_rate"] == 0.0
+    assert results["plots"] == ["returns.png", "cooperation.png"]
+    report = (tmp_path / "report.md").read_text()
+    assert "| policy mean contribution level | opponent mean contribution level |" in report
+    assert "![Mean contribution level per opponent](cooperation.png)" in report

@@ -1,0 +1,248 @@
+"""The text of eval and exploit results: the table helpers (plain text and markdown), report.md, terminal tables.
+
+* :func:`fmt`, :func:`text_table`, :func:`markdown_table`: the one way a number and a table are written (eval,
+  exploit, the demo and the CLI's play summary share them);
+* :func:`eval_markdown`: report.md of an evaluation (settings, a table per opponent, a summary paragraph, the plots);
+* :func:`exploit_markdown`: the report.md section of an exploitability search, between :data:`EXPLOIT_START` and
+  :data:`EXPLOIT_END` so that a rerun replaces it (:func:`split_exploit_section`);
+* :func:`eval_table`, :func:`exploit_table`: short plain-text summaries for the terminal.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from coop_rl.eval.plots import RETURNS_PNG, TOP_EXPLOITERS
+from coop_rl.eval.results import cooperation_label, ranked_candidates, row_label, rows_with_self_play
+
+EXPLOIT_START = "<!-- exploit:start -->"
+EXPLOIT_END = "<!-- exploit:end -->"
+
+
+# ----- the table helpers --------------------------------------------------------------------------------------
+def fmt(value: float | None, digits: int = 2) -> str:
+    """``value`` with ``digits`` decimals; "n/a" for None or NaN (a number the game or the run does not have)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain-text table: one line of headers, then one line per row; columns left-aligned, each as wide as its
+    widest cell, two spaces apart (cells are written with ``str``; no trailing newline)."""
+    cells = [[str(cell) for cell in row] for row in rows]
+    widths = [max([len(header)] + [len(row[i]) for row in cells]) for i, header in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A markdown table: the header line, the ``|---|`` rule, one line per row (a "|" inside a cell is escaped;
+    cells are written with ``str``; no trailing newline)."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# ----- evaluation ---------------------------------------------------------------------------------------------
+def _ci(row: dict[str, Any]) -> str:
+    low, high = row["policy_ci95"]
+    return f"{row['policy_mean_return']:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def _opponent_rows(results: dict[str, Any], key: str | None = None) -> list[list[str]]:
+    """The cells of the per-opponent table; ``key="swapped"``: the seat-1 numbers of the rows that have them."""
+    rows = []
+    for row in rows_with_self_play(results):
+        if key and key not in row:
+            continue
+        shown = row[key] if key else row
+        name = f"{row['opponent']} (self-play)" if row.get("self_play") else row["opponent"]
+        rows.append(
+            [
+                name,
+                _ci(shown),
+                fmt(shown["opponent_mean_return"]),
+                fmt(shown["policy_cooperation_rate"], 3),
+                fmt(shown["opponent_cooperation_rate"], 3),
+                fmt(shown["welfare"]),
+                fmt(shown["policy_invalid_rate"], 3),
+            ]
+        )
+    return rows
+
+
+def _summary_paragraph(results: dict[str, Any], what: str) -> str:
+    summary = results["summary"]
+    best, worst = summary["best_opponent"], summary["worst_opponent"]
+    paragraph = (
+        f"Against the {len(results['opponents'])} opponents, `{results['policy']}` averages a return of "
+        f"{fmt(summary['mean_return'])} per match (opponents: {fmt(summary['mean_opponent_return'])}; welfare "
+        f"{fmt(summary['mean_welfare'])}). It scores most against `{best['opponent']}` "
+        f"({fmt(best['policy_mean_return'])}) and least against `{worst['opponent']}` "
+        f"({fmt(worst['policy_mean_return'])}); in self-play it gets {fmt(summary['self_play_return'])}."
+    )
+    if summary.get("mean_cooperation_rate") is not None:
+        paragraph += (
+            f" Its mean {what} is {fmt(summary['mean_cooperation_rate'], 3)} "
+            f"(opponents: {fmt(summary['mean_opponent_cooperation_rate'], 3)})."
+        )
+    paragraph += f" Invalid answer rate: {fmt(summary['policy_invalid_rate'], 3)}."
+    if "mean_return_swapped" in summary:
+        paragraph += f" With the seats swapped it averages {fmt(summary['mean_return_swapped'])}."
+    return paragraph
+
+
+def eval_markdown(results: dict[str, Any]) -> str:
+    """report.md of an evaluation: settings, the table per opponent, a summary paragraph and the plots."""
+    what = cooperation_label(results["game"])
+    headers = [
+        "opponent",
+        "policy return [95% CI]",
+        "opponent return",
+        f"policy {what}",
+        f"opponent {what}",
+        "welfare",
+        "policy invalid rate",
+    ]
+    params = ", ".join(f"{k}={v}" for k, v in results["game_params"].items())
+    lines = [
+        f"# Evaluation of `{results['policy']}` on {results['game']}",
+        "",
+        f"{results['matches']} matches per opponent, seed {results['seed']}, game parameters: {params}.",
+        f"The policy sits in seat 0 (of {results['seats']}); returns are undiscounted sums of rewards per match, "
+        "averaged over matches; the interval is a 95% percentile bootstrap of the policy's mean return "
+        f"({results['ci']['resamples']} seeded resamples; width 0 when every match gives the same return).",
+        "",
+        "## Results per opponent (policy in seat 0)",
+        "",
+        markdown_table(headers, _opponent_rows(results)),
+    ]
+    if results.get("symmetric"):
+        lines += [
+            "",
+            "## Seats swapped (policy in seat 1)",
+            "",
+            markdown_table(headers, _opponent_rows(results, "swapped")),
+        ]
+    lines += ["", "## Summary", "", _summary_paragraph(results, what), "", "## Plots", ""]
+    for name in results.get("plots", []):
+        title = "Mean return per opponent" if name == RETURNS_PNG else f"{what.capitalize()} per opponent"
+        lines += [f"![{title}]({name})", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def eval_table(results: dict[str, Any]) -> str:
+    """A short plain-text table of an evaluation, for the terminal."""
+    columns = ["opponent", "return", "ci95", "opp_return", "coop", "opp_coop", "welfare", "invalid"]
+    rows = []
+    for row in rows_with_self_play(results):
+        low, high = row["policy_ci95"]
+        rows.append(
+            [
+                row_label(row),
+                fmt(row["policy_mean_return"]),
+                f"[{low:.2f}, {high:.2f}]",
+                fmt(row["opponent_mean_return"]),
+                fmt(row["policy_cooperation_rate"], 3),
+                fmt(row["opponent_cooperation_rate"], 3),
+                fmt(row["welfare"]),
+                fmt(row["policy_invalid_rate"], 3),
+            ]
+        )
+    head = f"{results['policy']} on {results['game']} | {results['matches']} matches | seed {results['seed']}"
+    lines = [head + " | policy in seat 0", text_table(columns, rows)]
+    lines.append(f"mean return {fmt(results['summary']['mean_return'])} over {len(results['opponents'])} opponents")
+    if results.get("plots"):
+        lines.append("plots: " + ", ".join(results["plots"]))
+    return "\n".join(lines)
+
+
+# ----- exploitability -----------------------------------------------------------------------------------------
+def exploit_markdown(result: dict[str, Any], top: int = TOP_EXPLOITERS) -> str:
+    """The report.md section of an exploitability search (between markers, so that a rerun replaces it)."""
+    best = result["best"]
+    ranked = ranked_candidates(result)[:top]
+    rows = [
+        [
+            f"`{c['exploiter']}`",
+            c["description"],
+            f"{c['exploiter_mean_return']:.2f} [{c['exploiter_ci95'][0]:.2f}, {c['exploiter_ci95'][1]:.2f}]",
+            fmt(c["policy_mean_return"]),
+            fmt(c["exploiter_cooperation_rate"], 3),
+        ]
+        for c in ranked
+    ]
+    quantities = [
+        ["best exploiter", f"`{best['exploiter']}`: {best['description']}"],
+        ["exploiter return", fmt(result["exploiter_return"])],
+        ["policy return against it", fmt(result["policy_return"])],
+        ["self-play return (baseline)", fmt(result["self_play_return"])],
+        ["gain", fmt(result["gain"])],
+        ["gain per round", fmt(result["gain_per_round"], 3)],
+    ]
+    headers = ["exploiter", "strategy", "exploiter return [95% CI]", "policy return", "exploiter coop. rate"]
+    lines = [
+        EXPLOIT_START,
+        f"## Exploitability of `{result['policy']}` on {result['game']}",
+        "",
+        f"Best response searched among the 32 deterministic memory-one strategies and the classic suite "
+        f"({len(result['candidates'])} candidates, {result['matches']} matches each, seed {result['seed']}); "
+        f"the policy sits in seat 0, the exploiter in seat 1. Definition: {result['definition']}.",
+        "",
+        markdown_table(["quantity", "value"], quantities),
+        "",
+        f"Top {len(ranked)} exploiters:",
+        "",
+        markdown_table(headers, rows),
+        "",
+    ]
+    for name in result.get("plots", []):
+        lines += [f"![Top exploiters]({name})", ""]
+    lines.append(EXPLOIT_END)
+    return "\n".join(lines) + "\n"
+
+
+def split_exploit_section(text: str) -> tuple[str, str]:
+    """(a report.md text without its exploit section, the exploit section or '')."""
+    start, end = text.find(EXPLOIT_START), text.find(EXPLOIT_END)
+    if start < 0 or end < start:
+        return text, ""
+    end += len(EXPLOIT_END)
+    return (text[:start].rstrip() + "\n" + text[end:].lstrip("\n")).strip() + "\n", text[start:end] + "\n"
+
+
+def exploit_table(result: dict[str, Any], top: int = 5) -> str:
+    """A short plain-text summary of an exploitability search, for the terminal."""
+    best = result["best"]
+    lines = [
+        f"{result['policy']} on {result['game']} | {result['matches']} matches | "
+        f"{len(result['candidates'])} candidates",
+        f"best exploiter  {best['exploiter']}: {best['description']}",
+        f"exploiter return {result['exploiter_return']:.2f} | policy return {result['policy_return']:.2f} | "
+        f"self-play {result['self_play_return']:.2f} | gain {result['gain']:.2f} "
+        f"({result['gain_per_round']:.3f} per round)",
+        "top exploiters:",
+    ]
+    for c in ranked_candidates(result)[:top]:
+        lines.append(
+            f"  {c['exploiter']:<12} {c['exploiter_mean_return']:8.2f}  (policy gets {c['policy_mean_return']:.2f})"
+        )
+    return "\n".join(lines)
+
+
+__all__ = [
+    "EXPLOIT_END",
+    "EXPLOIT_START",
+    "eval_markdown",
+    "eval_table",
+    "exploit_markdown",
+    "exploit_table",
+    "fmt",
+    "markdown_table",
+    "split_exploit_section",
+    "text_table",
+]

@@ -1,0 +1,53 @@
+"""coop_rl/eval/markdown.py: the one table helper (plain text and markdown) and the number format, exactly."""
+
+import math
+
+from coop_rl.eval import report
+from coop_rl.eval.markdown import fmt, markdown_table, split_exploit_section, text_table
+
+
+def test_fmt():
+    assert fmt(2.0) == "2.00"
+    assert fmt(1 / 3, 3) == "0.333"
+    assert fmt(-0.125, 1) == "-0.1"
+    assert fmt(7, 0) == "7"
+    assert fmt(None) == "n/a" and fmt(None, 3) == "n/a"
+    assert fmt(math.nan) == "n/a"  # a number the run does not have (e.g. no cooperation metric)
+    assert fmt(math.inf) == "inf"
+
+
+def test_text_table_left_aligns_columns_as_wide_as_their_widest_cell():
+    table = text_table(["seat", "player", "mean_return"], [["0", "tft", "30.00"], ["1", "alternator", "3.5"]])
+    assert table.split("\n") == [
+        "seat  player      mean_return",
+        "0     tft         30.00      ",
+        "1     alternator  3.5        ",
+    ]
+    assert text_table(["a", "bb"], []) == "a  bb"  # no rows: the header alone
+    assert text_table(["n"], [[1], [22]]) == "n \n1 \n22"  # cells are written with str
+
+
+def test_markdown_table_escapes_pipes_in_cells():
+    table = markdown_table(["opponent", "return"], [["axelrod:A|B", "1.00"], ["tft", 2]])
+    assert table == "| opponent | return |\n|---|---|\n| axelrod:A\\|B | 1.00 |\n| tft | 2 |"
+    assert markdown_table(["x"], []) == "| x |\n|---|"
+
+
+def test_split_exploit_section():
+    section = "<!-- exploit:start -->\n## Exploitability\n<!-- exploit:end -->"
+    rest, found = split_exploit_section("# Evaluation\n\ntext\n\n" + section + "\n\n## After\n")
+    assert found == section + "\n"
+    assert rest == "# Evaluation\n\ntext\n## After\n"
+    assert split_exploit_section("# Evaluation\n") == ("# Evaluation\n", "")
+
+
+def test_report_keeps_its_old_names():
+    """coop_rl.eval.report still serves what imports it: the writers, the plots and text re-exported, and the old
+    private helpers the demo reads."""
+    from coop_rl.eval import markdown, plots
+
+    assert report.eval_table is markdown.eval_table and report.exploit_table is markdown.exploit_table
+    assert report.plot_returns is plots.plot_returns and report.DPI == plots.DPI == 100
+    assert report.LEARNING_CURVES_PNG == "learning_curves.png" and report.CROSSPLAY_PNG == "crossplay.png"
+    assert report._table(["a"], [["1"]]) == ["| a |", "|---|", "| 1 |"]
+    assert report._json_ready({"x": [math.nan, 1.0], "y": (math.inf,)}) == {"x": [None, 1.0], "y": [None]}
