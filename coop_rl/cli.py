@@ -1,7 +1,11 @@
-"""The ``coop-rl`` command line (also ``python -m coop_rl``).
+"""The ``coop-rl`` command line (also ``python -m coop_rl``): it parses the arguments and calls the modules.
 
-Subcommands import what they need lazily: playing scripted strategies never imports torch or transformers.
-User errors (unknown game, bad spec, malformed --set, missing file) print one line on stderr and exit 2.
+Each ``cmd_*`` checks its arguments and calls the module that does the work: ``train`` calls
+``coop_rl.train.load_recipe`` then ``coop_rl.train.train`` (as ``demo`` does, through ``coop_rl.demo``), ``play``
+the runner, ``eval``/``exploit``/``tournament`` ``coop_rl.eval``. Subcommands import what they need lazily:
+playing scripted strategies never imports torch or transformers. A user error (a ``coop_rl.errors.UsageError``,
+an unknown game, a bad spec, malformed --set, a missing file) prints one line on stderr and exits 2; Ctrl-C in any
+command prints one line and exits 130. Only ``coop_rl.__main__`` imports this module.
 """
 
 from __future__ import annotations
@@ -67,18 +71,15 @@ def _sampling(args: argparse.Namespace) -> Any:
 
 # ----- play ---------------------------------------------------------------------------------------------------
 def _format_table(summary: dict[str, Any], seed: int) -> str:
-    columns = ["seat", "player", "mean_return", "invalid_rate"]
+    from coop_rl.eval.markdown import text_table
+
     extra = [key for key in ("cooperation_rate", "mean_contribution", "mean_claim") if key in summary["players"][0]]
-    columns += extra
-    rows = []
-    for seat, player in enumerate(summary["players"]):
-        row = [str(seat), player["spec"], f"{player['mean_return']:.2f}", f"{player['invalid_rate']:.3f}"]
-        row += [f"{player[key]:.3f}" for key in extra]
-        rows.append(row)
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+    rows = [
+        [str(seat), p["spec"], f"{p['mean_return']:.2f}", f"{p['invalid_rate']:.3f}", *(f"{p[k]:.3f}" for k in extra)]
+        for seat, p in enumerate(summary["players"])
+    ]
     lines = [f"game {summary['game']} | {summary['matches']} matches | seed {seed}"]
-    lines.append("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
+    lines.append(text_table(["seat", "player", "mean_return", "invalid_rate", *extra], rows))
     lines.append(f"welfare {summary['welfare']:.2f}")
     for key, value in summary["metrics"].items():
         shown = "[" + ", ".join(f"{v:.3f}" for v in value) + "]" if isinstance(value, list) else f"{value:.3f}"
@@ -176,7 +177,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
     out = _out_dir(args.out)
     from coop_rl.eval.evaluate import evaluate
-    from coop_rl.eval.report import eval_table
+    from coop_rl.eval.markdown import eval_table
 
     results = evaluate(
         args.policy,
@@ -199,7 +200,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_exploit(args: argparse.Namespace) -> int:
     from coop_rl.envs import game_class
     from coop_rl.eval.exploit import ExploitError, exploit
-    from coop_rl.eval.report import exploit_table
+    from coop_rl.eval.markdown import exploit_table
 
     params = _game_params(args, game_class(args.game))
     out = _out_dir(args.out)

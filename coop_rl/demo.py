@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,7 +135,7 @@ def ensure_tiny_model(spec: DemoSpec, tiny_dir: str | None = None) -> Path:
 
 def is_trained(run_dir: Path) -> bool:
     """A finished ``coop-rl train`` run: the saved policy and its settings file."""
-    from coop_rl.players.hf import POLICY_SETTINGS_FILE
+    from coop_rl.policy_folder import POLICY_SETTINGS_FILE
 
     return (run_dir / POLICY_SETTINGS_FILE).exists() and any(run_dir.glob("*.safetensors"))
 
@@ -218,29 +217,20 @@ def crossplay_matrices(
     return matrices
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
-
-
 def demo_table(spec: DemoSpec, rows: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """Headers and cells of the demo's table."""
+    from coop_rl.eval.markdown import fmt
+
     what = next(iter(rows.values()))["metric"]
     short = "cooperation" if what == "cooperation rate" else "return"
     headers = ["method", f"self-play {short}"] + [f"vs {o} ({short})" for o in spec.key_opponents]
     headers += [f"mean return vs {spec.suite}", "invalid rate"]
     cells = []
     for method, row in rows.items():
-        line = [method, _fmt(row["self_play"])] + [_fmt(row[f"vs_{o}"]) for o in spec.key_opponents]
-        line += [_fmt(row["mean_return"]), f"{row['invalid_rate']:.3f}"]
+        line = [method, fmt(row["self_play"])] + [fmt(row[f"vs_{o}"]) for o in spec.key_opponents]
+        line += [fmt(row["mean_return"]), f"{row['invalid_rate']:.3f}"]
         cells.append(line)
     return headers, cells
-
-
-def text_table(headers: list[str], cells: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)) for c in cells]
-    return "\n".join(lines)
 
 
 def _verdict(spec: DemoSpec, rows: dict[str, dict[str, Any]]) -> str:
@@ -273,27 +263,25 @@ def _verdict(spec: DemoSpec, rows: dict[str, dict[str, Any]]) -> str:
     return head + "\n\n" + "\n".join(lines)
 
 
-def write_report(
+def _write_plots(
     spec: DemoSpec,
     out: Path,
     rows: dict[str, dict[str, Any]],
     evals: dict[str, dict[str, Any]],
     cross: dict[tuple[str, str], dict[str, Any]],
     histories: dict[str, list[dict[str, Any]]],
-    timings: dict[str, float],
-    settings: dict[str, Any],
-) -> Path:
-    """report.md, the three plots and demo.json in ``out``."""
-    from coop_rl.eval import report as rp
+) -> dict[str, Any]:
+    """The learning curves, tournament bars and cross-play heatmaps in ``out``; the numbers they show."""
+    from coop_rl.eval import plots
 
     methods = list(rows)
     matrix = rows[methods[0]]["metric"] == "cooperation rate"
     key = COOPERATION_KEY if matrix else RETURN_KEY
     curves = {m: learning_curve(histories[m], key) for m in methods}
     what = "self-play cooperation rate" if matrix else "learner return per match (rollouts)"
-    rp.plot_learning_curves(
+    plots.plot_learning_curves(
         curves,
-        out / rp.LEARNING_CURVES_PNG,
+        out / plots.LEARNING_CURVES_PNG,
         ylabel=what,
         title=f"{spec.game}: {what} during training",
         ylim=(0.0, 1.05) if matrix else None,
@@ -301,20 +289,43 @@ def write_report(
     labels = [row["opponent"] for row in evals[methods[0]]["opponents"]] + ["self-play"]
     metric = "policy_cooperation_rate" if matrix else "policy_mean_return"
     bars = {m: [row[metric] for row in evals[m]["opponents"]] + [evals[m]["self_play"][metric]] for m in methods}
-    rp.plot_method_bars(
+    plots.plot_method_bars(
         bars,
         labels,
-        out / rp.TOURNAMENT_PNG,
+        out / plots.TOURNAMENT_PNG,
         ylabel="policy cooperation rate" if matrix else "policy mean return per match",
         title=f"{spec.game}: each trained policy against the {spec.suite} suite and itself",
         ylim=(0.0, 1.2) if matrix else None,
     )
     matrices = crossplay_matrices(methods, evals, cross)
-    rp.plot_heatmaps(matrices, methods, out / rp.CROSSPLAY_PNG, title=f"{spec.game}: cross-play (diagonal: self-play)")
+    plots.plot_heatmaps(
+        matrices, methods, out / plots.CROSSPLAY_PNG, title=f"{spec.game}: cross-play (diagonal: self-play)"
+    )
+    files = [plots.LEARNING_CURVES_PNG, plots.TOURNAMENT_PNG, plots.CROSSPLAY_PNG]
+    return {
+        "key": key,
+        "what": what,
+        "curves": curves,
+        "matrices": matrices,
+        "opponents": len(labels) - 1,
+        "plots": files,
+    }
 
-    headers, cells = demo_table(spec, rows)
+
+def _report_lines(
+    spec: DemoSpec,
+    rows: dict[str, dict[str, Any]],
+    shown: dict[str, Any],
+    timings: dict[str, float],
+    settings: dict[str, Any],
+) -> list[str]:
+    """report.md's lines: the settings, the table and verdict, the plots (``shown``: what _write_plots drew)."""
+    from coop_rl.eval.markdown import markdown_table
+
+    methods = list(rows)
+    curves_png, tournament_png, crossplay_png = shown["plots"]
     total = sum(timings.values())
-    lines = [
+    return [
         f"# coop-rl demo: {spec.game}",
         "",
         f"Methods trained with `coop-rl train` from the tiny model `{settings['model']}`: "
@@ -330,24 +341,24 @@ def write_report(
         "",
         "## Results",
         "",
-        *rp._table(headers, cells),
+        markdown_table(*demo_table(spec, rows)),
         "",
         f"Columns: the policy's {rows[methods[0]]['metric']} in self-play and against each opponent; the mean return "
-        f"is its return per match averaged over the {len(labels) - 1} opponents of `{spec.suite}`; the invalid rate "
-        "is the fraction of its answers the game could not parse.",
+        f"is its return per match averaged over the {shown['opponents']} opponents of `{spec.suite}`; the invalid "
+        "rate is the fraction of its answers the game could not parse.",
         "",
         _verdict(spec, rows),
         "",
         "## Learning curves",
         "",
-        f"![{what} during training]({rp.LEARNING_CURVES_PNG})",
+        f"![{shown['what']} during training]({curves_png})",
         "",
-        f"`{key}` from each run's `log_history` (`<run>/checkpoint-*/trainer_state.json`): the mean over the "
+        f"`{shown['key']}` from each run's `log_history` (`<run>/checkpoint-*/trainer_state.json`): the mean over the "
         "iteration's rollouts, averaged over the logging interval.",
         "",
         "## Tournament against the scripted suite",
         "",
-        f"![tournament]({rp.TOURNAMENT_PNG})",
+        f"![tournament]({tournament_png})",
         "",
         "Each method's full evaluation (returns with 95% bootstrap intervals, both seats, the opponents' numbers): "
         + ", ".join(f"[{m}-eval/report.md]({m}-eval/report.md)" for m in methods)
@@ -355,30 +366,47 @@ def write_report(
         "",
         "## Cross-play",
         "",
-        f"![cross-play]({rp.CROSSPLAY_PNG})",
+        f"![cross-play]({crossplay_png})",
         "",
         "Cell (row, column): what the row policy gets (or how often it cooperates) against the column policy.",
         "",
         "## Time",
         "",
-        *rp._table(["stage", "seconds"], [[k, f"{v:.0f}"] for k, v in timings.items()] + [["total", f"{total:.0f}"]]),
+        markdown_table(["stage", "seconds"], [[k, f"{v:.0f}"] for k, v in [*timings.items(), ("total", total)]]),
         "",
         f"Measured on {settings.get('cpu', 'an unrecorded CPU')}; precision (`precision: auto`): "
         f"{settings.get('precision', 'unrecorded')}. Stages found already done (a cached tiny model, a finished "
         "training) take about 0 s.",
     ]
-    (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def write_report(
+    spec: DemoSpec,
+    out: Path,
+    rows: dict[str, dict[str, Any]],
+    evals: dict[str, dict[str, Any]],
+    cross: dict[tuple[str, str], dict[str, Any]],
+    histories: dict[str, list[dict[str, Any]]],
+    timings: dict[str, float],
+    settings: dict[str, Any],
+) -> Path:
+    """report.md, the three plots and demo.json in ``out``."""
+    from coop_rl.eval.report import json_ready
+
+    shown = _write_plots(spec, out, rows, evals, cross, histories)
+    (out / "report.md").write_text("\n".join(_report_lines(spec, rows, shown, timings, settings)) + "\n", "utf-8")
+    headers, cells = demo_table(spec, rows)
     payload = {
         "game": spec.game,
         "settings": settings,
         "table": {"headers": headers, "rows": cells},
         "methods": rows,
-        "crossplay": {"methods": methods, **matrices},
-        "curves": {m: curves[m] for m in methods},
+        "crossplay": {"methods": list(rows), **shown["matrices"]},
+        "curves": shown["curves"],
         "timings_s": timings,
-        "plots": [rp.LEARNING_CURVES_PNG, rp.TOURNAMENT_PNG, rp.CROSSPLAY_PNG],
+        "plots": shown["plots"],
     }
-    (out / "demo.json").write_text(json.dumps(rp._json_ready(payload), indent=1) + "\n", encoding="utf-8")
+    (out / "demo.json").write_text(json.dumps(json_ready(payload), indent=1) + "\n", encoding="utf-8")
     return out / "report.md"
 
 
@@ -423,6 +451,7 @@ def run_demo(
     from coop_rl.precision import describe_cpu
 
     sampling = SamplingConfig(max_new_tokens=spec.eval_max_new_tokens)
+    eval_args = {"matches": matches, "seed": seed, "game_params": spec.eval_params, "sampling": sampling}
     with _progress(stages, f"coop-rl demo ({key})") as bar:
 
         def stage(name: str):
@@ -447,32 +476,15 @@ def run_demo(
         evals: dict[str, dict[str, Any]] = {}
         for method in methods:
             started = stage(f"eval {method}")
-            evals[method] = evaluate(
-                f"hf:{out_dir / method}",
-                game,
-                spec.suite,
-                matches=matches,
-                seed=seed,
-                game_params=spec.eval_params,
-                sampling=sampling,
-                out_dir=str(out_dir / f"{method}-eval"),
-            )
+            policy, eval_dir = f"hf:{out_dir / method}", str(out_dir / f"{method}-eval")
+            evals[method] = evaluate(policy, game, spec.suite, **eval_args, out_dir=eval_dir)
             done(f"eval {method}", started)
 
         started = stage("cross-play")
         cross: dict[tuple[str, str], dict[str, Any]] = {}
         for i, a in enumerate(methods):
-            for b in methods[i + 1 :]:
-                result = evaluate(
-                    f"hf:{out_dir / a}",
-                    game,
-                    [f"hf:{out_dir / b}"],
-                    matches=matches,
-                    seed=seed,
-                    game_params=spec.eval_params,
-                    sampling=sampling,
-                    swap=False,
-                )
+            for b in methods[i + 1 :]:  # a in seat 0 only: b's numbers are the opponent's
+                result = evaluate(f"hf:{out_dir / a}", game, [f"hf:{out_dir / b}"], **eval_args, swap=False)
                 cross[(a, b)] = result["opponents"][0]
         done("cross-play", started)
 
@@ -484,6 +496,8 @@ def run_demo(
         report = write_report(spec, out_dir, rows, evals, cross, histories, timings, settings)
         done("report", started)
     headers, cells = demo_table(spec, rows)
+    from coop_rl.eval.markdown import text_table
+
     return {"report": str(report), "table": text_table(headers, cells), "rows": rows, "timings": timings}
 
 

@@ -88,7 +88,7 @@ def check_lora_targets(model_dir: str, targets: str) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from coop_rl.players.hf import resolve_model_dir
+    from coop_rl.policy_folder import resolve_model_dir
 
     base, _ = resolve_model_dir(model_dir)
     wanted = [t.strip() for t in targets.split(",") if t.strip()]
@@ -153,7 +153,7 @@ def load_recipe(argv: Sequence[str]) -> AAConfig:
 
 def _check_model(config: AAConfig) -> None:
     """The model folder exists, the LoRA targets are in it, the checkpoint to resume from exists."""
-    from coop_rl.players.hf import resolve_model_dir
+    from coop_rl.policy_folder import resolve_model_dir
 
     if not config.model_name_or_path:
         raise UsageError("no model: set model_name_or_path in the recipe or with --model_name_or_path")
