@@ -10,8 +10,9 @@ from typing import Any
 from coop_rl.envs.base import GameConfigError, TextGame, Turn
 from coop_rl.envs.matrix import BattleOfTheSexes, IteratedMatrixGame, PrisonersDilemma
 from coop_rl.envs.spgg import SequentialPublicGoods
+from coop_rl.envs.split import SplitNoComm
 from coop_rl.envs.strategies import UnknownStrategyError, make_strategy, strategy_names
-from coop_rl.envs.tas import SplitNoComm, TrustAndSplit
+from coop_rl.envs.tas import TrustAndSplit
 
 GAMES: dict[str, type[TextGame]] = {
     "ipd": PrisonersDilemma,

@@ -1,4 +1,7 @@
-"""Negotiation games of Advantage Alignment for LLMs: Trust-and-Split (``tas``) and Split-no-comm (``split``).
+"""Trust-and-Split (``tas``), its strategies, and the rules and parsers of both negotiation games (tas, ``split``).
+
+The negotiation games of Advantage Alignment for LLMs; Split-no-comm's game class and strategies are in
+:mod:`coop_rl.envs.split`, which reads its parser and the proportional rule from here.
 
 Trust-and-Split (rock-paper-scissors variant). Two players, ``rounds`` rounds, ``coins`` coins per round. At the
 start of each round each player privately draws a different hand of rock-paper-scissors from the game's seeded
@@ -45,7 +48,6 @@ counts as a claim of every unit of every item.
 
 from __future__ import annotations
 
-import itertools
 import re
 from typing import Any
 
@@ -119,11 +121,11 @@ def parse_split_proposal(text: Any, units: int = 10) -> dict[str, int] | None:
     return {item: claims[item] for item in ITEMS}
 
 
-def _points(x: float) -> str:
+def points_text(x: float) -> str:
     return f"{x:g} point" if x == 1 else f"{x:g} points"
 
 
-def _horizon(params: dict[str, Any]) -> str:
+def horizon_text(params: dict[str, Any]) -> str:
     """The rules' statement of the number of rounds: only with show_horizon."""
     return f": {params['rounds']} rounds" if params["show_horizon"] else ""
 
@@ -199,11 +201,11 @@ class TrustAndSplit(TextGame):
     def rules_text(self) -> str:
         p = self.params
         return (
-            f"You are playing a repeated negotiation game with another player{_horizon(p)}. Each round "
+            f"You are playing a repeated negotiation game with another player{horizon_text(p)}. Each round "
             f"both of you draw different rock-paper-scissors hands (rock beats scissors, scissors beats paper, "
             f"paper beats rock). The player whose hand wins has the upper hand: each coin is worth "
-            f"{_points(p['upper_value'])} to them. The other has the lower hand: each coin is worth "
-            f"{_points(p['lower_value'])} to them. You know only your own hand. {p['coins']} coins are split each "
+            f"{points_text(p['upper_value'])} to them. The other has the lower hand: each coin is worth "
+            f"{points_text(p['lower_value'])} to them. You know only your own hand. {p['coins']} coins are split each "
             f"round. First each player sends one message to the other (who speaks first in the first round is "
             f"drawn at random; then the first speaker alternates). Then both propose at the same time how many "
             f"of the {p['coins']} coins they keep. If the two claims add up to "
@@ -223,7 +225,7 @@ class TrustAndSplit(TextGame):
         return (
             f"Last round you had the {last['kinds'][seat]} hand ({last['hands'][seat]}) and the other player had "
             f"the {last['kinds'][other]} hand. You claimed {last['claims'][seat]}, the other claimed "
-            f"{last['claims'][other]}; you got {last['coins'][seat]:g} coins = {_points(last['rewards'][seat])}."
+            f"{last['claims'][other]}; you got {last['coins'][seat]:g} coins = {points_text(last['rewards'][seat])}."
         )
 
     def _prompt(self, seat: int) -> str:
@@ -233,7 +235,7 @@ class TrustAndSplit(TextGame):
             round_line(self.round, p["rounds"], p["show_horizon"]),
             self._last_round_line(seat),
             f"Your hand this round: {self.hands[self.round][seat]}. You have the {kind} hand: each coin is worth "
-            f"{_points(self.value(seat))} to you.",
+            f"{points_text(self.value(seat))} to you.",
         ]
         if self.messages:
             lines = [
@@ -371,180 +373,9 @@ class TrustAndSplit(TextGame):
         }
 
 
-# ----- Split-no-comm -----------------------------------------------------------------------------------------
-def _value_pairs() -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-    """Every ordered pair of value sets over ITEMS from SPLIT_VALUES that differ and have equal totals."""
-    low, high = SPLIT_VALUES
-    sets = [tuple(high if (mask >> i) & 1 else low for i in range(len(ITEMS))) for mask in range(2 ** len(ITEMS))]
-    return [(a, b) for a in sets for b in sets if a != b and sum(a) == sum(b)]
-
-
-VALUE_PAIRS = _value_pairs()  # fixed order, so a seeded draw from it is reproducible
-
-
-class SplitNoComm(TextGame):
-    """Split-no-comm: both players see both value sets and propose per-item splits simultaneously; no chat."""
-
-    name = "split"
-    symmetric = True  # each seat's value set is drawn from the same pairs, in either order
-    PARAMS = {
-        "rounds": GameParam(10, "number of rounds", int, low=1, high=100_000),
-        "units": GameParam(10, "units of each item kind split each round", int, low=1, high=1_000_000),
-        "show_horizon": SHOW_HORIZON,
-    }
-
-    def _reset(self) -> None:
-        self.round = 0
-        self.values: list[tuple[dict[str, int], dict[str, int]]] = []  # per round: (values of seat 0, of seat 1)
-        self.history: list[dict[str, Any]] = []
-        self._start_round()
-
-    def _start_round(self) -> None:
-        a, b = self.rng.choice(VALUE_PAIRS)  # one draw per round whatever the players did
-        self.values.append((dict(zip(ITEMS, a, strict=True)), dict(zip(ITEMS, b, strict=True))))
-
-    @property
-    def done(self) -> bool:
-        return self.round >= self.params["rounds"]
-
-    def max_welfare(self, round_index: int) -> float:
-        """Welfare when every item goes entirely to the player who values it more."""
-        v0, v1 = self.values[round_index]
-        return float(sum(self.params["units"] * max(v0[i], v1[i]) for i in ITEMS))
-
-    # --- prompts ------------------------------------------------------------------------------------------
-    def rules_text(self) -> str:
-        u = self.params["units"]
-        return (
-            f"You are playing a repeated negotiation game with another player{_horizon(self.params)}. "
-            f"Each round {u} hats, {u} books and {u} balls are split between you. Each item kind is worth "
-            f"{SPLIT_VALUES[0]} or {SPLIT_VALUES[1]} points per unit to each player; both players see both "
-            f"players' values, and both players' values add up to the same total. There is no communication. "
-            f"Both propose at the same time how many units of each item they keep. For each item, if the two "
-            f"claims add up to {u} or less, each gets its claim; otherwise the units are shared in proportion "
-            f"to the claims ({u} * your claim / sum of claims). Maximize your total points.\n"
-            f"Answer format: <propose>hats=H books=B balls=L</propose> with H, B, L integers from 0 to {u}. "
-            f"An invalid proposal counts as claiming all {u} units of every item."
-        )
-
-    @staticmethod
-    def _values_text(values: dict[str, int]) -> str:
-        return ", ".join(f"{item} {values[item]}" for item in ITEMS)
-
-    def _prompt(self, seat: int) -> str:
-        other = 1 - seat
-        u = self.params["units"]
-        parts = [round_line(self.round, self.params["rounds"], self.params["show_horizon"])]
-        if self.history:
-            last = self.history[-1]
-            parts.append(
-                "Last round you claimed "
-                + self._values_text(last["claims"][seat])
-                + "; the other claimed "
-                + self._values_text(last["claims"][other])
-                + f"; you got {_points(last['rewards'][seat])}."
-            )
-        else:
-            parts.append("This is the first round.")
-        mine, theirs = self.values[self.round][seat], self.values[self.round][other]
-        parts.append("Your values per unit: " + self._values_text(mine) + ".")
-        parts.append("The other player's values per unit: " + self._values_text(theirs) + ".")
-        parts.append(f"Answer <propose>hats=H books=B balls=L</propose> with H, B, L integers from 0 to {u}.")
-        return "\n".join(parts)
-
-    def pending_turns(self) -> list[Turn]:
-        if self.done:
-            return []
-        return [
-            Turn(
-                seat=seat,
-                phase="split",
-                messages=[
-                    {"role": "system", "content": self.rules_text()},
-                    {"role": "user", "content": self._prompt(seat)},
-                ],
-                timestep=self.round,
-            )
-            for seat in (0, 1)
-        ]
-
-    def step(self, actions: dict[int, str]) -> None:
-        self._check_actions(actions)
-        units = self.params["units"]
-        claims = []
-        for seat in (0, 1):
-            text = clean_text(actions[seat])
-            claim = parse_split_proposal(text, units)
-            valid = claim is not None
-            if claim is None:
-                claim = dict.fromkeys(ITEMS, units)
-            self._record(self.round, seat, "split", text, claim, valid)
-            claims.append(claim)
-        got: tuple[dict[str, float], dict[str, float]] = ({}, {})
-        for item in ITEMS:
-            got[0][item], got[1][item] = split_amounts(claims[0][item], claims[1][item], units)
-        values = self.values[self.round]
-        rewards = [sum(got[seat][item] * values[seat][item] for item in ITEMS) for seat in (0, 1)]
-        for seat in (0, 1):
-            self.rewards[seat].append(rewards[seat])
-        self.history.append(
-            {"round": self.round, "values": values, "claims": tuple(claims), "got": got, "rewards": tuple(rewards)}
-        )
-        self.round += 1
-        if not self.done:
-            self._start_round()
-
-    def answer_choices(self, turn: Turn) -> list[str] | None:
-        """Every per-item proposal ``<propose>hats=H books=B balls=L</propose>`` (units + 1 cubed of them)."""
-        units = range(self.params["units"] + 1)
-        return [_propose_items(dict(zip(ITEMS, c, strict=True))) for c in itertools.product(units, repeat=len(ITEMS))]
-
-    def answer_patterns(self) -> dict[str, str]:
-        """The split: ``<propose>hats=H books=B balls=L</propose>``, each count 0..units."""
-        number = integer_pattern(self.params["units"])
-        return {"split": "<propose>" + " ".join(f"{item}={number}" for item in ITEMS) + "</propose>"}
-
-    def view(self, seat: int) -> dict[str, Any]:
-        other = 1 - seat
-        current = not self.done
-        return {
-            "round": self.round,
-            "phase": "split" if current else "done",
-            "units": self.params["units"],
-            "my_values": dict(self.values[self.round][seat]) if current else None,
-            "their_values": dict(self.values[self.round][other]) if current else None,
-            "history": [
-                {
-                    "round": h["round"],
-                    "my_values": dict(h["values"][seat]),
-                    "their_values": dict(h["values"][other]),
-                    "my_claim": dict(h["claims"][seat]),
-                    "their_claim": dict(h["claims"][other]),
-                    "my_reward": h["rewards"][seat],
-                }
-                for h in self.history
-            ],
-        }
-
-    def metrics(self) -> dict[str, Any]:
-        played = len(self.history)
-        welfare = sum(self.returns())
-        best = sum(self.max_welfare(r) for r in range(played))
-        return {
-            "rounds": played,
-            "welfare": welfare,
-            "efficiency": welfare / best if best else 0.0,
-            "invalid_rate": self.invalid_rates(),
-        }
-
-
-# ----- scripted strategies (they answer in text, through the games' own parsers) ------------------------------
+# ----- scripted strategies (they answer in text, through the game's own parser) -------------------------------
 def _propose(n: int) -> str:
     return f"<propose>{n}</propose>"
-
-
-def _propose_items(claims: dict[str, int]) -> str:
-    return "<propose>" + " ".join(f"{item}={claims[item]}" for item in ITEMS) + "</propose>"
 
 
 @register(("tas",), "greedy")
@@ -579,19 +410,3 @@ class TasFair(ScriptedStrategy):
         if turn.phase == "chat":
             return "<message>Let's split the coins evenly.</message>"
         return _propose(game.view(turn.seat)["coins"] // 2)
-
-
-@register(("split",), "greedy")
-class SplitGreedy(ScriptedStrategy):
-    """Claims every unit of every item."""
-
-    def act(self, game: TextGame, turn: Turn) -> str:
-        return _propose_items(dict.fromkeys(ITEMS, game.view(turn.seat)["units"]))
-
-
-@register(("split",), "fair")
-class SplitFair(ScriptedStrategy):
-    """Claims half of every item (rounded down)."""
-
-    def act(self, game: TextGame, turn: Turn) -> str:
-        return _propose_items(dict.fromkeys(ITEMS, game.view(turn.seat)["units"] // 2))

@@ -14,16 +14,8 @@ from hypothesis import strategies as st
 import coop_rl.envs.spgg  # noqa: F401  (registers the game's strategies)
 from coop_rl.envs import make_game
 from coop_rl.envs.base import GameConfigError
-from coop_rl.envs.spgg import (
-    SequentialPublicGoods,
-    evaluate_expression,
-    format_contribution,
-    last_tag_content,
-    make_task,
-    parse_answer,
-    parse_contribution,
-    parse_message,
-)
+from coop_rl.envs.parsing import last_tag_content
+from coop_rl.envs.spgg import SequentialPublicGoods
 from coop_rl.envs.spgg_solver import (
     REDESIGNED_KEYS,
     SPNEResult,
@@ -33,6 +25,14 @@ from coop_rl.envs.spgg_solver import (
     solve_params,
     solve_spgg,
     stage_utilities,
+)
+from coop_rl.envs.spgg_text import (
+    evaluate_expression,
+    format_contribution,
+    make_task,
+    parse_answer,
+    parse_contribution,
+    parse_message,
 )
 from coop_rl.envs.strategies import make_strategy, strategy_names
 

@@ -9,15 +9,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coop_rl.envs.base import GameConfigError
+from coop_rl.envs.parsing import last_tag_content
+from coop_rl.envs.split import VALUE_PAIRS, SplitNoComm
 from coop_rl.envs.strategies import make_strategy
 from coop_rl.envs.tas import (
     BEATS,
     HANDS,
     ITEMS,
-    VALUE_PAIRS,
-    SplitNoComm,
     TrustAndSplit,
-    last_tag_content,
     parse_message,
     parse_proposal,
     parse_split_proposal,
