@@ -102,14 +102,6 @@ def write_exploit(result: dict[str, Any], out_dir: str | Path) -> list[str]:
     return result["plots"]
 
 
-# Old private names that coop_rl/demo.py still reads (rp._table, rp._json_ready): kept until it moves to the public
-# helpers (markdown_table returns one string where _table returned its lines).
-def _table(headers: Any, rows: Any) -> list[str]:
-    return markdown_table(headers, rows).split("\n")
-
-
-_json_ready = json_ready
-
 __all__ = [
     "COOPERATION_PNG",
     "CROSSPLAY_PNG",

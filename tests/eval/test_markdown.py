@@ -42,12 +42,10 @@ def test_split_exploit_section():
 
 
 def test_report_keeps_its_old_names():
-    """coop_rl.eval.report still serves what imports it: the writers, the plots and text re-exported, and the old
-    private helpers the demo reads."""
+    """coop_rl.eval.report still serves what imports it: the writers, and the plots and text re-exported."""
     from coop_rl.eval import markdown, plots
 
     assert report.eval_table is markdown.eval_table and report.exploit_table is markdown.exploit_table
     assert report.plot_returns is plots.plot_returns and report.DPI == plots.DPI == 100
     assert report.LEARNING_CURVES_PNG == "learning_curves.png" and report.CROSSPLAY_PNG == "crossplay.png"
-    assert report._table(["a"], [["1"]]) == ["| a |", "|---|", "| 1 |"]
-    assert report._json_ready({"x": [math.nan, 1.0], "y": (math.inf,)}) == {"x": [None, 1.0], "y": [None]}
+    assert report.json_ready({"x": [math.nan, 1.0], "y": (math.inf,)}) == {"x": [None, 1.0], "y": [None]}
