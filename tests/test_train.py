@@ -103,11 +103,12 @@ def test_train_help_lists_every_setting(capsys):
 @pytest.mark.slow
 def test_train_saves_the_policy_folder_and_returns_it(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    extra = ["--max_steps", "1", "--matches_per_iteration", "8", "--save_steps", "1", "--game_params", '{"rounds": 2}']
+    extra = ["--max_steps", "1", "--matches_per_iteration", "8", "--game_params", '{"rounds": 2}']
+    extra += ["--save_steps", "1", "--logging_steps", "1"]
     assert train(load_recipe(_argv(tiny_model_dir, out, *extra))) == out
     assert f"saved the trained policy to {out} (play it as hf:{out})" in capsys.readouterr().out
     settings = json.loads((out / "coop_rl_policy.json").read_text())
     assert (settings["constrain_answers"], settings["game"]) == (True, "ipd")  # the recipe's, kept with the policy
     assert (out / "model.safetensors").exists() and (out / "tokenizer_config.json").exists()
     history = json.loads((out / "checkpoint-1" / "trainer_state.json").read_text())["log_history"]
-    assert history[0]["step"] == 1
+    assert history[0]["step"] == 1 and 0.0 <= history[0]["rollout/cooperation_rate"] <= 1.0
