@@ -168,10 +168,15 @@ class AAConfig(TrainingArguments):
 
     # ----- evaluation during training -----------------------------------------------------------------------
     play_eval_every: int = field(
-        default=0, metadata={"help": "Every this many iterations play the policy against play_eval_opponents."}
+        default=0,
+        metadata={
+            "help": "Every this many optimizer steps (0: never) play the current policy (the rollout engine, the "
+            "training sampling) in seat 0 against each of play_eval_opponents and log "
+            "eval/<opponent>/cooperation_rate and eval/<opponent>/return."
+        },
     )
     play_eval_opponents: str = field(
-        default="tft,alld", metadata={"help": "Comma-separated opponents of the in-training evaluation."}
+        default="tft,alld", metadata={"help": "Comma-separated opponents (player specs) of the in-training evaluation."}
     )
     play_eval_matches: int = field(default=32, metadata={"help": "Matches per opponent of that evaluation."})
 
@@ -237,7 +242,25 @@ class AAConfig(TrainingArguments):
                 )
         if self.max_steps is None or self.max_steps < 1:
             raise ValueError("max_steps (the number of optimizer steps) must be >= 1")
+        self._check_combinations()
         self._check_game()
+        if self.ddp_find_unused_parameters is None:
+            # Every trainable weight is in every loss (skip DDP's extra pass), except with one adapter per seat,
+            # where a micro-batch may hold no turn of some seat.
+            self.ddp_find_unused_parameters = bool(self.seat_adapters)
+
+    def _check_combinations(self) -> None:
+        """Settings that need one another."""
+        if self.seat_adapters and not (self.use_peft and self.opponent == "self_play" and self.rollout_backend == "hf"):
+            raise ValueError("seat_adapters needs use_peft true, opponent self_play and rollout_backend hf")
+        if self.rollout_backend == "vllm" and not self.use_peft:
+            raise ValueError("rollout_backend vllm needs use_peft true: the engine is synced by hot-swapping LoRA")
+        if self.rollout_backend == "vllm" and self.constrain_answers:
+            raise ValueError("rollout_backend vllm does not support constrain_answers; use rollout_backend hf")
+        if self.kl_coef > 0 and not self.use_peft:
+            raise ValueError("kl_coef > 0 needs use_peft: the reference policy is the model with its adapter off")
+        if self.play_eval_every and not [s for s in self.play_eval_opponents.split(",") if s.strip()]:
+            raise ValueError("play_eval_every > 0 needs play_eval_opponents (comma-separated player specs)")
 
     def _resolve_precision(self) -> None:
         """Set ``bf16`` from ``precision`` (before TrainingArguments derives its mixed-precision mode from it)."""
@@ -275,12 +298,21 @@ class AAConfig(TrainingArguments):
 
     def _check_game(self) -> None:
         """The game and its parameters, checked here (pure Python) so that no model is loaded for a bad game."""
-        import json
-
         from coop_rl.envs import GAMES, make_game
 
         if self.game not in GAMES:
             raise ValueError(f"game={self.game!r}: expected one of {', '.join(GAMES)}")
+        params = self.parsed_game_params
+        try:
+            make_game(self.game, **params)
+        except ValueError as error:
+            raise ValueError(f"game_params: {error}") from None
+
+    @property
+    def parsed_game_params(self) -> dict:
+        """``game_params`` as a mapping (it may be given as a JSON string; None or empty: no parameters)."""
+        import json
+
         params = self.game_params
         if isinstance(params, str) and params.strip():
             try:
@@ -291,10 +323,7 @@ class AAConfig(TrainingArguments):
             params = {}
         if not isinstance(params, dict):
             raise ValueError(f"game_params={self.game_params!r}: expected a mapping of game parameters")
-        try:
-            make_game(self.game, **params)
-        except ValueError as error:
-            raise ValueError(f"game_params: {error}") from None
+        return dict(params)
 
 
 # (field, lower bound, strict): numeric settings outside these are rejected with the field's name.

@@ -5,9 +5,9 @@ boolean ``mask`` [B, T] that is True where a match has the timestep (matches can
 Padded entries never leak into results: they are ignored on input (even NaN there is harmless) and come out 0.
 Co-players' tensors may carry an extra axis, [B, K, T] (K co-players, as in the SPGG); the mask stays [B, T].
 
-The trainer calls :func:`compute_credit` with each row's rewards, then :func:`broadcast_to_tokens` to give each
-turn its credit (every token of that turn's completion gets it; the trainer multiplies by a completion mask, so
-prompt and other players' tokens get none).
+The trainer's rollout (:func:`coop_rl.rollout.assign_credit`) calls :func:`compute_credit` with each row's
+rewards, then :func:`broadcast_to_tokens` to give each turn its credit (every token of that turn's completion gets
+it; the loss multiplies by a completion mask, so prompt and other players' tokens get none).
 """
 
 from __future__ import annotations

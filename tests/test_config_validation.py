@@ -78,6 +78,15 @@ def _train(model_dir, tmp_path, *extra, config=RECIPE):
         (["--use_peft", "true", "--lora_target_modules", "q_proj,attn_c"],
          ["lora_target_modules", "attn_c", "all-linear", "q_proj", "v_proj"]),
         (["--resume_from_checkpoint", "/no/such/checkpoint"], ["checkpoint not found"]),
+        # settings that need one another (AAConfig._check_combinations)
+        (["--seat_adapters", "true"], ["seat_adapters needs use_peft true, opponent self_play and rollout_backend hf"]),
+        (["--use_peft", "true", "--seat_adapters", "true", "--opponent", "pool"], ["seat_adapters needs"]),
+        (["--rollout_backend", "vllm"], ["rollout_backend vllm needs use_peft true"]),
+        (["--rollout_backend", "vllm", "--use_peft", "true", "--constrain_answers", "true"],
+         ["rollout_backend vllm does not support constrain_answers"]),
+        (["--kl_coef", "0.1"], ["kl_coef > 0 needs use_peft"]),
+        (["--play_eval_every", "5", "--play_eval_opponents", " , "], ["play_eval_every > 0 needs play_eval_opponents"]),
+        (["--play_eval_every", "-1"], ["play_eval_every", ">= 0"]),
     ],
 )  # fmt: skip
 def test_bad_setting_is_one_line_exit_2_before_weights(extra, needles, model_config_dir, tmp_path, capsys, no_weights):

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from coop_rl.aa_trainer import merge_identical_turns
+from coop_rl.loss import merge_identical_turns
 
 
 def test_merge_identical_turns_sums_credit():
@@ -92,6 +92,7 @@ def test_shared_prompt_prefix_gives_the_same_logprobs_and_gradient(tiny_model_di
     """The loss runs the rows' common prompt prefix once: same logprobs and gradient as running every row whole."""
     from coop_rl.aa_config import AAConfig
     from coop_rl.aa_trainer import AATrainer
+    from coop_rl.loss_batch import batch_rows, token_logprobs
     from coop_rl.players.scripted import ScriptedPlayer
     from coop_rl.runner import run_matches
 
@@ -103,12 +104,12 @@ def test_shared_prompt_prefix_gives_the_same_logprobs_and_gradient(tiny_model_di
     mine = [t.action for t in turns if t.seat == 0]
     rows = merge_identical_turns([(a.prompt_ids, a.completion_ids, a.logprobs, 1.0, a.allowed) for a in mine])
     results = {}
+    pad, vocab = trainer.processing_class.pad_token_id, trainer.model.config.vocab_size
     for share in (True, False):
-        trainer._share_prefix = share
-        batch = trainer._batch_tensors(rows)
+        batch = batch_rows(rows, pad, vocab, share_prefix=share)
         assert (batch["prefix_length"] > 8) == share  # the IPD's rules are a long common opening
         trainer.model.zero_grad()
-        logprobs, _ = trainer._token_logprobs(trainer.model, batch)
+        logprobs, _ = token_logprobs(trainer.model, batch)
         (logprobs * batch["completion_mask"]).sum().backward()
         gradient = torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None])
         results[share] = (logprobs * batch["completion_mask"], gradient)
@@ -144,6 +145,9 @@ def test_lora_run_with_kl_saves_an_adapter_that_plays(tmp_path, tiny_model_dir, 
     kl = {h["step"]: h["loss/kl"] for h in _log_history(out) if "loss" in h}
     assert sorted(kl) == [1, 2], kl
     assert abs(kl[1]) < 1e-6 and kl[2] > 0.0 and math.isfinite(kl[2]), kl
+    # The pool's entries were LoRA adapters on the live model: none of them is saved with the policy.
+    assert {h["rollout/pool_size"] for h in _log_history(out) if "loss" in h} == {1.0, 2.0}
+    assert not [p for p in out.rglob("pool*")]
     capsys.readouterr()
     assert main(["play", "--game", "ipd", "--players", f"hf:{out},alld", "--matches", "4", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["players"][0]["spec"] == f"hf:{out}"
@@ -178,6 +182,27 @@ def test_ppo_passes_over_one_rollout_until_the_clip_binds(tmp_path, tiny_model_d
     assert logged[0]["loss/clip_fraction"] == 0.0 and abs(logged[0]["loss/is_weight"] - 1.0) < 1e-3
     assert max(h["loss/clip_fraction"] for h in logged[1:]) > 0.0, logged
     assert all(0.0 <= h["loss/clip_fraction"] <= 1.0 and math.isfinite(h["loss"]) for h in logged)
+
+
+@pytest.mark.slow
+def test_play_eval_every_5_logs_eval_metrics_at_steps_5_and_10(tmp_path, tiny_model_dir):
+    """play_eval_every: the current policy plays each play_eval_opponents opponent; the metrics land in
+    trainer_state.json's log_history, on their own line, at steps 5 and 10 only."""
+    rounds = 3
+    out = _train(tmp_path, tiny_model_dir, "--max_steps", "10", "--save_steps", "10", "--play_eval_every", "5",
+                 "--play_eval_opponents", "tft,alld", "--play_eval_matches", "4", "--game_params",
+                 f'{{"rounds": {rounds}}}')  # fmt: skip
+    history = json.loads((out / "checkpoint-10" / "trainer_state.json").read_text())["log_history"]
+    evals = [h for h in history if any(key.startswith("eval/") for key in h)]
+    assert [h["step"] for h in evals] == [5, 10]
+    assert [h["step"] for h in history if "loss" in h] == list(range(1, 11))  # the training lines are all there
+    keys = {f"eval/{opponent}/{metric}" for opponent in ("tft", "alld") for metric in ("return", "cooperation_rate")}
+    for entry in evals:
+        assert {key for key in entry if key.startswith("eval/")} == keys and "loss" not in entry
+        assert all(0.0 <= entry[f"eval/{o}/cooperation_rate"] <= 1.0 for o in ("tft", "alld"))
+        # alld always defects: the policy scores 0 (C) or 1 (D) a round, so its return is its defections
+        assert math.isclose(entry["eval/alld/return"], rounds * (1 - entry["eval/alld/cooperation_rate"]))
+        assert 0.0 <= entry["eval/tft/return"] <= 5.0 * rounds
 
 
 TRAIN_USER_ERRORS = [
