@@ -46,6 +46,7 @@ from coop_rl.opponents import (
 )
 from coop_rl.players import SamplingConfig
 from coop_rl.players.base import Player
+from coop_rl.policy_folder import write_policy_settings
 from coop_rl.precision import precision_record
 from coop_rl.rollout import (
     Played,
@@ -377,14 +378,12 @@ class AATrainer(Trainer):
 
     def save_policy_settings(self, output_dir: str) -> None:
         """Record how the policy answers, so that ``hf:<output_dir>`` plays exactly the policy that was trained."""
-        from coop_rl.players.hf import POLICY_SETTINGS_FILE
-
         settings = {"constrain_answers": self.args.constrain_answers, "game": self.args.game}
         folders = [Path(output_dir)]
         if self.args.seat_adapters:  # peft saves adapter k > 0 in output_dir/seat<k>: each plays as hf:<that dir>
             folders += [Path(output_dir) / seat_adapter_name(seat) for seat in range(1, self.num_seats)]
         for folder in folders:
-            (folder / POLICY_SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+            write_policy_settings(folder, settings)
             if folder != Path(output_dir):
                 self.processing_class.save_pretrained(folder)
 
