@@ -27,9 +27,10 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import importlib.util
+import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,27 @@ SMOLLM2 = PretrainedSource(
 PRETRAINED: dict[str, PretrainedSource] = {SMOLLM2.kind: SMOLLM2}
 
 
+@dataclass(frozen=True)
+class PretrainedWarmStart:
+    """``init-model smollm2 --warm-start``: imitate the named games' scripted populations (coop_rl.warm_start)
+    through a LoRA adapter on every linear layer, merged into the saved weights.
+
+    Why: SmolLM2-135M-Instruct cooperates about 0.9 in the IPD whatever the co-player did (measured), and from a
+    history-blind prior Advantage Alignment falls to defection like any credit. The defaults were measured on the
+    IPD (scale 0.1 of the tiny model's corpus: 720 turns): P(cooperate) after the four last-round outcomes went
+    from 0.93/0.93/0.91/0.85 (CC/CD/DC/DD) to 0.98/0.58/0.54/0.24.
+    """
+
+    games: tuple[str, ...] = ("ipd",)
+    #: fraction of the tiny model's corpus (warm_start.POPULATIONS): 0.1 is 36 IPD matches, 720 turns
+    data_scale: float = 0.1
+    epochs: float = 1.0
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    lora_r: int = 8
+    seed: int = 0
+
+
 def locate_gguf(source: PretrainedSource = SMOLLM2, package: str | None = None) -> Path:
     """The GGUF file of ``source`` in its installed package folder (``package`` overrides the import name).
 
@@ -114,8 +136,6 @@ def _version(distribution: str) -> str | None:
 
 def read_info(directory: str | Path) -> dict[str, Any] | None:
     """The provenance of a model folder built here, or None (no such file, or unreadable)."""
-    import json
-
     try:
         return json.loads((Path(directory) / INFO_FILE).read_text())
     except (OSError, ValueError):
@@ -170,25 +190,30 @@ def init_pretrained_model(
     precision: str = "auto",
     constrain_answers: bool = True,
     package: str | None = None,
+    warm_start: PretrainedWarmStart | None = None,
 ) -> Path:
     """Convert the installed GGUF of ``kind`` into a model folder at ``out_dir``; return its path.
 
     ``precision`` (auto, float32, bfloat16) picks the saved dtype (auto: :func:`coop_rl.precision.choose_precision`
     at the model's width; see the module doc for what it means). ``package`` overrides the import name of the
     package holding the file (tests point it at a missing package, or at a folder with a small GGUF file).
+    ``warm_start`` (see :class:`PretrainedWarmStart`) fits the model to scripted populations before it is saved.
 
     Idempotent: a folder already built here from the same file (same sha256) with the same policy settings is
     reused as it is (in its dtype, unless ``precision`` names another); another build of ours is replaced;
     anything else non-empty at ``out_dir`` is refused (:class:`FileExistsError`). The folder is written under a
     temporary name and renamed, so an interrupted conversion never leaves a half-written folder.
     """
-    from coop_rl.precision import PRECISIONS, choose_precision, precision_record
+    from coop_rl.precision import PRECISIONS, choose_precision
+    from coop_rl.warm_start import unknown_games
 
     if kind not in PRETRAINED:
         raise ValueError(f"unknown pretrained model {kind!r}; known: {', '.join(PRETRAINED)}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     source = PRETRAINED[kind]
+    if warm_start is not None and unknown_games(warm_start.games):
+        raise ValueError(f"no warm-start population for game {unknown_games(warm_start.games)[0]!r}")
     out = Path(out_dir).resolve()
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and read_info(out) is None)):
         raise FileExistsError(f"{out} exists and is not a model built by coop-rl init-model; choose another --out")
@@ -196,24 +221,14 @@ def init_pretrained_model(
     started = time.perf_counter()
     digest = sha256_file(gguf_path)
     previous = read_info(out) if out.is_dir() else None
-    if (
-        previous is not None
-        and previous.get("kind") == f"coop-rl pretrained {kind}"
-        and previous.get("source", {}).get("sha256") == digest
-        # auto keeps the dtype the machine chose before: the bf16 probe is noisy under load (0.93x to 1.89x
-        # measured on one CPU within minutes), and a rerun that flips the dtype would be no idempotence at all
-        and precision in ("auto", previous.get("dtype"))
-        and previous.get("constrain_answers") == constrain_answers
-        and (out / "config.json").exists()
-    ):
+    if previous is not None and _reusable(previous, out, kind, digest, precision, constrain_answers, warm_start):
         logger.info("%s already holds %s from the same file (%s): reused", out, kind, previous.get("dtype"))
         return out
 
     import torch
-    import transformers
 
     from coop_rl.policy_folder import POLICY_SETTINGS_FILE
-    from coop_rl.tiny_model import _save_model_atomically
+    from coop_rl.warm_start import save_model_atomically
 
     logger.info("reading %s (%s, sha256 %s)", gguf_path, source.quantization, digest[:12])
     types = tensor_types(gguf_path)
@@ -222,12 +237,73 @@ def init_pretrained_model(
     del gguf_model
     tokenizer.model_max_length = model.config.max_position_embeddings  # the GGUF tokenizer says "unbounded"
     chosen = choose_precision("cpu", precision, width=model.config.hidden_size)
+    warm_record = _warm_start(model, tokenizer, warm_start, chosen.dtype) if warm_start is not None else None
+    if warm_record is not None:
+        model = warm_record.pop("model")
     if chosen.bf16:
         model = model.to(torch.bfloat16)
     model.config.dtype = chosen.dtype
-    parameters = sum(p.numel() for p in model.parameters())
-    info = {
-        "kind": f"coop-rl pretrained {kind}",
+    info = _provenance(source, package, gguf_path, digest, model, chosen, warm_record)
+    info["tensor_types"] = types
+    info["constrain_answers"] = constrain_answers
+    extra = {POLICY_SETTINGS_FILE: {"constrain_answers": True}} if constrain_answers else {}
+    # hash, read, dequantize, rebuild and warm start (not the write)
+    info["seconds"] = round(time.perf_counter() - started, 1)
+    saved = save_model_atomically(out, model, tokenizer, info, info_file=INFO_FILE, extra_files=extra)
+    logger.info(
+        "saved %s (%d parameters, %s): converted in %.1f s, %.1f s with the write",
+        saved,
+        info["parameters"],
+        chosen.dtype,
+        info["seconds"],
+        time.perf_counter() - started,
+    )
+    return saved
+
+
+def _reusable(
+    previous: dict[str, Any],
+    out: Path,
+    kind: str,
+    digest: str,
+    precision: str,
+    constrain_answers: bool,
+    warm_start: PretrainedWarmStart | None,
+) -> bool:
+    """Whether the folder's earlier build is what this call would build: same file, settings and warm start."""
+    wanted_warm_start = json.loads(json.dumps(asdict(warm_start))) if warm_start is not None else None
+    return (
+        previous.get("kind") == f"coop-rl pretrained {kind}"
+        and previous.get("source", {}).get("sha256") == digest
+        # auto keeps the dtype the machine chose before: the bf16 probe is noisy under load (0.93x to 1.89x
+        # measured on one CPU within minutes), and a rerun that flips the dtype would be no idempotence at all
+        and precision in ("auto", previous.get("dtype"))
+        and previous.get("constrain_answers") == constrain_answers
+        and wanted_warm_start == (previous.get("warm_start") or {}).get("settings")
+        and (out / "config.json").exists()
+    )
+
+
+def _provenance(
+    source: PretrainedSource,
+    package: str | None,
+    gguf_path: Path,
+    digest: str,
+    model: Any,
+    chosen: Any,
+    warm_record: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """What ``coop_rl_model.json`` says of a build: where the weights came from and what was done to them."""
+    import transformers
+
+    from coop_rl.precision import precision_record
+
+    if warm_record is not None:
+        after = ", warm-started (a LoRA imitation merged into the weights)"
+    else:
+        after = ", saved exactly"
+    return {
+        "kind": f"coop-rl pretrained {source.kind}",
         "model": source.model,
         "architecture": type(model).__name__,
         "source": {
@@ -239,22 +315,44 @@ def init_pretrained_model(
         },
         "license": source.license,
         "quantization": f"{source.quantization}, dequantized to float32 by transformers {transformers.__version__} "
-        f"(gguf {_version('gguf')})" + (", then rounded to bfloat16" if chosen.bf16 else ", saved exactly"),
-        "tensor_types": types,
+        f"(gguf {_version('gguf')})" + after + (", then rounded to bfloat16" if chosen.bf16 else ""),
         "dtype": chosen.dtype,
-        "parameters": parameters,
-        "constrain_answers": constrain_answers,
+        "parameters": sum(p.numel() for p in model.parameters()),
         "precision": precision_record(chosen),
+        "warm_start": warm_record,
     }
-    extra = {POLICY_SETTINGS_FILE: {"constrain_answers": True}} if constrain_answers else {}
-    info["seconds"] = round(time.perf_counter() - started, 1)  # hash, read, dequantize, rebuild (not the write)
-    saved = _save_model_atomically(out, model, tokenizer, info, info_file=INFO_FILE, extra_files=extra)
-    logger.info(
-        "saved %s (%d parameters, %s): converted in %.1f s, %.1f s with the write",
-        saved,
-        parameters,
-        chosen.dtype,
-        info["seconds"],
-        time.perf_counter() - started,
+
+
+def _warm_start(model: Any, tokenizer: Any, settings: PretrainedWarmStart, dtype: str) -> dict[str, Any]:
+    """Fit ``model`` to the populations of ``settings.games`` in ``dtype``; the record holds the merged model
+    under "model" (popped by the caller) beside what the provenance file keeps."""
+    import tempfile
+
+    from coop_rl.warm_start import ImitationSettings, collect_examples, corpus_fingerprint, imitate
+
+    started = time.perf_counter()
+    examples = collect_examples(settings.seed, settings.data_scale, settings.games)
+    imitation = ImitationSettings(
+        epochs=(settings.epochs, settings.epochs),
+        batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        max_grad_norm=1.0,
+        seed=settings.seed,
+        precision=dtype,
+        width=model.config.hidden_size,
+        lora_r=settings.lora_r,
     )
-    return saved
+    logger.info(
+        "warm start: imitating %d scripted turns of %s (LoRA r%d)", len(examples), settings.games, settings.lora_r
+    )
+    with tempfile.TemporaryDirectory(prefix="coop_rl_sft_") as work_dir:
+        merged, stats = imitate(model, tokenizer, examples, imitation, Path(work_dir))
+    return {
+        "model": merged.eval(),
+        "settings": json.loads(json.dumps(asdict(settings))),
+        "examples": len(examples),
+        "corpus_sha256": corpus_fingerprint(examples),
+        "steps": stats["steps"],
+        "train_loss": stats["train_loss"],
+        "seconds": round(time.perf_counter() - started, 1),
+    }

@@ -14,10 +14,19 @@ Three steps, each with the ecosystem's own tools:
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from coop_rl.warm_start import (  # noqa: F401  (POPULATIONS, collect_examples, corpus_fingerprint: re-exported)
+    POPULATIONS,
+    ImitationSettings,
+    collect_examples,
+    corpus_fingerprint,
+    imitate,
+    save_model_atomically,
+    unknown_games,
+)
 
 logger = logging.getLogger("coop_rl.tiny_model")
 
@@ -28,19 +37,6 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-
-#: the population each game's warm start imitates (scripted strategy names), how many matches to record, and the
-#: warm-start phase: phase 1 (long prompts and answers: chat, proposals) before phase 2 (the matrix games), so that
-#: the IPD's state-dependent behaviour is what the model fits last and best. Within a phase, batches are sampled at
-#: random: length-sorted batches of the IPD are all first rounds or all later rounds, and such unmixed batches
-#: kept the model from learning to read the co-player's move (measured: one action distribution in every state).
-POPULATIONS: dict[str, dict[str, Any]] = {
-    "ipd": {"strategies": ["allc", "alld", "tft", "stft", "wsls", "random"], "matches": 360, "phase": 2},
-    "bos": {"strategies": ["allc", "alld", "tft", "stft", "wsls", "random"], "matches": 72, "phase": 2},
-    "tas": {"strategies": ["greedy", "honest", "fair"], "matches": 18, "phase": 1},
-    "split": {"strategies": ["greedy", "fair"], "matches": 16, "phase": 1},
-    "spgg": {"strategies": ["free_rider", "full", "conditional"], "matches": 162, "phase": 1, "params": {"rounds": 2}},
-}
 
 
 @dataclass
@@ -68,54 +64,19 @@ class TinyModelConfig:
     #: warm-start precision: auto (the machine's choice, coop_rl.precision), float32 or bfloat16
     precision: str = "auto"
 
-
-def collect_examples(
-    seed: int = 0, scale: float = 1.0, games: tuple[str, ...] = tuple(POPULATIONS)
-) -> list[dict[str, Any]]:
-    """Prompt/completion examples from scripted matches of every game: what each seat saw and answered.
-
-    Every pair of the game's population (both orders, self-play included) plays the same number of matches, so
-    the examples are a balanced mixture of the population's behaviour in every state.
-    """
-    from coop_rl.players.scripted import ScriptedPlayer
-    from coop_rl.runner import TurnRecord, run_matches
-
-    examples: list[dict[str, Any]] = []
-    for game_name in games:
-        population = POPULATIONS[game_name]
-        names = population["strategies"]
-        pairs = [(a, b) for a in names for b in names]
-        per_pair = max(1, round(population["matches"] * scale / len(pairs)))
-        players = {name: ScriptedPlayer(name, game_name) for name in names}
-        for index, (a, b) in enumerate(pairs):
-            seats = [players[a], players[b]]
-            params = dict(population.get("params", {}))
-            if game_name == "spgg":  # three seats: the third is drawn from the population too
-                seats.append(players[names[index % len(names)]])
-                params["players"] = 3
-
-            turns: list[TurnRecord] = []
-            run_matches(game_name, params, seats, matches=per_pair, seed=seed * 7919 + index, on_turns=turns.extend)
-            examples += [
-                {
-                    "prompt": turn.messages,
-                    "completion": [{"role": "assistant", "content": turn.action.text}],
-                    "game": game_name,
-                    "phase": population["phase"],
-                }
-                for turn in turns
-            ]
-    random.Random(seed).shuffle(examples)
-    return examples
-
-
-def corpus_fingerprint(examples: list[dict[str, Any]]) -> str:
-    """sha256 of the warm-start corpus (every prompt and answer): a model built from other game texts (an older
-    prompt format, say) is stale, and ``coop-rl demo`` rebuilds it."""
-    import hashlib
-    import json
-
-    return hashlib.sha256(json.dumps(examples, sort_keys=True).encode("utf-8")).hexdigest()
+    def imitation_settings(self) -> ImitationSettings:
+        """The warm start's settings. From random initialisation the first gradients are large; clipping them to
+        1 (TRL's default) slowed the warm start several-fold for no stability gain on a model this small."""
+        return ImitationSettings(
+            epochs=self.sft_epochs,
+            batch_size=self.sft_batch_size,
+            learning_rate=self.sft_learning_rate,
+            max_grad_norm=10.0,
+            seed=self.seed,
+            precision=self.precision,
+            width=self.hidden_size,
+            max_length=self.max_position_embeddings,
+        )
 
 
 def _corpus(examples: list[dict[str, Any]]):
@@ -178,52 +139,6 @@ def build_model(tokenizer, config: TinyModelConfig):
     return model
 
 
-def warm_start(model, tokenizer, examples: list[dict[str, Any]], config: TinyModelConfig, work_dir: Path) -> dict:
-    """Imitate the population with TRL's SFTTrainer, phase by phase: loss on the completion (the answer) only.
-
-    Precision is the machine's choice (:mod:`coop_rl.precision`), never SFTConfig's default of bf16, which is
-    emulated and several times slower on a CPU without native bf16.
-    """
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
-    from coop_rl.precision import choose_precision, precision_record
-
-    precision = choose_precision("cpu", config.precision, width=config.hidden_size)
-    stats: dict[str, Any] = {"steps": 0, "train_loss": {}, "precision": precision_record(precision)}
-    for phase in sorted({e["phase"] for e in examples}):
-        rows = [{"prompt": e["prompt"], "completion": e["completion"]} for e in examples if e["phase"] == phase]
-        args = SFTConfig(
-            output_dir=str(work_dir / f"phase{phase}"),
-            num_train_epochs=config.sft_epochs[phase - 1],
-            per_device_train_batch_size=config.sft_batch_size,
-            learning_rate=config.sft_learning_rate,
-            lr_scheduler_type="constant_with_warmup",
-            warmup_steps=0.05,
-            # From random initialisation the first gradients are large; clipping them to 1 (the default) slows
-            # the warm start several-fold for no stability gain on a model this small.
-            max_grad_norm=10.0,
-            weight_decay=0.0,
-            max_length=config.max_position_embeddings,
-            completion_only_loss=True,
-            logging_steps=25,
-            save_strategy="no",
-            report_to="none",
-            use_cpu=True,
-            bf16=precision.bf16,
-            # SFTConfig turns gradient checkpointing on; a 0.5M-parameter model's activations are small, and
-            # recomputing them cost a third of each step (profiled).
-            gradient_checkpointing=False,
-            seed=config.seed + phase,
-            dataloader_num_workers=0,
-        )
-        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
-        result = trainer.train()
-        stats["steps"] += result.global_step
-        stats["train_loss"][f"phase{phase}"] = result.training_loss
-    return stats
-
-
 def init_tiny_model(out_dir: str | Path, config: TinyModelConfig | None = None) -> Path:
     """Build tokenizer + model, warm-start it, and ``save_pretrained`` both into ``out_dir``."""
     import tempfile
@@ -235,7 +150,7 @@ def init_tiny_model(out_dir: str | Path, config: TinyModelConfig | None = None) 
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "coop_rl_tiny.json").exists())):
         raise FileExistsError(f"{out} exists and is not a tiny model built by coop-rl; choose another --out")
     started = time.perf_counter()
-    unknown = sorted(set(config.games) - set(POPULATIONS))
+    unknown = unknown_games(config.games)
     if unknown:
         raise ValueError(f"no warm-start population for game {unknown[0]!r}; known: {', '.join(POPULATIONS)}")
     # The tokenizer learns every game's text (so any game's prompt encodes compactly); the warm start imitates
@@ -247,7 +162,7 @@ def init_tiny_model(out_dir: str | Path, config: TinyModelConfig | None = None) 
     examples = [example for example in examples if example["game"] in config.games]
     model = build_model(tokenizer, config)
     with tempfile.TemporaryDirectory(prefix="coop_rl_sft_") as work_dir:
-        stats = warm_start(model, tokenizer, examples, config, Path(work_dir))
+        model, stats = imitate(model, tokenizer, examples, config.imitation_settings(), Path(work_dir))
     info = {
         "kind": "coop-rl tiny",
         "examples": len(examples),
@@ -256,40 +171,7 @@ def init_tiny_model(out_dir: str | Path, config: TinyModelConfig | None = None) 
         **vars(config),
         **stats,  # after the config: "precision" is the resolved choice, not the requested "auto"
     }
-    return _save_model_atomically(out, model, tokenizer, info)
-
-
-def _save_model_atomically(
-    out: Path,
-    model: Any,
-    tokenizer: Any,
-    info: dict[str, Any],
-    info_file: str = "coop_rl_tiny.json",
-    extra_files: dict[str, dict[str, Any]] | None = None,
-) -> Path:
-    """Save under a temporary name and rename, so an interrupted build never leaves a half-saved model at ``out``.
-
-    ``info`` goes to ``info_file`` (JSON) and each of ``extra_files`` (name -> JSON object) beside the weights.
-    """
-    import json
-    import os
-    import shutil
-
-    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
-        model.save_pretrained(partial)
-        tokenizer.save_pretrained(partial)
-        for name, content in (extra_files or {}).items():
-            (partial / name).write_text(json.dumps(content, indent=2) + "\n")
-        (partial / info_file).write_text(json.dumps(info, indent=2))
-    except BaseException:  # interrupted or failed (disk full): no half-saved copy left beside ``out`` either
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(partial, out)
-    return out
+    return save_model_atomically(out, model, tokenizer, info, info_file="coop_rl_tiny.json")
 
 
 #: ``init-model random-<size>``: the tiny model's tokenizer and architecture family at other sizes, randomly
@@ -338,4 +220,4 @@ def init_random_model(out_dir: str | Path, kind: str = "random-0.5b", seed: int 
         "seconds": round(time.perf_counter() - started, 1),
         **{k: v for k, v in vars(config).items() if not k.startswith("sft_")},
     }
-    return _save_model_atomically(out, model, tokenizer, info)
+    return save_model_atomically(out, model, tokenizer, info, info_file="coop_rl_tiny.json")
