@@ -11,7 +11,6 @@ command prints one line and exits 130. Only ``coop_rl.__main__`` imports this mo
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -69,66 +68,39 @@ def _sampling(args: argparse.Namespace) -> Any:
     return SamplingConfig(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
 
 
+def _print_result(args: argparse.Namespace, result: Any, text: Callable[[], str]) -> int:
+    """With ``--json``, ``result`` as one JSON object on stdout; otherwise ``text()``, for the terminal. Returns 0."""
+    if args.json:
+        print_json(result)
+    else:
+        print(text())
+    return 0
+
+
 # ----- play ---------------------------------------------------------------------------------------------------
-def _format_table(summary: dict[str, Any], seed: int) -> str:
-    from coop_rl.eval.markdown import text_table
-
-    extra = [key for key in ("cooperation_rate", "mean_contribution", "mean_claim") if key in summary["players"][0]]
-    rows = [
-        [str(seat), p["spec"], f"{p['mean_return']:.2f}", f"{p['invalid_rate']:.3f}", *(f"{p[k]:.3f}" for k in extra)]
-        for seat, p in enumerate(summary["players"])
-    ]
-    lines = [f"game {summary['game']} | {summary['matches']} matches | seed {seed}"]
-    lines.append(text_table(["seat", "player", "mean_return", "invalid_rate", *extra], rows))
-    lines.append(f"welfare {summary['welfare']:.2f}")
-    for key, value in summary["metrics"].items():
-        shown = "[" + ", ".join(f"{v:.3f}" for v in value) + "]" if isinstance(value, list) else f"{value:.3f}"
-        lines.append(f"{key} {shown}")
-    return "\n".join(lines)
-
-
 def cmd_play(args: argparse.Namespace) -> int:
     from coop_rl.envs import game_class
-    from coop_rl.players import make_player
-    from coop_rl.runner import run_matches, summarize
+    from coop_rl.eval.markdown import play_table
+    from coop_rl.runner import play
 
     specs = _split_specs(args.players)
     cls = game_class(args.game)
     params = _game_params(args, cls, seats=len(specs))
     if cls.min_players == cls.max_players and len(specs) != cls.min_players:
         raise UsageError(f"game {args.game!r} takes {cls.min_players} players, got {len(specs)}")
-    sampling = _sampling(args)
-    players: dict[str, Any] = {}
-    seat_players = []
-    try:
-        for spec in specs:  # seats with the same spec share one player (one engine for a model)
-            if spec not in players:
-                constrain = True if args.constrain_answers else None
-                players[spec] = make_player(spec, args.game, sampling=sampling, seed=args.seed, constrain=constrain)
-            seat_players.append(players[spec])
-        results = run_matches(
-            args.game,
-            params,
-            seat_players,
-            matches=args.matches,
-            seed=args.seed,
-            group_size=args.group_size,
-            keep_transcripts=args.transcripts is not None,
-            progress=not args.json and sys.stderr.isatty(),
-        )
-    finally:
-        for player in players.values():
-            player.close()
-    summary = summarize(args.game, specs, results)
-    if args.transcripts:
-        with open(args.transcripts, "w", encoding="utf-8") as handle:
-            for match_id, result in enumerate(results):
-                handle.write(json.dumps({"match": match_id, "seed": result.seed, "events": result.transcript}) + "\n")
-    if args.json:
-        print_json(summary)
-    else:
-        print(_format_table(summary, args.seed))
-    return 0
+    summary = play(
+        args.game,
+        params,
+        specs,
+        matches=args.matches,
+        seed=args.seed,
+        group_size=args.group_size,
+        sampling=_sampling(args),
+        constrain=True if args.constrain_answers else None,
+        transcripts=args.transcripts,
+        progress=not args.json and sys.stderr.isatty(),
+    )
+    return _print_result(args, summary, lambda: play_table(summary, args.seed))
 
 
 # ----- tournament ---------------------------------------------------------------------------------------------
@@ -142,40 +114,18 @@ def cmd_tournament(args: argparse.Namespace) -> int:
         raise UsageError(f"tournaments are round robins of two-player games, not {args.game!r}")
     params = _game_params(args, cls)
     result = round_robin(args.game, specs, matches=args.matches, seed=args.seed, game_params=params)
-    if args.json:
-        print_json(result.to_dict())
-    else:
-        print(result.table())
-    return 0
+    return _print_result(args, result.to_dict(), result.table)
 
 
 # ----- eval and exploit ---------------------------------------------------------------------------------------
-def _out_dir(path: str | None) -> str | None:
-    """Check before any match that --out can become a directory (it is created when the results are written)."""
-    import os
-    from pathlib import Path
-
-    if path is None:
-        return None
-    target = Path(path)
-    existing = next((p for p in (target, *target.parents) if p.exists()), Path("."))
-    if not existing.is_dir():
-        raise UsageError(f"cannot use --out {path!r}: {existing} is not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot use --out {path!r}: {existing} is not writable")
-    return path
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
     from coop_rl.envs import game_class
-    from coop_rl.eval.suites import SuiteError, resolve_opponents
+    from coop_rl.eval.report import check_out_dir
+    from coop_rl.eval.suites import resolve_opponents
 
     params = _game_params(args, game_class(args.game))
-    try:
-        opponents = resolve_opponents(args.opponents, args.game)
-    except SuiteError as error:
-        raise UsageError(str(error)) from None
-    out = _out_dir(args.out)
+    opponents = resolve_opponents(args.opponents, args.game)  # a SuiteError is a UsageError
+    out = check_out_dir(args.out)
     from coop_rl.eval.evaluate import evaluate
     from coop_rl.eval.markdown import eval_table
 
@@ -190,73 +140,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
         swap=not args.no_swap,
         out_dir=out,
     )
-    if args.json:
-        print_json(results)
-    else:
-        print(eval_table(results))
-    return 0
+    return _print_result(args, results, lambda: eval_table(results))
 
 
 def cmd_exploit(args: argparse.Namespace) -> int:
     from coop_rl.envs import game_class
-    from coop_rl.eval.exploit import ExploitError, exploit
+    from coop_rl.eval.exploit import exploit
     from coop_rl.eval.markdown import exploit_table
+    from coop_rl.eval.report import check_out_dir
 
     params = _game_params(args, game_class(args.game))
-    out = _out_dir(args.out)
-    try:
-        result = exploit(
-            args.policy,
-            args.game,
-            matches=args.matches,
-            seed=args.seed,
-            game_params=params,
-            sampling=_sampling(args),
-            out_dir=out,
-        )
-    except ExploitError as error:
-        raise UsageError(str(error)) from None
-    if args.json:
-        print_json(result)
-    else:
-        print(exploit_table(result))
-    return 0
+    out = check_out_dir(args.out)
+    result = exploit(  # an ExploitError (not a matrix game) is a UsageError
+        args.policy,
+        args.game,
+        matches=args.matches,
+        seed=args.seed,
+        game_params=params,
+        sampling=_sampling(args),
+        out_dir=out,
+    )
+    return _print_result(args, result, lambda: exploit_table(result))
 
 
 # ----- games --------------------------------------------------------------------------------------------------
 def cmd_games(args: argparse.Namespace) -> int:
-    from coop_rl.envs import GAMES, game_class, strategy_names
+    from coop_rl.envs import GAMES, describe_game, games_text
 
-    names = [args.game] if args.game else list(GAMES)
-    described = []
-    for name in names:
-        cls = game_class(name)
-        described.append(
-            {
-                "game": name,
-                "players": [cls.min_players, cls.max_players],
-                "strategies": strategy_names(name),
-                "params": {
-                    key: {
-                        "default": spec.default,
-                        "help": spec.help,
-                        **({"choices": list(spec.choices)} if spec.choices else {}),
-                    }
-                    for key, spec in cls.PARAMS.items()
-                },
-            }
-        )
-    if args.json:
-        print_json(described)
-        return 0
-    for game in described:
-        low, high = game["players"]
-        seats = str(low) if low == high else f"{low}-{high}"
-        print(f"{game['game']}  ({seats} players)  strategies: {', '.join(game['strategies'])}")
-        for key, spec in game["params"].items():
-            setting = f"{key}={spec['default']}"
-            print(f"  --set {setting:<24} {spec['help']}")
-    return 0
+    described = [describe_game(name) for name in ([args.game] if args.game else GAMES)]
+    return _print_result(args, described, lambda: games_text(described))
 
 
 # ----- solve --------------------------------------------------------------------------------------------------
@@ -268,15 +180,8 @@ def cmd_solve(args: argparse.Namespace) -> int:
     params = _parse_sets(args.set)
     game = SequentialPublicGoods(**params)  # converts and checks every value like `play` does
     result = game.solve()  # the game's own parameters, first_mover_mean included
-    if args.json:
-        print_json({"spne": result.spne, "unique": result.unique, "payoffs": result.payoffs})
-    else:
-        print(f"spgg ({game.params['reward']} reward, N={game.params['players']}, K={game.params['levels']})")
-        print("position  contribution  payoff")
-        for i, (q, u) in enumerate(zip(result.spne, result.payoffs, strict=True)):
-            print(f"{i + 1:<8}  {q:<12.2f}  {u:.3f}")
-        print(f"unique: {str(result.unique).lower()}")
-    return 0
+    summary = {"spne": result.spne, "unique": result.unique, "payoffs": result.payoffs}
+    return _print_result(args, summary, lambda: result.table(game.params))
 
 
 # ----- init-model ---------------------------------------------------------------------------------------------

@@ -3,11 +3,13 @@
 At each step it collects the pending turns of every unfinished match, groups them by the player that serves the
 seat, asks each player once for the whole group (one batched generate call for a model), then steps every game
 whose turns are all answered. Matches in a seed group share a game seed (same hands, values, noise), which the
-group-relative baseline relies on.
+group-relative baseline relies on. :func:`play` is ``coop-rl play`` without its parsing: build the seats' players,
+run the matches, close the players, write the transcripts and return the summary.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +17,7 @@ from typing import Any
 
 from coop_rl.envs import make_game
 from coop_rl.envs.base import MatchResult, TextGame
+from coop_rl.players import SamplingConfig, make_player
 from coop_rl.players.base import Action, Player, TurnRequest
 
 
@@ -58,6 +61,40 @@ def run_matches(
     """
     if match_seeds is not None and len(match_seeds) != matches:
         raise ValueError(f"{len(match_seeds)} match seeds for {matches} matches")
+    games = _start_games(game_name, game_params, seat_players, matches, seed, group_size, match_seeds)
+
+    def seed_group(match_id: int) -> int:
+        return match_seeds[match_id] if match_seeds is not None else match_id // group_size
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=matches, desc=f"{game_name} matches", unit="match", leave=False)
+    active = [m for m in range(matches) if not games[m].done]
+    while active:
+        records = _step(games, active, seat_players, seed_group if on_turns is not None else None)
+        if on_turns is not None:
+            on_turns(records)
+        still_active = [m for m in active if not games[m].done]
+        if bar is not None:
+            bar.update(len(active) - len(still_active))
+        active = still_active
+    if bar is not None:
+        bar.close()
+    return [_match_result(game, keep_transcripts) for game in games]
+
+
+def _start_games(
+    game_name: str,
+    game_params: dict[str, Any],
+    seat_players: Sequence[Player],
+    matches: int,
+    seed: int,
+    group_size: int,
+    match_seeds: Sequence[int] | None,
+) -> list[TextGame]:
+    """One game per match, reset to its seed, and every seat's player told the match has started."""
     games: list[TextGame] = []
     for match_id in range(matches):
         game = make_game(game_name, **game_params)
@@ -68,75 +105,69 @@ def run_matches(
         for seat, player in enumerate(seat_players):
             player.start_match(match_id, seat, game_seed)
         games.append(game)
+    return games
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=matches, desc=f"{game_name} matches", unit="match", leave=False)
-    active = [m for m in range(matches) if not games[m].done]
-    while active:
-        # One batch per player object: seats served by the same player (same model) share one call.
-        batches: dict[int, tuple[Player, list[TurnRequest]]] = {}
-        for match_id in active:
-            for turn in games[match_id].pending_turns():
-                player = seat_players[turn.seat]
-                batches.setdefault(id(player), (player, []))[1].append(TurnRequest(match_id, games[match_id], turn))
-        answers: dict[int, dict[int, str]] = {m: {} for m in active}
-        records: list[TurnRecord] = []
-        for player, requests in batches.values():
-            actions = player.act(requests)
-            if len(actions) != len(requests):
-                raise RuntimeError(f"player {player.spec!r} answered {len(actions)} of {len(requests)} turns")
-            for request, action in zip(requests, actions, strict=True):
-                answers[request.match_id][request.turn.seat] = action.text
-                if on_turns is not None:
-                    records.append(
-                        TurnRecord(
-                            match_id=request.match_id,
-                            seed_group=(
-                                match_seeds[request.match_id]
-                                if match_seeds is not None
-                                else request.match_id // group_size
-                            ),
-                            seat=request.turn.seat,
-                            timestep=request.turn.timestep,
-                            phase=request.turn.phase,
-                            action=action,
-                            messages=request.turn.messages,
-                        )
+def _step(
+    games: Sequence[TextGame],
+    active: Sequence[int],
+    seat_players: Sequence[Player],
+    seed_group: Callable[[int], int] | None,
+) -> list[TurnRecord]:
+    """One batched step of every active match: each player answers all its pending turns in one call, then every
+    game steps. Returns the answered turns with the game's verdict on each (none when ``seed_group`` is None: no
+    one records them)."""
+    # One batch per player object: seats served by the same player (same model) share one call.
+    batches: dict[int, tuple[Player, list[TurnRequest]]] = {}
+    for match_id in active:
+        for turn in games[match_id].pending_turns():
+            player = seat_players[turn.seat]
+            batches.setdefault(id(player), (player, []))[1].append(TurnRequest(match_id, games[match_id], turn))
+    answers: dict[int, dict[int, str]] = {m: {} for m in active}
+    records: list[TurnRecord] = []
+    for player, requests in batches.values():
+        actions = player.act(requests)
+        if len(actions) != len(requests):
+            raise RuntimeError(f"player {player.spec!r} answered {len(actions)} of {len(requests)} turns")
+        for request, action in zip(requests, actions, strict=True):
+            answers[request.match_id][request.turn.seat] = action.text
+            if seed_group is not None:
+                turn = request.turn
+                records.append(
+                    TurnRecord(
+                        match_id=request.match_id,
+                        seed_group=seed_group(request.match_id),
+                        seat=turn.seat,
+                        timestep=turn.timestep,
+                        phase=turn.phase,
+                        action=action,
+                        messages=turn.messages,
                     )
-        records_by_match: dict[int, dict[int, TurnRecord]] = {}
-        for record in records:
-            records_by_match.setdefault(record.match_id, {})[record.seat] = record
-        for match_id in active:
-            game = games[match_id]
-            seen = len(game.transcript)
-            game.step(answers[match_id])
-            for event in game.transcript[seen:]:  # the game's verdict on each answer of this step
-                if event.seat in records_by_match.get(match_id, {}):
-                    records_by_match[match_id][event.seat].valid = event.valid
-        if on_turns is not None:
-            on_turns(records)
-        still_active = [m for m in active if not games[m].done]
-        if bar is not None:
-            bar.update(len(active) - len(still_active))
-        active = still_active
-    if bar is not None:
-        bar.close()
+                )
+    records_by_match: dict[int, dict[int, TurnRecord]] = {}
+    for record in records:
+        records_by_match.setdefault(record.match_id, {})[record.seat] = record
+    for match_id in active:
+        game = games[match_id]
+        seen = len(game.transcript)
+        game.step(answers[match_id])
+        for event in game.transcript[seen:]:  # the game's verdict on each answer of this step
+            if event.seat in records_by_match.get(match_id, {}):
+                records_by_match[match_id][event.seat].valid = event.valid
+    return records
 
-    return [
-        MatchResult(
-            seed=game.seed if game.seed is not None else 0,
-            returns=game.returns(),
-            rewards=[list(r) for r in game.rewards],
-            invalid_counts=list(game.invalid_counts),
-            action_counts=list(game.action_counts),
-            metrics=game.metrics(),
-            transcript=game.transcript_dicts() if keep_transcripts else [],
-        )
-        for game in games
-    ]
+
+def _match_result(game: TextGame, keep_transcript: bool) -> MatchResult:
+    """What a finished match leaves: its seed, returns, per-timestep rewards, counts, metrics (and transcript)."""
+    return MatchResult(
+        seed=game.seed if game.seed is not None else 0,
+        returns=game.returns(),
+        rewards=[list(r) for r in game.rewards],
+        invalid_counts=list(game.invalid_counts),
+        action_counts=list(game.action_counts),
+        metrics=game.metrics(),
+        transcript=game.transcript_dicts() if keep_transcript else [],
+    )
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -179,3 +210,49 @@ def summarize(game_name: str, specs: Sequence[str], results: Sequence[MatchResul
         "welfare": sum(p["mean_return"] for p in players),
         "metrics": metrics,
     }
+
+
+def play(
+    game_name: str,
+    game_params: dict[str, Any],
+    specs: Sequence[str],
+    matches: int,
+    seed: int = 0,
+    group_size: int = 1,
+    sampling: SamplingConfig | None = None,
+    constrain: bool | None = None,
+    transcripts: str | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Play ``matches`` matches between the players ``specs`` name (one per seat) and return :func:`summarize`'s
+    object; with ``transcripts``, every match's transcript is written there as JSON lines.
+
+    Seats with the same spec share one player (one engine for a model). Every player built is closed, also when a
+    match fails.
+    """
+    players: dict[str, Player] = {}
+    seat_players = []
+    try:
+        for spec in specs:
+            if spec not in players:
+                players[spec] = make_player(spec, game_name, sampling=sampling, seed=seed, constrain=constrain)
+            seat_players.append(players[spec])
+        results = run_matches(
+            game_name,
+            game_params,
+            seat_players,
+            matches=matches,
+            seed=seed,
+            group_size=group_size,
+            keep_transcripts=transcripts is not None,
+            progress=progress,
+        )
+    finally:
+        for player in players.values():
+            player.close()
+    summary = summarize(game_name, specs, results)
+    if transcripts:
+        with open(transcripts, "w", encoding="utf-8") as handle:
+            for match_id, result in enumerate(results):
+                handle.write(json.dumps({"match": match_id, "seed": result.seed, "events": result.transcript}) + "\n")
+    return summary

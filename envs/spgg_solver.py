@@ -21,7 +21,7 @@ exactly 9/5): a tie between two levels is then a real tie, not a rounding accide
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from numbers import Rational
@@ -139,6 +139,15 @@ class SPNEResult:
             "outcomes": self.outcomes,
         }
 
+    def table(self, params: dict) -> str:
+        """``coop-rl solve``'s plain text: the game's reward, N and K, a line per position, whether it is unique."""
+        lines = [f"spgg ({params['reward']} reward, N={params['players']}, K={params['levels']})"]
+        lines.append("position  contribution  payoff")
+        for i, (q, u) in enumerate(zip(self.spne, self.payoffs, strict=True)):
+            lines.append(f"{i + 1:<8}  {q:<12.2f}  {u:.3f}")
+        lines.append(f"unique: {str(self.unique).lower()}")
+        return "\n".join(lines)
+
 
 def solve_spgg(
     players: int = 3,
@@ -165,37 +174,53 @@ def solve_spgg(
         raise GameConfigError("the solver needs players >= 1 and levels >= 1")
     n, k_max = int(players), int(levels)
     if reward == "classic":
-        params = {"endowment": exact(endowment), "r": exact(r)}
-
-        def util(q: list[Fraction], i: int) -> Fraction:
-            return classic_utility(q, i, **params)
-
+        util = _utility(classic_utility, endowment=endowment, r=r)
     else:
-        params = {
-            "endowment": exact(endowment),
-            "rho": exact(rho),
-            "gamma": exact(gamma),
-            "kappa": exact(kappa),
-            "penalty": exact(penalty),
-            "threshold": exact(threshold),
-            "first_mover_mean": exact(first_mover_mean),
-        }
-
-        def util(q: list[Fraction], i: int) -> Fraction:
-            return redesigned_utility(q, i, **params)
-
+        coefficients = dict(rho=rho, gamma=gamma, kappa=kappa, penalty=penalty, threshold=threshold)
+        util = _utility(redesigned_utility, endowment=endowment, first_mover_mean=first_mover_mean, **coefficients)
     grid = [Fraction(k, k_max) for k in range(k_max + 1)]
+    path, root, tie_states = _backward_induction(n, grid, util)
+    ways = _prefix_counts(n, k_max)  # a tied state counts once per prefix that reaches it
+    q = [grid[x] for x in path]
+    outcomes = sum(count for _, count in root.values())
+    return SPNEResult(
+        spne=[float(x) for x in q],
+        unique=outcomes == 1,
+        payoffs=[float(util(q, i)) for i in range(n)],
+        strict=not tie_states,
+        tie_nodes=sum(ways[i][s] for i, s in tie_states),
+        outcomes=outcomes,
+    )
 
-    # Both utilities depend on the predecessors only through their sum (the total and the mean m_i), so two
-    # prefixes of equal length and equal sum root identical subgames: memoising on (position, prefix sum)
-    # instead of on the whole prefix is exact and keeps the tree polynomial (N=8 would otherwise be 11^7 nodes).
-    # The full tree is still covered: every reachable (position, sum) is expanded with all its K+1 choices.
-    #
-    # Each state keeps (a) the continuation under lowest-level tie-breaking and (b) the set of continuations of
-    # *every* SPNE of its subgame, summarised by their level sum: every earlier player's utility depends on the
-    # continuation only through that sum, so {sum: (a representative continuation, how many distinct ones)}
-    # carries all a predecessor needs while staying at most N*K+1 entries long.
-    Entries = dict[int, tuple[tuple[int, ...], int]]
+
+Utility = Callable[[list[Fraction], int], Fraction]
+#: the SPNE continuations of a subgame by their level sum: {sum: (a representative continuation, how many)}
+Entries = dict[int, tuple[tuple[int, ...], int]]
+
+
+def _utility(formula: Callable[..., Fraction], **params: Number) -> Utility:
+    """``formula(q, i, **params)`` with every parameter made exact once."""
+    exact_params = {key: exact(value) for key, value in params.items()}
+    return lambda q, i: formula(q, i, **exact_params)
+
+
+def _backward_induction(
+    n: int, grid: list[Fraction], util: Utility
+) -> tuple[tuple[int, ...], Entries, list[tuple[int, int]]]:
+    """The lowest-tie-break equilibrium path (levels 0..K), the root's SPNE continuations, and the tied states
+    (position, prefix level sum) of the whole tree.
+
+    Both utilities depend on the predecessors only through their sum (the total and the mean m_i), so two
+    prefixes of equal length and equal sum root identical subgames: memoising on (position, prefix sum)
+    instead of on the whole prefix is exact and keeps the tree polynomial (N=8 would otherwise be 11^7 nodes).
+    The full tree is still covered: every reachable (position, sum) is expanded with all its K+1 choices.
+
+    Each state keeps (a) the continuation under lowest-level tie-breaking and (b) the set of continuations of
+    *every* SPNE of its subgame, summarised by their level sum (:data:`Entries`): every earlier player's utility
+    depends on the continuation only through that sum, so that carries all a predecessor needs while staying at
+    most N*K+1 entries long.
+    """
+    k_max = len(grid) - 1
     memo: dict[tuple[int, int], tuple[tuple[int, ...], Entries]] = {}
     tie_states: list[tuple[int, int]] = []
 
@@ -221,20 +246,31 @@ def solve_spgg(
         if lowest_value.count(best) > 1:
             tie_states.append(key)
         chosen = lowest_path[lowest_value.index(best)]  # first maximiser = lowest contribution
-        # Level k followed by continuation c is an SPNE play iff some choice of SPNE in the other subgames makes
-        # k a best response; the most punishing choice gives each other level k' its worst value, hence the test.
-        best_other = [max((w for j, w in enumerate(worst) if j != k), default=None) for k in range(k_max + 1)]
-        merged: Entries = {}
-        for k, c, count, v in candidates:
-            if best_other[k] is None or v >= best_other[k]:
-                total = k + sum(c)
-                previous = merged.get(total)
-                merged[total] = ((k,) + c, count) if previous is None else (previous[0], previous[1] + count)
-        memo[key] = (chosen, merged)
-        return chosen, merged
+        memo[key] = (chosen, _spne_plays(candidates, worst))
+        return memo[key]
 
     path, root = solve(())
-    # Weight each tied state by the number of prefixes that reach it: ways[i][s] = #prefixes of length i, sum s.
+    return path, root, tie_states
+
+
+def _spne_plays(candidates: list[tuple[int, tuple[int, ...], int, Fraction]], worst: list[Fraction]) -> Entries:
+    """The plays (level k, then continuation c) of a state that some SPNE makes, merged by their level sum.
+
+    Level k followed by continuation c is an SPNE play iff some choice of SPNE in the other subgames makes k a
+    best response; the most punishing choice gives each other level k' its worst value, hence the test.
+    """
+    best_other = [max((w for j, w in enumerate(worst) if j != k), default=None) for k in range(len(worst))]
+    merged: Entries = {}
+    for k, c, count, v in candidates:
+        if best_other[k] is None or v >= best_other[k]:
+            total = k + sum(c)
+            previous = merged.get(total)
+            merged[total] = ((k,) + c, count) if previous is None else (previous[0], previous[1] + count)
+    return merged
+
+
+def _prefix_counts(n: int, k_max: int) -> list[list[int]]:
+    """``ways[i][s]``: how many prefixes of length i (levels 0..K each) have level sum s."""
     ways = [[1]]
     for _ in range(n):
         row = [0] * (len(ways[-1]) + k_max)
@@ -242,16 +278,7 @@ def solve_spgg(
             for k in range(k_max + 1):
                 row[s + k] += count
         ways.append(row)
-    q = [grid[x] for x in path]
-    outcomes = sum(count for _, count in root.values())
-    return SPNEResult(
-        spne=[float(x) for x in q],
-        unique=outcomes == 1,
-        payoffs=[float(util(q, i)) for i in range(n)],
-        strict=not tie_states,
-        tie_nodes=sum(ways[i][s] for i, s in tie_states),
-        outcomes=outcomes,
-    )
+    return ways
 
 
 def solve_params(params: dict) -> SPNEResult:

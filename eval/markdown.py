@@ -1,11 +1,11 @@
-"""The text of eval and exploit results: the table helpers (plain text and markdown), report.md, terminal tables.
+"""The text of results: the table helpers (plain text, markdown), eval's and exploit's report.md, terminal tables.
 
 * :func:`fmt`, :func:`text_table`, :func:`markdown_table`: the one way a number and a table are written (eval,
   exploit, the demo and the CLI's play summary share them);
 * :func:`eval_markdown`: report.md of an evaluation (settings, a table per opponent, a summary paragraph, the plots);
 * :func:`exploit_markdown`: the report.md section of an exploitability search, between :data:`EXPLOIT_START` and
   :data:`EXPLOIT_END` so that a rerun replaces it (:func:`split_exploit_section`);
-* :func:`eval_table`, :func:`exploit_table`: short plain-text summaries for the terminal.
+* :func:`eval_table`, :func:`exploit_table`, :func:`play_table`: short plain-text summaries for the terminal.
 """
 
 from __future__ import annotations
@@ -234,6 +234,24 @@ def exploit_table(result: dict[str, Any], top: int = 5) -> str:
     return "\n".join(lines)
 
 
+# ----- play ---------------------------------------------------------------------------------------------------
+def play_table(summary: dict[str, Any], seed: int) -> str:
+    """``coop-rl play``'s summary for the terminal: a line naming the run, a row per seat, the welfare and every
+    aggregate metric (``summary``: :func:`coop_rl.runner.summarize`'s object)."""
+    extra = [key for key in ("cooperation_rate", "mean_contribution", "mean_claim") if key in summary["players"][0]]
+    rows = [
+        [str(seat), p["spec"], f"{p['mean_return']:.2f}", f"{p['invalid_rate']:.3f}", *(f"{p[k]:.3f}" for k in extra)]
+        for seat, p in enumerate(summary["players"])
+    ]
+    lines = [f"game {summary['game']} | {summary['matches']} matches | seed {seed}"]
+    lines.append(text_table(["seat", "player", "mean_return", "invalid_rate", *extra], rows))
+    lines.append(f"welfare {summary['welfare']:.2f}")
+    for key, value in summary["metrics"].items():
+        shown = "[" + ", ".join(f"{v:.3f}" for v in value) + "]" if isinstance(value, list) else f"{value:.3f}"
+        lines.append(f"{key} {shown}")
+    return "\n".join(lines)
+
+
 __all__ = [
     "EXPLOIT_END",
     "EXPLOIT_START",
@@ -243,6 +261,7 @@ __all__ = [
     "exploit_table",
     "fmt",
     "markdown_table",
+    "play_table",
     "split_exploit_section",
     "text_table",
 ]

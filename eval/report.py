@@ -9,7 +9,8 @@
 
 ``write_exploit(result, out_dir)`` writes ``exploit.json``, ``exploit.png`` (the top exploiters' returns against
 the self-play baseline) and puts an "Exploitability" section into report.md (created if absent; a previous
-exploit section is replaced, the rest of the report is kept).
+exploit section is replaced, the rest of the report is kept). ``check_out_dir(path)`` tells a user, before any
+match is played, that the output directory could not be written.
 
 The plots and the text live in :mod:`coop_rl.eval.plots` and :mod:`coop_rl.eval.markdown`; their public names are
 re-exported here for the modules that import them from this one.
@@ -19,9 +20,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
+from coop_rl.errors import UsageError
 from coop_rl.eval.markdown import (
     EXPLOIT_END,
     EXPLOIT_START,
@@ -63,6 +66,20 @@ def json_ready(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_ready(v) for v in value]
     return value
+
+
+def check_out_dir(path: str | None) -> str | None:
+    """``path`` if it can become the output directory (it is created when the results are written), checked before
+    any match is played: the nearest existing folder on its way must be a writable directory (a UsageError)."""
+    if path is None:
+        return None
+    target = Path(path)
+    existing = next((p for p in (target, *target.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise UsageError(f"cannot use --out {path!r}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot use --out {path!r}: {existing} is not writable")
+    return path
 
 
 def write_eval(results: dict[str, Any], out_dir: str | Path) -> list[str]:
@@ -113,6 +130,7 @@ __all__ = [
     "RETURNS_PNG",
     "TOP_EXPLOITERS",
     "TOURNAMENT_PNG",
+    "check_out_dir",
     "eval_markdown",
     "eval_table",
     "exploit_markdown",

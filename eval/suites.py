@@ -19,9 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from coop_rl.errors import UsageError
 
-class SuiteError(ValueError):
-    """An opponent list that cannot be used: empty, malformed, or a suite for another game (exit status 2)."""
+
+class SuiteError(UsageError, ValueError):
+    """An opponent list that cannot be used: empty, malformed, or a suite for another game (a user error: one line,
+    exit status 2; still a ValueError for callers that catch that)."""
 
 
 #: suite name -> (games it applies to, member specs)

@@ -705,3 +705,16 @@ def test_step_never_raises_and_counts_invalids(mode, observation, texts):
     metrics = game.metrics()
     assert 0 <= metrics["free_riding_rate"] <= 1 and 0 <= metrics["invalid_rate_total"] <= 1
     json.dumps(game.transcript_dicts())
+
+
+def test_solve_table_is_the_cli_text():
+    """``coop-rl solve`` prints SPNEResult.table: the classic game's SPNE is full free riding."""
+    game = make_game("spgg", reward="classic")
+    assert game.solve().table(game.params) == (
+        "spgg (classic reward, N=3, K=10)\n"
+        "position  contribution  payoff\n"
+        "1         0.00          10.000\n"
+        "2         0.00          10.000\n"
+        "3         0.00          10.000\n"
+        "unique: true"
+    )

@@ -215,6 +215,34 @@ def test_user_errors_exit_2_with_one_line(argv, needle, tmp_path):
     assert not (tmp_path / "out").exists()  # nothing written before the error
 
 
+def test_an_out_dir_under_a_file_is_refused_before_any_match(capsys, tmp_path):
+    """eval and exploit check --out first (eval.report.check_out_dir): one line, exit 2, nothing played or written."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for argv in (
+        ["eval", "--policy", "tft", "--game", "ipd", "--opponents", "alld"],
+        ["exploit", "--policy", "tft", "--game", "ipd"],
+    ):
+        assert main([*argv, "--out", str(blocker / "out")]) == 2
+        out, err = capsys.readouterr()
+        target = blocker / "out"
+        assert (out, err) == ("", f"coop-rl: error: cannot use --out '{target}': {blocker} is not a directory\n")
+
+
+def test_check_out_dir_and_the_user_errors_of_eval():
+    from coop_rl.errors import UsageError
+    from coop_rl.eval.exploit import ExploitError
+    from coop_rl.eval.report import check_out_dir
+
+    assert check_out_dir(None) is None
+    assert check_out_dir("runs/not/yet/made") == "runs/not/yet/made"  # created when the results are written
+    # one UsageError base (exit 2 in the CLI); still ValueErrors for library callers that catch those
+    for error in (SuiteError, ExploitError):
+        assert issubclass(error, UsageError) and issubclass(error, ValueError)
+    with pytest.raises(SuiteError, match="^suite 'tas-classic' is for tas, not 'ipd'"):
+        resolve_opponents("tas-classic", "ipd")
+
+
 def test_evaluation_reads_the_game_traits(monkeypatch, tmp_path):
     """Seat swapping, the cooperation numbers and their label come from the game class, not from its name."""
     from coop_rl.envs.matrix import PrisonersDilemma
