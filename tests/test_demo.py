@@ -10,16 +10,8 @@ from pathlib import Path
 import pytest
 
 from coop_rl.cli import main
-from coop_rl.demo import (
-    DEMOS,
-    DemoError,
-    crossplay_matrices,
-    learning_curve,
-    log_history,
-    run_demo,
-    summarize_method,
-    write_report,
-)
+from coop_rl.demo import DEMOS, DemoError, run_demo
+from coop_rl.demo_report import crossplay_matrices, learning_curve, log_history, summarize_method, write_report
 
 
 def _row(opponent, ret, coop, opp_ret=1.0, opp_coop=0.5, self_play=False):
