@@ -1,3 +1,5 @@
+"""``python -m coop_rl``: the ``coop-rl`` command line (coop_rl.cli)."""
+
 import sys
 
 from coop_rl.cli import main
