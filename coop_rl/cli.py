@@ -188,20 +188,22 @@ def cmd_solve(args: argparse.Namespace) -> int:
 def cmd_init_model(args: argparse.Namespace) -> int:
     import logging
 
-    from coop_rl.pretrained import PRETRAINED, PretrainedSourceError, init_pretrained_model
+    from coop_rl.pretrained import PRETRAINED, PretrainedSourceError, PretrainedWarmStart, init_pretrained_model
     from coop_rl.tiny_model import RANDOM_MODEL_SIZES, TinyModelConfig, init_random_model, init_tiny_model
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    games = tuple(g.strip() for g in (args.games or "").split(",") if g.strip())
+    scale = {"data_scale": args.data_scale} if args.data_scale is not None else {}
     try:
         if args.kind in PRETRAINED:  # a real pretrained model, converted from its installed wheel
+            warm = PretrainedWarmStart(games=games or ("ipd",), seed=args.seed, **scale) if args.warm_start else None
             out = init_pretrained_model(
-                args.out, args.kind, precision=args.precision, constrain_answers=not args.unconstrained
+                args.out, args.kind, precision=args.precision, constrain_answers=not args.unconstrained, warm_start=warm
             )
         elif args.kind in RANDOM_MODEL_SIZES:  # random initialisation, no warm start (benchmarks; no TRL needed)
             out = init_random_model(args.out, args.kind, seed=args.seed)
         elif args.kind == "tiny":
-            games = tuple(g.strip() for g in args.games.split(",") if g.strip())
-            config = TinyModelConfig(seed=args.seed, data_scale=args.data_scale, games=games, precision=args.precision)
+            config = TinyModelConfig(seed=args.seed, games=games or ("ipd", "bos"), precision=args.precision, **scale)
             out = init_tiny_model(args.out, config)
         else:
             known = ", ".join(["tiny", *PRETRAINED, *RANDOM_MODEL_SIZES])
@@ -339,10 +341,21 @@ def _add_other_commands(sub: Any) -> None:
     init_model.add_argument("--out", required=True, help="directory to save the model and tokenizer into")
     init_model.add_argument("--seed", type=int, default=0, help="seed of the data, initialisation and training")
     init_model.add_argument(
-        "--data-scale", type=float, default=1.0, help="fraction of the default warm-start corpus (tests use less)"
+        "--data-scale",
+        type=float,
+        default=None,
+        help="fraction of the tiny model's warm-start corpus (default: tiny 1.0, smollm2 --warm-start 0.1)",
     )
     init_model.add_argument(
-        "--games", default="ipd,bos", help="games whose scripted populations the warm start imitates (default ipd,bos)"
+        "--games",
+        default=None,
+        help="games whose scripted populations the warm start imitates (default: tiny ipd,bos; smollm2 ipd)",
+    )
+    init_model.add_argument(
+        "--warm-start",
+        action="store_true",
+        help="smollm2: imitate the scripted populations of --games through a LoRA adapter merged into the weights, "
+        "so that the model reads the history (the base model does not; see coop_rl/pretrained.py)",
     )
     init_model.add_argument(
         "--precision",

