@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 
 from transformers import TrainingArguments
 
-CREDIT_METHODS = ("aa", "naive", "sum")
+CREDIT_METHODS = ("aa", "naive", "sum", "margin")
 BASELINES = ("loo", "batch", "none")
 OPPONENT_SCHEMES = ("self_play", "pool", "frozen")
 LOSS_TYPES = ("reinforce", "ppo")
@@ -120,7 +120,10 @@ class AAConfig(TrainingArguments):
     # ----- credit -------------------------------------------------------------------------------------------
     credit: str = field(
         default="aa",
-        metadata={"help": "'aa' (Advantage Alignment), 'naive' (own advantage) or 'sum' (own + co-player's)."},
+        metadata={
+            "help": "'aa' (Advantage Alignment), 'naive' (own advantage), 'sum' (own + co-player's) or 'margin' (own "
+            "- co-player's: an adversary's objective, as `coop-rl exploit --learn --objective adv_margin` trains)."
+        },
     )
     beta: float = field(default=0.5, metadata={"help": "Weight of the opponent-shaping term (0 = naive)."})
     gamma: float = field(default=0.9, metadata={"help": "Discount of the returns."})

@@ -24,11 +24,12 @@ __all__ = [
     "compute_credit",
     "discounted_returns",
     "group_baseline_advantages",
+    "margin_credit",
     "naive_credit",
     "sum_of_rewards_credit",
 ]
 
-METHODS = ("aa", "naive", "sum")
+METHODS = ("aa", "naive", "sum", "margin")
 BASELINES = ("loo", "batch", "none")
 
 
@@ -245,6 +246,21 @@ def sum_of_rewards_credit(adv_self: torch.Tensor, adv_other: torch.Tensor) -> to
     return adv_self + _sum_co_players(adv_other, full)
 
 
+def margin_credit(adv_self: torch.Tensor, adv_other: torch.Tensor) -> torch.Tensor:
+    """Margin credit (an adversary's objective: its own return minus the co-players'):
+
+        C_t = A_t^self - sum_k A_t^other,k
+
+    ``adv_other`` [B, T], or [B, K, T] summed over the K co-players first (as in :func:`sum_of_rewards_credit`).
+    A learned exploiter trained with it (``coop-rl exploit --learn --objective adv_margin``) is rewarded for what
+    it takes from the policy, not only for what it earns.
+    """
+    if not isinstance(adv_self, torch.Tensor) or not adv_self.is_floating_point() or adv_self.dim() != 2:
+        raise ValueError("adv_self must be a floating-point tensor of shape [B, T]")
+    full = torch.ones(adv_self.shape, dtype=torch.bool, device=adv_self.device)
+    return adv_self - _sum_co_players(adv_other, full)
+
+
 def compute_credit(
     rewards_self: torch.Tensor,
     rewards_other: torch.Tensor | None,
@@ -267,8 +283,8 @@ def compute_credit(
     2. advantages A = group_baseline_advantages(G, mask, groups, baseline, whiten, seats=seats), the co-players'
        with the same groups (slot by slot when ``rewards_other`` is [B, K, T]; a row's seat fixes its co-players'
        seats, so grouping rows by the learner's seat groups the co-player slots by seat too);
-    3. credit C by ``method``: "aa" (advantage_alignment_credit with beta, gamma_a), "naive" (C = A^self) or
-       "sum" (C = A^self + A^other, summed over co-players).
+    3. credit C by ``method``: "aa" (advantage_alignment_credit with beta, gamma_a), "naive" (C = A^self),
+       "sum" (C = A^self + A^other, summed over co-players) or "margin" (C = A^self - A^other, summed likewise).
 
     ``rewards_self`` and ``mask`` are [B, T]; ``rewards_other`` [B, T] or [B, K, T] (it may be None only for
     "naive"); ``groups`` a LongTensor [B] (may be None unless baseline is "loo"); ``seats`` a LongTensor [B], the
@@ -296,6 +312,8 @@ def compute_credit(
         credit = advantage_alignment_credit(adv_self, adv_other, mask, beta, gamma_a)
     elif method == "sum":
         credit = _masked(sum_of_rewards_credit(adv_self, adv_other), mask)
+    elif method == "margin":
+        credit = _masked(margin_credit(adv_self, adv_other), mask)
     else:
         credit = naive_credit(adv_self)
     return {

@@ -15,6 +15,7 @@ from coop_rl.credit import (
     compute_credit,
     discounted_returns,
     group_baseline_advantages,
+    margin_credit,
     naive_credit,
     sum_of_rewards_credit,
 )
@@ -189,6 +190,39 @@ def test_advantage_alignment_beta_zero_is_naive_exactly():
 
 def test_sum_of_rewards_credit():
     assert rows(sum_of_rewards_credit(A_SELF, A_OTHER)[0]) == approx([1.0 + 0.4, -2.0 + 3.0, 0.5 - 1.0])
+
+
+def test_margin_credit_exact_values():
+    # C_t = A_t^self - A_t^other: [1 - 0.4, -2 - 3, 0.5 + 1]
+    assert rows(margin_credit(A_SELF, A_OTHER)[0]) == approx([0.6, -5.0, 1.5])
+    other = torch.tensor([[[0.4, 3.0, -1.0], [0.1, -1.0, 3.0]]])  # two co-players: summed first, [0.5, 2.0, 2.0]
+    assert rows(margin_credit(A_SELF, other)[0]) == approx([1.0 - 0.5, -2.0 - 2.0, 0.5 - 2.0])
+    assert rows(margin_credit(A_SELF, other)[0]) == approx([0.5, -4.0, -1.5])
+    # the margin is the naive credit minus the co-players' part of the sum-of-rewards credit
+    assert rows(margin_credit(A_SELF, A_OTHER)) == approx(rows(2 * A_SELF - sum_of_rewards_credit(A_SELF, A_OTHER)))
+    with pytest.raises(ValueError, match="adv_self"):
+        margin_credit(torch.zeros(3), A_OTHER)
+
+
+def test_compute_credit_margin_is_own_minus_co_player_advantage():
+    # two groups of two matches, 2 steps; match 3 has one step. gamma 0.5, scale 1, leave-one-out
+    r_self = torch.tensor([[5.0, 5.0], [3.0, 1.0], [0.0, 3.0], [1.0, 7.0]])
+    r_other = torch.tensor([[0.0, 0.0], [3.0, 1.0], [5.0, 3.0], [1.0, 7.0]])
+    mask = torch.tensor([[T_, T_], [T_, T_], [T_, T_], [T_, F_]])
+    out = compute_credit(r_self, r_other, mask, torch.tensor([0, 0, 1, 1]), method="margin", gamma=0.5, scale=1)
+    # returns G_0 = r_0 + 0.5 r_1: self [7.5, 3.5, 1.5, 1], other [0, 3.5, 6.5, 1]; G_1 = r_1 (masked: 0)
+    # group {0, 1}: A^self_0 = 7.5 - 3.5 = 4, A^other_0 = 0 - 3.5 = -3.5; A^self_1 = 5 - 1 = 4, A^other_1 = -1
+    # group {2, 3} at t=0: A^self = 1.5 - 1 = 0.5, A^other = 6.5 - 1 = 5.5; at t=1 match 2 is alone: A = G
+    expected = [
+        [4.0 + 3.5, 4.0 + 1.0],  # match 0: [7.5, 5]
+        [-4.0 - 3.5, -4.0 - 1.0],  # match 1: [-7.5, -5]
+        [0.5 - 5.5, 3.0 - 3.0],  # match 2: [-5, 0]
+        [-0.5 + 5.5, 0.0],  # match 3: [5, 0 (padded)]
+    ]
+    assert rows(out["credit"]) == approx(rows(expected))
+    assert torch.equal(out["credit"], out["adv_self"] - out["adv_other"])
+    with pytest.raises(ValueError, match="rewards_other"):
+        compute_credit(r_self, None, mask, torch.tensor([0, 0, 1, 1]), method="margin", gamma=0.5)
 
 
 def test_two_co_players_are_summed():
