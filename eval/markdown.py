@@ -5,7 +5,10 @@
 * :func:`eval_markdown`: report.md of an evaluation (settings, a table per opponent, a summary paragraph, the plots);
 * :func:`exploit_markdown`: the report.md section of an exploitability search, between :data:`EXPLOIT_START` and
   :data:`EXPLOIT_END` so that a rerun replaces it (:func:`split_exploit_section`);
-* :func:`eval_table`, :func:`exploit_table`, :func:`play_table`: short plain-text summaries for the terminal.
+* :func:`learned_exploit_markdown`: the "Non-exploitability" section of a learned exploiter (``coop-rl exploit
+  --learn``), between :data:`LEARNED_START` and :data:`LEARNED_END`; eval's report.md holds it when its results do;
+* :func:`eval_table`, :func:`exploit_table`, :func:`learned_exploit_table`, :func:`play_table`: short plain-text
+  summaries for the terminal.
 """
 
 from __future__ import annotations
@@ -16,9 +19,12 @@ from typing import Any
 
 from coop_rl.eval.plots import RETURNS_PNG, TOP_EXPLOITERS
 from coop_rl.eval.results import cooperation_label, ranked_candidates, row_label, rows_with_self_play
+from coop_rl.players import MODEL_PREFIXES
 
 EXPLOIT_START = "<!-- exploit:start -->"
 EXPLOIT_END = "<!-- exploit:end -->"
+LEARNED_START = "<!-- learned-exploit:start -->"
+LEARNED_END = "<!-- learned-exploit:end -->"
 
 
 # ----- the table helpers --------------------------------------------------------------------------------------
@@ -132,6 +138,8 @@ def eval_markdown(results: dict[str, Any]) -> str:
     for name in results.get("plots", []):
         title = "Mean return per opponent" if name == RETURNS_PNG else f"{what.capitalize()} per opponent"
         lines += [f"![{title}]({name})", ""]
+    if "learned_exploiter" in results:
+        lines += [learned_exploit_markdown(results)]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -206,13 +214,98 @@ def exploit_markdown(result: dict[str, Any], top: int = TOP_EXPLOITERS) -> str:
     return "\n".join(lines) + "\n"
 
 
-def split_exploit_section(text: str) -> tuple[str, str]:
-    """(a report.md text without its exploit section, the exploit section or '')."""
-    start, end = text.find(EXPLOIT_START), text.find(EXPLOIT_END)
+def split_section(text: str, start_marker: str, end_marker: str) -> tuple[str, str]:
+    """(a report.md text without the section between the markers, that section with its markers or '')."""
+    start, end = text.find(start_marker), text.find(end_marker)
     if start < 0 or end < start:
         return text, ""
-    end += len(EXPLOIT_END)
+    end += len(end_marker)
     return (text[:start].rstrip() + "\n" + text[end:].lstrip("\n")).strip() + "\n", text[start:end] + "\n"
+
+
+def split_exploit_section(text: str) -> tuple[str, str]:
+    """(a report.md text without its exploit section, the exploit section or '')."""
+    return split_section(text, EXPLOIT_START, EXPLOIT_END)
+
+
+# ----- the learned exploiter ----------------------------------------------------------------------------------
+def _opponent_cell(learned: dict[str, Any], key: str) -> str:
+    value = learned[key]
+    return "n/a" if value is None else f"{fmt(value)} ({value - learned['self_play_return']:+.2f})"
+
+
+def learned_exploit_markdown(results: dict[str, Any]) -> str:
+    """The "Non-exploitability" section (between markers): the memory-one best response, the learned exploiter,
+    the policy's self-play and any model or API opponent of an evaluation in ``results``, side by side (the
+    policy's return and the opponent's), then the learned exploiter's learning curve."""
+    learned = results["learned_exploiter"]
+    best = learned["memory_one_best"]
+    self_play = learned["self_play_return"]
+    low, high = learned["return_ci95"]
+    rows = [
+        [
+            f"memory-one best response (`{best}`)" if best else "memory-one best response (matrix games only)",
+            fmt(learned["memory_one_policy_return"]),
+            _opponent_cell(learned, "memory_one_best_return"),
+        ],
+        [
+            f"learned exploiter ({learned['objective']}, {learned['max_steps']} steps)",
+            fmt(learned["policy_return"]),
+            f"{fmt(learned['return'])} [{low:.2f}, {high:.2f}] ({learned['gain']:+.2f})",
+        ],
+        ["the policy itself (self-play)", fmt(learned["self_play_policy_return"]), f"{fmt(self_play)} (+0.00)"],
+    ]
+    for row in results.get("opponents", []):  # model and API opponents of an evaluation (policy in seat 0)
+        if row["opponent"].startswith(MODEL_PREFIXES):
+            gain = row["opponent_mean_return"] - self_play
+            rows.append(
+                [f"`{row['opponent']}` (evaluated)", _ci(row), f"{fmt(row['opponent_mean_return'])} ({gain:+.2f})"]
+            )
+    over = learned["gain_over_memory_one"]
+    lines = [
+        LEARNED_START,
+        f"## Non-exploitability of `{results['policy']}` on {results['game']}",
+        "",
+        f"An exploiter trained from `{learned['model']}` for {learned['max_steps']} steps with the project's trainer "
+        f"against the frozen policy (objective `{learned['objective']}`: "
+        + ("its own return" if learned["objective"] == "naive" else "its return minus the policy's")
+        + f"), then played {learned['matches']} matches against it (seed {learned['seed']}; the exploiter in seat "
+        f"{learned['exploiter_seat']}, the policy in the others), beside the best response among memory-one "
+        "strategies and the classic suite (`coop-rl exploit`) and the policy's own self-play. In parentheses: the "
+        "opponent's gain over the self-play return of its seat.",
+        "",
+        markdown_table(["opponent", "policy return", "opponent return (gain)"], rows),
+        "",
+        f"The learned exploiter gains {learned['gain']:+.2f} per match over self-play"
+        + ("." if over is None else f", {over:+.2f} over the memory-one best response."),
+        "",
+    ]
+    for name in learned.get("plots", []):
+        lines += [f"![Learned exploiter's learning curve]({name})", ""]
+    lines.append(LEARNED_END)
+    return "\n".join(lines) + "\n"
+
+
+def learned_exploit_table(result: dict[str, Any]) -> str:
+    """A short plain-text summary of a learned exploiter (``coop-rl exploit --learn``), for the terminal."""
+    learned = result["learned_exploiter"]
+    curve = learned["learning_curve"]
+    lines = [
+        f"learned exploiter of {result['policy']} on {result['game']} | objective {learned['objective']} | "
+        f"{learned['max_steps']} steps | {learned['matches']} matches",
+        f"exploiter return {fmt(learned['return'])} | policy return {fmt(learned['policy_return'])} | "
+        f"policy self-play {fmt(learned['self_play_return'])} | gain {learned['gain']:+.2f}",
+    ]
+    if learned["memory_one_best"] is not None:
+        lines.append(
+            f"memory-one best response {learned['memory_one_best']}: {fmt(learned['memory_one_best_return'])} "
+            f"(policy {fmt(learned['memory_one_policy_return'])}) | learned - memory-one "
+            f"{learned['gain_over_memory_one']:+.2f}"
+        )
+    if curve:
+        lines.append(f"learning curve: step {curve[0][0]} {curve[0][1]:.2f} -> step {curve[-1][0]} {curve[-1][1]:.2f}")
+    lines.append(f"exploiter: {learned['exploiter']}")
+    return "\n".join(lines)
 
 
 def exploit_table(result: dict[str, Any], top: int = 5) -> str:
@@ -255,13 +348,18 @@ def play_table(summary: dict[str, Any], seed: int) -> str:
 __all__ = [
     "EXPLOIT_END",
     "EXPLOIT_START",
+    "LEARNED_END",
+    "LEARNED_START",
     "eval_markdown",
     "eval_table",
     "exploit_markdown",
     "exploit_table",
     "fmt",
+    "learned_exploit_markdown",
+    "learned_exploit_table",
     "markdown_table",
     "play_table",
     "split_exploit_section",
+    "split_section",
     "text_table",
 ]

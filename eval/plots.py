@@ -5,6 +5,8 @@
 * :func:`plot_cooperation` (``cooperation.png``): the policy's and the opponent's cooperation per opponent, named
   by the game's ``cooperation_label`` (ipd, bos: cooperation rate; spgg: mean contribution level);
 * :func:`plot_exploit` (``exploit.png``): the top exploiters' returns against the self-play baseline;
+* :func:`plot_exploiter_curve` (``exploiter_curve.png``): a learned exploiter's return per training step, beside
+  the policy's self-play value, the memory-one best response and the trained exploiter's evaluated return;
 * :func:`plot_learning_curves`, :func:`plot_method_bars`, :func:`plot_heatmaps`: several policies side by side
   (``coop-rl demo``).
 
@@ -26,6 +28,7 @@ DPI = 100
 RETURNS_PNG = "returns.png"
 COOPERATION_PNG = "cooperation.png"
 EXPLOIT_PNG = "exploit.png"
+EXPLOITER_CURVE_PNG = "exploiter_curve.png"
 TOP_EXPLOITERS = 10
 
 POLICY_COLOR = "#1f77b4"
@@ -161,6 +164,36 @@ def plot_exploit(result: dict[str, Any], path: Path, top: int = TOP_EXPLOITERS) 
     return _save(figure, path)
 
 
+def plot_exploiter_curve(result: dict[str, Any], path: Path) -> Any:
+    """A learned exploiter's learning curve (its mean return per training step, ``learning_curve``), with the
+    policy's self-play return, the memory-one best response's return (matrix games) and the trained exploiter's
+    return in the evaluation matches as horizontal lines (``result``: ``coop-rl exploit --learn``'s object)."""
+    learned = result["learned_exploiter"]
+    figure, ax = _new_figure(0)
+    if learned["learning_curve"]:
+        steps, values = zip(*learned["learning_curve"], strict=True)
+        ax.plot(steps, values, marker=".", color=OPPONENT_COLOR, label="exploiter during training")
+    else:
+        ax.text(0.5, 0.5, "no logged values", ha="center", va="center", transform=ax.transAxes)
+    lines = [
+        (learned["return"], OPPONENT_COLOR, "-.", "exploiter after training"),
+        (learned["memory_one_best_return"], POLICY_COLOR, ":", f"memory-one best ({learned['memory_one_best']})"),
+        (learned["self_play_return"], SELF_PLAY_COLOR, "--", "policy self-play"),
+    ]
+    for value, color, style, label in lines:
+        if value is not None:
+            ax.axhline(value, color=color, linestyle=style, label=f"{label}: {value:.1f}")
+    ax.set_xlabel("training iteration")
+    ax.set_ylabel("exploiter's mean return per match")
+    ax.set_title(
+        f"Learned exploiter of {result['policy']} on {result['game']} ({learned['objective']})\n"
+        f"{learned['max_steps']} steps from {Path(learned['model']).name}; evaluated on {learned['matches']} matches"
+    )
+    ax.legend(loc="best", fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(figure, path)
+
+
 # ----- several policies side by side (coop-rl demo) ------------------------------------------------------------
 LEARNING_CURVES_PNG = "learning_curves.png"
 TOURNAMENT_PNG = "tournament.png"
@@ -252,6 +285,7 @@ __all__ = [
     "COOPERATION_PNG",
     "CROSSPLAY_PNG",
     "DPI",
+    "EXPLOITER_CURVE_PNG",
     "EXPLOIT_PNG",
     "LEARNING_CURVES_PNG",
     "RETURNS_PNG",
@@ -259,6 +293,7 @@ __all__ = [
     "figure_size",
     "plot_cooperation",
     "plot_exploit",
+    "plot_exploiter_curve",
     "plot_heatmaps",
     "plot_learning_curves",
     "plot_method_bars",

@@ -9,8 +9,11 @@
 
 ``write_exploit(result, out_dir)`` writes ``exploit.json``, ``exploit.png`` (the top exploiters' returns against
 the self-play baseline) and puts an "Exploitability" section into report.md (created if absent; a previous
-exploit section is replaced, the rest of the report is kept). ``check_out_dir(path)`` tells a user, before any
-match is played, that the output directory could not be written.
+exploit section is replaced, the rest of the report is kept). ``write_learned_exploit(result, out_dir)`` (``coop-rl
+exploit --learn``) writes ``exploiter_curve.png``, puts the ``"learned_exploiter"`` entry into results.json (beside
+an evaluation of the same policy and game already there, whose report.md is then written again with it) and its
+"Non-exploitability" section into report.md; a later ``write_eval`` of the same policy and game keeps the entry.
+``check_out_dir(path)`` tells a user, before any match is played, that the output directory could not be written.
 
 The plots and the text live in :mod:`coop_rl.eval.plots` and :mod:`coop_rl.eval.markdown`; their public names are
 re-exported here for the modules that import them from this one.
@@ -28,13 +31,17 @@ from coop_rl.errors import UsageError
 from coop_rl.eval.markdown import (
     EXPLOIT_END,
     EXPLOIT_START,
+    LEARNED_END,
+    LEARNED_START,
     eval_markdown,
     eval_table,
     exploit_markdown,
     exploit_table,
     fmt,
+    learned_exploit_markdown,
     markdown_table,
     split_exploit_section,
+    split_section,
     text_table,
 )
 from coop_rl.eval.plots import (
@@ -42,6 +49,7 @@ from coop_rl.eval.plots import (
     CROSSPLAY_PNG,
     DPI,
     EXPLOIT_PNG,
+    EXPLOITER_CURVE_PNG,
     LEARNING_CURVES_PNG,
     RETURNS_PNG,
     TOP_EXPLOITERS,
@@ -49,6 +57,7 @@ from coop_rl.eval.plots import (
     figure_size,
     plot_cooperation,
     plot_exploit,
+    plot_exploiter_curve,
     plot_heatmaps,
     plot_learning_curves,
     plot_method_bars,
@@ -95,6 +104,10 @@ def write_eval(results: dict[str, Any], out_dir: str | Path) -> list[str]:
         plot_cooperation(results, out / COOPERATION_PNG)
         plots.append(COOPERATION_PNG)
     results["plots"] = plots
+    previous = _read_results(out)
+    same = (previous.get("policy"), previous.get("game")) == (results["policy"], results["game"])
+    if same and "learned_exploiter" in previous and "learned_exploiter" not in results:
+        results["learned_exploiter"] = previous["learned_exploiter"]  # a learned exploiter of this policy: kept
     (out / "results.json").write_text(json.dumps(json_ready(results), indent=1) + "\n", encoding="utf-8")
     report = out / "report.md"
     previous_exploit = split_exploit_section(report.read_text(encoding="utf-8"))[1] if report.exists() else ""
@@ -119,6 +132,35 @@ def write_exploit(result: dict[str, Any], out_dir: str | Path) -> list[str]:
     return result["plots"]
 
 
+def _read_results(out: Path) -> dict[str, Any]:
+    """``out``/results.json, or {} when there is none (or it cannot be read)."""
+    try:
+        return json.loads((out / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def write_learned_exploit(result: dict[str, Any], out_dir: str | Path) -> list[str]:
+    """Write exploiter_curve.png, results.json's ``"learned_exploiter"`` entry and report.md's "Non-exploitability"
+    section into ``out_dir`` (``result``: :func:`coop_rl.eval.learned_exploit.learned_exploit`'s object)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    learned = result["learned_exploiter"]
+    plot_exploiter_curve(result, out / EXPLOITER_CURVE_PNG)
+    learned["plots"] = [EXPLOITER_CURVE_PNG]
+    previous = _read_results(out)
+    if "opponents" in previous and (previous["policy"], previous["game"]) == (result["policy"], result["game"]):
+        previous["learned_exploiter"] = learned  # an evaluation of the same policy: its report gains the section
+        write_eval(previous, out)
+        return learned["plots"]
+    (out / "results.json").write_text(json.dumps(json_ready(result), indent=1) + "\n", encoding="utf-8")
+    report = out / "report.md"
+    rest = split_section(report.read_text(encoding="utf-8"), LEARNED_START, LEARNED_END)[0] if report.exists() else ""
+    section = learned_exploit_markdown(result)
+    report.write_text((rest.rstrip() + "\n\n" + section) if rest.strip() else section, encoding="utf-8")
+    return learned["plots"]
+
+
 __all__ = [
     "COOPERATION_PNG",
     "CROSSPLAY_PNG",
@@ -126,6 +168,9 @@ __all__ = [
     "EXPLOIT_END",
     "EXPLOIT_PNG",
     "EXPLOIT_START",
+    "EXPLOITER_CURVE_PNG",
+    "LEARNED_END",
+    "LEARNED_START",
     "LEARNING_CURVES_PNG",
     "RETURNS_PNG",
     "TOP_EXPLOITERS",
@@ -141,6 +186,7 @@ __all__ = [
     "markdown_table",
     "plot_cooperation",
     "plot_exploit",
+    "plot_exploiter_curve",
     "plot_heatmaps",
     "plot_learning_curves",
     "plot_method_bars",
@@ -150,4 +196,5 @@ __all__ = [
     "text_table",
     "write_eval",
     "write_exploit",
+    "write_learned_exploit",
 ]
