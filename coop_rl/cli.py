@@ -146,11 +146,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_exploit(args: argparse.Namespace) -> int:
     from coop_rl.envs import game_class
     from coop_rl.eval.exploit import exploit
-    from coop_rl.eval.markdown import exploit_table
+    from coop_rl.eval.learned_exploit import learn_options, learned_exploit
+    from coop_rl.eval.markdown import exploit_table, learned_exploit_table
     from coop_rl.eval.report import check_out_dir
 
     params = _game_params(args, game_class(args.game))
     out = check_out_dir(args.out)
+    learn = learn_options(args)  # None without --learn
+    if learn is not None:  # train an exploiter (eval/learned_exploit.py), any game
+        common = {"matches": args.matches, "seed": args.seed, "game_params": params, "sampling": _sampling(args)}
+        result = learned_exploit(args.policy, args.game, out, **learn, **common)
+        return _print_result(args, result, lambda: learned_exploit_table(result))
     result = exploit(  # an ExploitError (not a matrix game) is a UsageError
         args.policy,
         args.game,
@@ -267,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_match_commands(sub: Any) -> None:
     """play, tournament, eval and exploit: commands that play matches between player specs."""
+    from coop_rl.eval.learned_exploit import add_learn_arguments  # exploit --learn's options (no ML import)
+
     play = sub.add_parser("play", help="play matches between players and print a summary")
     play.add_argument("--game", required=True, help="ipd, bos, tas, split or spgg")
     play.add_argument("--players", required=True, help="comma-separated player specs, one per seat")
@@ -307,13 +315,14 @@ def _add_match_commands(sub: Any) -> None:
     _add_sampling_arguments(evaluation)
     evaluation.set_defaults(func=cmd_eval)
 
-    exploit = sub.add_parser("exploit", help="search a best response to a policy (memory-one strategies, ipd/bos)")
+    exploit = sub.add_parser("exploit", help="a best response to a policy: memory-one search or trained (--learn)")
     exploit.add_argument("--policy", required=True, help="the player spec to exploit")
-    exploit.add_argument("--game", required=True, help="ipd or bos")
-    _add_match_arguments(exploit, 20, "matches per candidate exploiter")
+    exploit.add_argument("--game", required=True, help="ipd or bos (with --learn: ipd, bos, tas, split or spgg)")
+    _add_match_arguments(exploit, 20, "matches per candidate exploiter (--learn: of the trained exploiter)")
     exploit.add_argument("--out", default=None, help="directory for exploit.json, exploit.png and report.md")
     exploit.add_argument("--json", action="store_true", help="print the exploit JSON instead of a summary")
     _add_sampling_arguments(exploit)
+    add_learn_arguments(exploit)
     exploit.set_defaults(func=cmd_exploit)
 
 
