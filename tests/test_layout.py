@@ -13,6 +13,7 @@ PACKAGES = ("coop_rl", "envs", "eval")
 MAX_MODULE_LINES = 450
 MAX_FUNCTION_LINES = 80
 
+
 def _modules() -> list[Path]:
     return sorted(path for package in PACKAGES for path in (ROOT / package).rglob("*.py"))
 
