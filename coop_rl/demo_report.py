@@ -210,7 +210,7 @@ def _report_lines(
     return [
         f"# coop-rl demo: {spec.game}",
         "",
-        f"Methods trained with `coop-rl train` from the tiny model `{settings['model']}`: "
+        f"Methods trained with `coop-rl train` from the model `{settings['model']}`: "
         + ", ".join(
             f"{m} (`{spec.recipes[m]}`"
             + (f", max_steps {settings['max_steps']}" if settings["max_steps"] else "")
