@@ -199,17 +199,18 @@ def cmd_init_model(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     games = tuple(g.strip() for g in (args.games or "").split(",") if g.strip())
-    scale = {"data_scale": args.data_scale} if args.data_scale is not None else {}
+    given = {"data_scale": args.data_scale} if args.data_scale is not None else {}  # the rest: each kind's defaults
+    given.update({"games": games} if games else {})
     try:
         if args.kind in PRETRAINED:  # a real pretrained model, converted from its installed wheel
-            warm = PretrainedWarmStart(games=games or ("ipd",), seed=args.seed, **scale) if args.warm_start else None
+            warm = PretrainedWarmStart(seed=args.seed, **given) if args.warm_start else None
             out = init_pretrained_model(
                 args.out, args.kind, precision=args.precision, constrain_answers=not args.unconstrained, warm_start=warm
             )
         elif args.kind in RANDOM_MODEL_SIZES:  # random initialisation, no warm start (benchmarks; no TRL needed)
             out = init_random_model(args.out, args.kind, seed=args.seed)
         elif args.kind == "tiny":
-            config = TinyModelConfig(seed=args.seed, games=games or ("ipd", "bos"), precision=args.precision, **scale)
+            config = TinyModelConfig(seed=args.seed, precision=args.precision, **given)
             out = init_tiny_model(args.out, config)
         else:
             known = ", ".join(["tiny", *PRETRAINED, *RANDOM_MODEL_SIZES])
@@ -353,7 +354,7 @@ def _add_other_commands(sub: Any) -> None:
         "--data-scale",
         type=float,
         default=None,
-        help="fraction of the tiny model's warm-start corpus (default: tiny 1.0, smollm2 --warm-start 0.1)",
+        help="fraction of the warm-start corpus (default: tiny 1.0, smollm2 --warm-start 0.1)",
     )
     init_model.add_argument(
         "--games",
