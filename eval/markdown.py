@@ -197,7 +197,8 @@ def exploit_markdown(result: dict[str, Any], top: int = TOP_EXPLOITERS) -> str:
         EXPLOIT_START,
         f"## Exploitability of `{result['policy']}` on {result['game']}",
         "",
-        f"Best response searched among the 32 deterministic memory-one strategies and the classic suite "
+        f"Best response searched among the 32 deterministic memory-one strategies, their 31 end-game variants "
+        f"(D in the last round, round {result['game_params'].get('rounds')}) and the classic suite "
         f"({len(result['candidates'])} candidates, {result['matches']} matches each, seed {result['seed']}); "
         f"the policy sits in seat 0, the exploiter in seat 1. Definition: {result['definition']}.",
         "",
@@ -271,8 +272,8 @@ def learned_exploit_markdown(results: dict[str, Any]) -> str:
         + ("its own return" if learned["objective"] == "naive" else "its return minus the policy's")
         + f"), then played {learned['matches']} matches against it (seed {learned['seed']}; the exploiter in seat "
         f"{learned['exploiter_seat']}, the policy in the others), beside the best response among memory-one "
-        "strategies and the classic suite (`coop-rl exploit`) and the policy's own self-play. In parentheses: the "
-        "opponent's gain over the self-play return of its seat.",
+        "strategies, their end-game variants and the classic suite (`coop-rl exploit`) and the policy's own "
+        "self-play. In parentheses: the opponent's gain over the self-play return of its seat.",
         "",
         markdown_table(["opponent", "policy return", "opponent return (gain)"], rows),
         "",
@@ -322,7 +323,7 @@ def exploit_table(result: dict[str, Any], top: int = 5) -> str:
     ]
     for c in ranked_candidates(result)[:top]:
         lines.append(
-            f"  {c['exploiter']:<12} {c['exploiter_mean_return']:8.2f}  (policy gets {c['policy_mean_return']:.2f})"
+            f"  {c['exploiter']:<14} {c['exploiter_mean_return']:8.2f}  (policy gets {c['policy_mean_return']:.2f})"
         )
     return "\n".join(lines)
 

@@ -15,8 +15,16 @@ import sys
 import pytest
 
 from coop_rl.cli import main
+from coop_rl.envs import game_class
 from coop_rl.eval.evaluate import bootstrap_ci, evaluate
-from coop_rl.eval.exploit import KNOWN_MEMORY_ONE, MemoryOneRule, exploit, memory_one_rules
+from coop_rl.eval.exploit import (
+    KNOWN_MEMORY_ONE,
+    MemoryOneRule,
+    MemoryOneStrategy,
+    end_game_rules,
+    exploit,
+    memory_one_rules,
+)
 from coop_rl.eval.plots import DPI, figure_size, plot_returns
 from coop_rl.eval.suites import SuiteError, resolve_opponents
 
@@ -125,7 +133,8 @@ def test_exploit_allc_finds_always_defect(tmp_path):
     assert result["exploiter_return"] == 50.0 and result["policy_return"] == 0.0
     assert result["self_play_return"] == 30.0
     assert result["gain"] == 20.0 and result["gain_per_round"] == 2.0  # 50 - 30 over 10 rounds
-    assert len(result["candidates"]) == 9 + 32  # the classic suite (alld included) and every memory-one rule
+    # the classic suite (alld included), every memory-one rule, every end-game variant (all but DDDDD's)
+    assert len(result["candidates"]) == 9 + 32 + 31
     saved = json.loads((tmp_path / "exploit.json").read_text())
     assert saved["gain"] == 20.0 and saved["plots"] == ["exploit.png"]
     report = (tmp_path / "report.md").read_text()
@@ -133,14 +142,67 @@ def test_exploit_allc_finds_always_defect(tmp_path):
     assert png_size(tmp_path / "exploit.png") == tuple(round(x * DPI) for x in figure_size(10))
 
 
-def test_exploit_tft_gains_nothing():
-    # Against tft no memory-one or classic strategy beats mutual cooperation (30 over 10 rounds); tft's
-    # self-play gives 30, so the gain is exactly 0 (<= 2: defecting on the last round only would need the round).
+def test_exploit_tft_is_beaten_by_the_last_round_defection_only():
+    # Against tft nothing that cannot count rounds beats mutual cooperation (30 over 10 rounds); an end-game variant
+    # cooperates for 9 rounds and defects in round 10, which tft cannot answer: 9 x 3 + 5 = 32, tft 9 x 3 = 27.
     result = exploit("tft", "ipd", matches=2)
-    assert result["exploiter_return"] == 30.0 and result["self_play_return"] == 30.0
-    assert result["gain"] == 0.0 and result["gain_per_round"] == 0.0
-    assert max(c["exploiter_mean_return"] for c in result["candidates"]) == 30.0  # no candidate beats cooperation
-    assert result["best"]["exploiter_cooperation_rate"] == 1.0
+    assert result["exploiter_return"] == 32.0 and result["policy_return"] == 27.0
+    assert result["self_play_return"] == 30.0
+    assert result["gain"] == 2.0 and result["gain_per_round"] == 0.2
+    best = result["best"]
+    assert best["kind"] == "end-game" and best["exploiter"] == "m1:CCCCC+endD"  # the first of the ties
+    assert best["exploiter_cooperation_rate"] == 0.9
+    assert best["description"].endswith("; in the last round (round 10): D (allc's end-game variant)")
+    # without the end-game variants no candidate beats cooperation
+    others = [c["exploiter_mean_return"] for c in result["candidates"] if c["kind"] != "end-game"]
+    assert max(others) == 30.0
+
+
+def play_moves(rule, opponent_move, **params):
+    """The moves the rule plays in seat 1 of one ipd match (``params``: the game's) against a seat 0 that always
+    answers ``opponent_move``."""
+    game = game_class("ipd")(**params)
+    game.reset(0)
+    strategy = MemoryOneStrategy(rule)
+    while not game.done:
+        (turn,) = [t for t in game.pending_turns() if t.seat == 1]
+        game.step({0: opponent_move, 1: strategy.act(game, turn)})
+    return "".join(game.labels[move] for move in game.moves[1])
+
+
+def test_end_game_variants_defect_in_the_round_cap():
+    tft_end = MemoryOneRule.from_code("CCDCD").end_game()
+    assert tft_end.name == "m1:CCDCD+endD" and tft_end.kind == "end-game"
+    assert MemoryOneRule.from_code("ccdcd+endd") == tft_end and MemoryOneRule.from_code(tft_end.code) == tft_end
+    assert play_moves(tft_end, "C") == "C" * 9 + "D"  # rounds 1..9: C, round 10 (the cap): D
+    assert play_moves(tft_end, "C", rounds=5) == "CCCCD"
+    assert play_moves(MemoryOneRule.from_code("CCDCD"), "C") == "C" * 10  # the base rule: tft
+    assert play_moves(tft_end, "D", rounds=5) == "CDDDD"
+    assert tft_end.describe(rounds=10) == (
+        "first C; after CC:C, CD:D, DC:C, DD:D; in the last round (round 10): D (tft's end-game variant)"
+    )
+    rules = end_game_rules()
+    names = [rule.name for rule in rules]
+    assert len(rules) == 31 and len(set(names)) == 31 and "m1:DDDDD+endD" not in names  # alld: no variant
+    assert names == sorted(names) and names[0] == "m1:CCCCC+endD"
+    assert [rule.memory_code for rule in rules] == [rule.code for rule in memory_one_rules()][:-1]
+    for bad in ("CCDCD+end", "CCDCD+endX", "CCDC+endD"):
+        with pytest.raises(ValueError):
+            MemoryOneRule.from_code(bad)
+
+
+def test_exploit_tft_with_five_rounds_defects_in_round_5():
+    result = exploit("tft", "ipd", matches=2, game_params={"rounds": 5})
+    assert result["exploiter_return"] == 4 * 3 + 5 and result["policy_return"] == 4 * 3
+    assert result["gain"] == 2.0 and result["best"]["kind"] == "end-game"
+    assert result["best"]["description"].endswith("in the last round (round 5): D (allc's end-game variant)")
+
+
+def test_cli_exploit_tft_reports_the_end_game_gain(capsys):
+    assert main(["exploit", "--policy", "tft", "--game", "ipd", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["gain"] == 2.0 and result["exploiter_return"] == 32.0 and result["self_play_return"] == 30.0
+    assert result["best"]["exploiter"].endswith("+endD") and len(result["candidates"]) == 72
 
 
 def test_memory_one_rules_match_the_classic_strategies():
