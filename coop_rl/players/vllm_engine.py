@@ -68,6 +68,16 @@ def _on_cpu() -> bool:
         return not torch.cuda.is_available()
 
 
+def encode_chat_prompt(
+    tokenizer: Any, messages: list[dict[str, str]], max_model_len: int, max_new_tokens: int
+) -> list[int]:
+    """The token ids of a conversation under the model's chat template, generation prompt added; an over-long
+    prompt keeps its end (the question and the latest state) rather than failing the match."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return list(ids[-max(16, max_model_len - max_new_tokens) :])
+
+
 def _fingerprint(directory: Path) -> tuple:
     """What changes when an adapter is saved again: its files' names, sizes, modification times and inodes."""
     entries = []
@@ -235,11 +245,7 @@ class VLLMEngine:
     # -- generation ----------------------------------------------------------------------------------------------
 
     def encode_prompt(self, messages: list[dict[str, str]], max_new_tokens: int) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        # Keep the end of over-long prompts (the question and the latest state) rather than failing the match.
-        limit = max(16, self.max_model_len - max_new_tokens)
-        return list(ids[-limit:])
+        return encode_chat_prompt(self.tokenizer, messages, self.max_model_len, max_new_tokens)
 
     def generate(
         self,
@@ -351,4 +357,11 @@ def shutdown_engines() -> None:
 atexit.register(shutdown_engines)
 
 
-__all__ = ["CPU_MAX_MODEL_LEN", "DEFAULT_MAX_MODEL_LEN", "VLLMEngine", "get_engine", "shutdown_engines"]
+__all__ = [
+    "CPU_MAX_MODEL_LEN",
+    "DEFAULT_MAX_MODEL_LEN",
+    "VLLMEngine",
+    "encode_chat_prompt",
+    "get_engine",
+    "shutdown_engines",
+]

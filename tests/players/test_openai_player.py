@@ -3,14 +3,9 @@ marked slow, against vLLM's own OpenAI-compatible server on CPU serving the tiny
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import traceback
@@ -29,7 +24,7 @@ from coop_rl.players.openai_player import OpenAIPlayer, OpenAIPlayerError
 from coop_rl.players.scripted import ScriptedPlayer
 from coop_rl.runner import run_matches, summarize
 
-from helpers import run_play_json
+from helpers import run_play_json, running_vllm_server
 
 SECRET = "sk-coop-test-SECRET-7f3a9c1e5b"
 MODEL = "fake-model"
@@ -504,79 +499,15 @@ def test_make_player_rejects_malformed_specs(spec, why):
 # -- a real OpenAI-compatible server: vLLM on CPU serving the tiny model ------------------------------------------
 
 SERVED_NAME = "coop-tiny"
-VLLM_START_TIMEOUT_S = 240.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def vllm_server(tiny_model_dir: Path, tmp_path_factory):
     """vLLM's OpenAI-compatible server on CPU in its own process group; yields (base_url, start seconds)."""
-    import httpx
-
     pytest.importorskip("vllm")
-    port = _free_port()
     log_path = tmp_path_factory.mktemp("vllm_server") / "server.log"
-    command = [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        str(tiny_model_dir),
-        "--served-model-name",
-        SERVED_NAME,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--max-model-len",
-        "1024",
-        "--dtype",
-        "float32",
-        "--max-num-seqs",
-        "16",
-        "--disable-log-stats",
-        "--uvicorn-log-level",
-        "warning",
-    ]
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
-    base_url = f"http://127.0.0.1:{port}/v1"
-    started = time.perf_counter()
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-
-    def log_tail() -> str:
-        return log_path.read_text(errors="replace")[-3000:]
-
-    try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"vLLM server exited with status {process.returncode} during start:\n{log_tail()}")
-            if time.perf_counter() - started > VLLM_START_TIMEOUT_S:
-                pytest.fail(f"vLLM server not ready after {VLLM_START_TIMEOUT_S:.0f} s:\n{log_tail()}")
-            try:
-                response = httpx.get(f"{base_url}/models", timeout=2.0)
-                if response.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1.0)
-        start_s = time.perf_counter() - started
-        sys.stderr.write(f"\nvLLM server ready in {start_s:.1f} s\n")
-        assert SERVED_NAME in [m["id"] for m in response.json()["data"]]
-        yield base_url, start_s
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
+    with running_vllm_server(tiny_model_dir, log_path, served_name=SERVED_NAME) as server:
+        yield server
 
 
 @pytest.mark.slow
