@@ -265,6 +265,7 @@ class AAConfig(TrainingArguments):
 
     def _check_combinations(self) -> None:
         """Settings that need one another."""
+        self.rollout_servers = _server_urls(self.rollout_servers)
         if self.seat_adapters and not (self.use_peft and self.opponent == "self_play" and self.rollout_backend == "hf"):
             raise ValueError("seat_adapters needs use_peft true, opponent self_play and rollout_backend hf")
         backend = self.rollout_backend
@@ -274,14 +275,6 @@ class AAConfig(TrainingArguments):
             )
         if backend != "hf" and self.constrain_answers:
             raise ValueError(f"rollout_backend {backend} does not support constrain_answers; use rollout_backend hf")
-        if isinstance(self.rollout_servers, str):
-            self.rollout_servers = [url.strip() for url in self.rollout_servers.split(",") if url.strip()]
-        servers = self.rollout_servers
-        if servers is not None and not (
-            isinstance(servers, list)
-            and all(isinstance(u, str) and u.startswith(("http://", "https://")) for u in servers)
-        ):
-            raise ValueError(f"rollout_servers={servers!r}: expected a list of http:// or https:// URLs")
         if backend == "vllm_server" and not self.rollout_servers:
             raise ValueError("rollout_backend vllm_server needs rollout_servers (the URLs of running vLLM servers)")
         if self.rollout_servers and backend != "vllm_server":
@@ -376,6 +369,20 @@ _LOWER_BOUNDS = (
     ("play_eval_matches", 1, False),
     ("max_consecutive_faults", 1, False),
 )
+
+
+def _server_urls(value: object) -> list[str] | None:
+    """``rollout_servers`` as a list of URLs: a YAML list or a comma-separated string (the command line gives a list
+    of one such string); anything but http(s) URLs is refused."""
+    items = [value] if isinstance(value, str) else value
+    if isinstance(items, list) and all(isinstance(item, str) for item in items):
+        items = [url.strip() for item in items for url in item.split(",") if url.strip()]
+        if all(url.startswith(("http://", "https://")) for url in items):
+            return items or None
+    if value is None:
+        return None
+    raise ValueError(f"rollout_servers={items!r}: expected a list of http:// or https:// URLs")
+
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 

@@ -165,6 +165,23 @@ def _check_model(config: AAConfig) -> None:
         check_lora_targets(config.model_name_or_path, config.lora_target_modules)
     if config.resume_from_checkpoint and not os.path.isdir(config.resume_from_checkpoint):
         raise UsageError(f"checkpoint not found: {config.resume_from_checkpoint}")
+    if config.resume_from_checkpoint:
+        _check_zero_partitions(Path(config.resume_from_checkpoint), int(os.environ.get("WORLD_SIZE") or 1))
+
+
+def _check_zero_partitions(checkpoint: Path, world_size: int) -> None:
+    """A DeepSpeed ZeRO checkpoint holds one optimizer partition per process, and DeepSpeed cannot re-partition
+    them for another number of processes: refuse that in one line (DDP and one-process checkpoints are whole and
+    resume under any number of processes)."""
+    tag = checkpoint / "latest"
+    folder = checkpoint / tag.read_text().strip() if tag.is_file() else checkpoint
+    partitions = {path.name.split("zero_pp_rank_")[1].split("_")[0] for path in folder.glob("*zero_pp_rank_*optim*")}
+    if partitions and len(partitions) != world_size:
+        raise UsageError(
+            f"{checkpoint} holds DeepSpeed ZeRO optimizer states of {len(partitions)} processes, this run has "
+            f"{world_size}: resume it with {len(partitions)} processes (accelerate launch --num_processes "
+            f"{len(partitions)}), or convert it with DeepSpeed's ds_to_universal first"
+        )
 
 
 def train(config: AAConfig) -> Path:

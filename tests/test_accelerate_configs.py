@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "recipes" / "accelerate"
 SCRIPT = CONFIGS / "slurm_multinode.sh"
 BASH = shutil.which("bash")
-MULTINODE = {"num_machines": 2, "num_processes": 16, "machine_rank": 0, "main_process_ip": "127.0.0.1"}
+MULTINODE = {"num_machines": 2, "num_processes": 16, "machine_rank": 0, "main_process_ip": None}
 MULTINODE |= {"main_process_port": 29500, "rdzv_backend": "static", "same_network": True}
 # Per file: distributed_type, the ClusterConfig fields its name implies, and the DeepSpeed keys it must set.
 EXPECTED = {

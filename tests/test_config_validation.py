@@ -84,6 +84,15 @@ def _train(model_dir, tmp_path, *extra, config=RECIPE):
         (["--rollout_backend", "vllm"], ["rollout_backend vllm needs use_peft true"]),
         (["--rollout_backend", "vllm", "--use_peft", "true", "--constrain_answers", "true"],
          ["rollout_backend vllm does not support constrain_answers"]),
+        (["--rollout_backend", "vllm_server", "--use_peft", "true", "--constrain_answers", "false"],
+         ["rollout_backend vllm_server needs rollout_servers"]),
+        (["--rollout_backend", "vllm_server", "--rollout_servers", "http://127.0.0.1:8000"],
+         ["rollout_backend vllm_server needs use_peft true"]),
+        (["--rollout_backend", "vllm_server", "--rollout_servers", "http://h:1,127.0.0.1:8000"],
+         ["rollout_servers=['http://h:1', '127.0.0.1:8000']", "http://"]),
+        (["--rollout_backend", "vllm_server", "--use_peft", "true", "--rollout_servers", "http://h:1,http://h:2"],
+         ["rollout_backend vllm_server does not support constrain_answers"]),
+        (["--rollout_servers", "http://127.0.0.1:8000"], ["rollout_servers is for rollout_backend vllm_server, not"]),
         (["--kl_coef", "0.1"], ["kl_coef > 0 needs use_peft"]),
         (["--play_eval_every", "5", "--play_eval_opponents", " , "], ["play_eval_every > 0 needs play_eval_opponents"]),
         (["--play_eval_every", "-1"], ["play_eval_every", ">= 0"]),
@@ -158,3 +167,18 @@ def test_defaults_and_the_shipped_recipes_pass_validation():
         (parsed,) = TrlParser(AAConfig).parse_args_and_config(["--config", str(recipe), *gpu_off])
         assert 0 < parsed.gamma <= 1 and parsed.matches_per_iteration % parsed.group_size == 0
         assert parsed.temperature == 1.0 and parsed.top_p == 1.0  # what the loss accounts for
+
+
+def test_resume_of_a_zero_checkpoint_with_another_number_of_processes_is_one_line(
+    model_config_dir, tmp_path, capsys, no_weights
+):
+    # DeepSpeed's layout (as a 2-process ZeRO-2 run on CPU writes it): one optimizer partition per process.
+    checkpoint = tmp_path / "checkpoint-2"
+    (checkpoint / "global_step2").mkdir(parents=True)
+    (checkpoint / "latest").write_text("global_step2")
+    for rank in (0, 1):
+        (checkpoint / "global_step2" / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"")
+    assert _train(model_config_dir, tmp_path, "--resume_from_checkpoint", str(checkpoint)) == 2
+    line = _error_line(capsys)
+    assert "holds DeepSpeed ZeRO optimizer states of 2 processes, this run has 1" in line
+    assert "accelerate launch --num_processes 2" in line

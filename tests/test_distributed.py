@@ -83,6 +83,58 @@ def test_two_process_ddp_update_equals_one_process_update_on_the_same_batch(tmp_
 
 
 @pytest.mark.slow
+def test_two_machine_launch_on_localhost_update_equals_one_process_update(tmp_path, tiny_model_dir):
+    # Two `accelerate launch` commands, one per "machine" (1 process each), meeting at 127.0.0.1 as two nodes would:
+    # recipes/accelerate/multinode_ddp.yaml with --num_machines 2 and each its own --machine_rank.
+    ranks, single = tmp_path / "ranks", tmp_path / "single"
+    model, port = ["--model", str(tiny_model_dir)], _free_port()
+    nodes = [
+        [*ACCELERATE, "--config_file", "recipes/accelerate/multinode_ddp.yaml", "--num_machines", "2",
+         "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+         "--main_process_port", port, str(SCRIPT), "--mode", "ranks", *model, "--out", str(ranks)]
+        for rank in (0, 1)
+    ]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    launched = [
+        subprocess.Popen(node, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for node in nodes
+    ]
+    outputs = [process.communicate(timeout=900)[0] for process in launched]
+    assert [process.returncode for process in launched] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    info = json.loads((ranks / "coop_rl_run.json").read_text())
+    assert (info["num_processes"], info["num_machines"], info["distributed_type"]) == (2, 2, "MULTI_CPU")
+    _run([sys.executable, str(SCRIPT), "--mode", "single", *model, "--out", str(single), "--source", str(ranks)])
+    assert _relative_error(torch.load(ranks / "update-ranks.pt"), torch.load(single / "update-single.pt")) < 1e-5
+
+
+@pytest.mark.slow
+def test_resume_with_another_number_of_processes(tmp_path, tiny_model_dir):
+    # DDP: a checkpoint written by 2 processes resumes in 1, and one written by 1 resumes in 2 (the weights,
+    # optimizer and the opponents' state are whole in every checkpoint; a missing rank's RNG state only warns).
+    for first, then in (("ddp", "single"), ("single", "ddp")):
+        out = tmp_path / f"{first}-then-{then}"
+        _run(
+            _launch(
+                f"recipes/accelerate/{first}.yaml",
+                *_train(tiny_model_dir, out, "--max_steps", "2", "--save_steps", "2"),
+            )
+        )
+        resume = _train(
+            tiny_model_dir,
+            out,
+            "--max_steps",
+            "4",
+            "--save_steps",
+            "2",
+            "--resume_from_checkpoint",
+            str(out / "checkpoint-2"),
+        )
+        _run(_launch(f"recipes/accelerate/{then}.yaml", *resume))
+        history = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+        assert [entry["step"] for entry in history if "loss" in entry] == [1, 2, 3, 4]
+        assert json.loads((out / "coop_rl_run.json").read_text())["num_processes"] == (2 if then == "ddp" else 1)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("stage,lora", [(2, False), (2, True), (3, False)], ids=["zero2", "zero2-lora", "zero3"])
 def test_accelerate_launch_deepspeed_trains_on_cpu(tmp_path, tiny_model_dir, stage, lora):
     out = tmp_path / "run"

