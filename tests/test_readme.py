@@ -7,8 +7,9 @@ README code blocks are marked by an HTML comment on the line before them:
   so that later blocks find what earlier ones built; ``make`` commands are dry-run (``make -n``: the target
   exists and runs what it says), their work being tested by the tests of what they call. Speed-ups, appended to
   the command as written: ``train`` runs 2 iterations of 16 matches; ``init-model`` a 2% warm-start corpus.
-* ``<!-- covered-by: tests/FILE.py::test_name ... -->``: commands that need a GPU, a network or an API key; the
-  named tests exercise the same code paths on CPU (they must exist).
+* ``<!-- covered-by: tests/FILE.py::test_name ... -->``: commands that need a GPU, a network or an API key, or
+  that take many minutes on a CPU however small the settings (SmolLM2's warm start: 9 min in CI when run from
+  the README); the named tests exercise the same code paths on CPU (they must exist).
 
 The sections that other maintainers keep with their own checks ("Performance", "Reliability") are left out.
 """
