@@ -159,6 +159,20 @@ def test_accelerate_launch_deepspeed_trains_on_cpu(tmp_path, tiny_model_dir, sta
 
 
 @pytest.mark.slow
+def test_zero3_with_a_vllm_backend_is_refused_in_one_line(tmp_path, tiny_model_dir):
+    # The adapter the engine loads would be saved from ZeRO-3's empty shards: refused when the trainer is built.
+    train = _train(tiny_model_dir, tmp_path / "run", "--max_steps", "1", "--use_peft", "true", "--lora_r", "8",
+                   "--constrain_answers", "false", "--rollout_backend", "vllm")  # fmt: skip
+    done = subprocess.run(_launch("recipes/accelerate/zero3.yaml", *train), capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    refusals = [line for line in done.stderr.splitlines() if line.startswith("coop-rl: error: ")]
+    assert refusals == [
+        "coop-rl: error: opponent pool and the vLLM rollout backends copy the learner's weights, which ZeRO-3 "
+        "shards: use zero2, or opponent self_play with rollout_backend hf"
+    ]
+
+
+@pytest.mark.slow
 def test_coop_rl_train_under_two_process_ddp_ends_every_rank_cleanly(tmp_path, tiny_model_dir):
     # The user's path: `accelerate launch ... coop-rl train`. Both ranks must exit 0 (a rank left to the
     # interpreter's shutdown aborted in 8 of 30 runs, see coop_rl/distributed.py) with the policy saved once.

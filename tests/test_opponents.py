@@ -169,3 +169,14 @@ def test_the_pool_grows_every_pool_every_rollouts(tmp_path, step, grows):
     model = torch.nn.Linear(2, 1)
     opponents.grow(model, step)
     assert len(opponents.pool) == int(grows)
+
+
+def test_vllm_opponents_are_refused_under_several_processes(tmp_path):
+    # Each would start a second engine in the rank's process, on the first GPU whatever the rank's device.
+    from coop_rl.errors import UsageError
+
+    args = _config(tmp_path, opponent="frozen", opponents="vllm:/models/x")
+    opponents = Opponents(args, 2, lambda: _model(), _tokenizer(), SamplingConfig(), lambda salt: salt, 1, 2)
+    with pytest.raises(UsageError, match="vllm: opponents need one process; under several, serve them as openai:"):
+        opponents.frozen_player("vllm:/models/x")
+    assert opponents.frozen_player("tft").spec == "tft"  # other opponents are fine
