@@ -148,6 +148,26 @@ def test_vllm_server_backend_samples_the_weights_it_just_loaded(tmp_path, tiny_m
 
 
 @pytest.mark.slow
+def test_two_processes_share_a_vllm_server_each_with_its_own_adapter(tmp_path, tiny_model_dir, lora_vllm_server):
+    # Both ranks load their adapter into the one server under names of their own (rank<k>-<pid>-<n>) and sample it.
+    import os
+    import subprocess
+    import sys
+
+    from helpers import free_port
+
+    out = tmp_path / "run"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/ddp.yaml",
+              "--main_process_port", str(free_port()), "-m", "coop_rl"]  # fmt: skip
+    server = ["--rollout_backend", "vllm_server", "--rollout_servers", lora_vllm_server]
+    argv = [*launch, *_vllm_train_argv(tiny_model_dir, out, *server)]
+    done = subprocess.run(argv, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert json.loads((out / "coop_rl_run.json").read_text())["num_processes"] == 2
+    assert all(entry["rollout/sampler_logprob_gap_max"] < 1e-3 for entry in _logged_steps(out))
+
+
+@pytest.mark.slow
 def test_vllm_server_backend_gap_shows_a_skipped_adapter_load(tmp_path, tiny_model_dir, lora_vllm_server, monkeypatch):
     # The control: the server keeps the first adapter (the LoRA's zero-initialised start) while the trainer moves on;
     # from the second iteration the trainer's logprobs differ from the sampler's by far more than the bound above.
