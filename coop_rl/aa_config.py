@@ -78,6 +78,15 @@ class AAConfig(TrainingArguments):
             "LoRA adapter is loaded into the engine or the servers before every rollout."
         },
     )
+    vllm_executor: str = field(
+        default="auto",
+        metadata={
+            "help": "rollout_backend vllm: 'auto' runs each training process's engine inside the process with vLLM's "
+            "external_launcher when there are several (as TRL's colocated engine; on a GPU, on the rank's device), "
+            "'default' always leaves it to vLLM (an engine process per rank: on GPUs all on the first device unless "
+            "each rank sees its own); benchmarks/vllm_executor.py measures both."
+        },
+    )
     rollout_servers: list[str] | None = field(
         default=None,
         metadata={
@@ -227,6 +236,7 @@ class AAConfig(TrainingArguments):
             "opponent": (self.opponent, OPPONENT_SCHEMES),
             "loss_type": (self.loss_type, LOSS_TYPES),
             "rollout_backend": (self.rollout_backend, ROLLOUT_BACKENDS),
+            "vllm_executor": (self.vllm_executor, ("auto", "default")),
         }
         for name, (value, allowed) in checks.items():
             if value not in allowed:

