@@ -63,6 +63,7 @@ def _train(model_dir, tmp_path, *extra, config=RECIPE):
         (["--baseline", "median"], ["baseline='median'", "loo, batch, none"]),
         (["--loss_type", "dpo"], ["loss_type='dpo'", "reinforce, ppo"]),
         (["--rollout_backend", "tgi"], ["rollout_backend='tgi'", "hf", "vllm"]),
+        (["--vllm_executor", "ray"], ["vllm_executor='ray'", "auto, default"]),
         (["--beta", "abc"], ["--beta", "abc"]),
         (["--matches_per_iteration", "1.5"], ["matches_per_iteration", "1.5"]),
         (["--use_peft", "maybe"], ["use_peft", "maybe"]),
