@@ -4,7 +4,6 @@ import json
 import math
 import os
 import pickle
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,14 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import free_port
+
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch"]
 SCRIPT = Path(__file__).parent / "distributed" / "ddp_equivalence.py"
-
-
-def _free_port() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return str(sock.getsockname()[1])
 
 
 def _run(command: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -38,7 +33,7 @@ def _train(model_dir: Path, out: Path, *overrides: str) -> list[str]:
 
 
 def _launch(config: str, *args: str) -> list[str]:
-    return [*ACCELERATE, "--config_file", config, "--main_process_port", _free_port(), *args]
+    return [*ACCELERATE, "--config_file", config, "--main_process_port", str(free_port()), *args]
 
 
 def _relative_error(update: dict, reference: dict) -> float:
@@ -87,7 +82,7 @@ def test_two_machine_launch_on_localhost_update_equals_one_process_update(tmp_pa
     # Two `accelerate launch` commands, one per "machine" (1 process each), meeting at 127.0.0.1 as two nodes would:
     # recipes/accelerate/multinode_ddp.yaml with --num_machines 2 and each its own --machine_rank.
     ranks, single = tmp_path / "ranks", tmp_path / "single"
-    model, port = ["--model", str(tiny_model_dir)], _free_port()
+    model, port = ["--model", str(tiny_model_dir)], str(free_port())
     nodes = [
         [*ACCELERATE, "--config_file", "recipes/accelerate/multinode_ddp.yaml", "--num_machines", "2",
          "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",

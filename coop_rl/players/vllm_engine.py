@@ -68,14 +68,19 @@ def _on_cpu() -> bool:
         return not torch.cuda.is_available()
 
 
-def encode_chat_prompt(
-    tokenizer: Any, messages: list[dict[str, str]], max_model_len: int, max_new_tokens: int
-) -> list[int]:
-    """The token ids of a conversation under the model's chat template, generation prompt added; an over-long
-    prompt keeps its end (the question and the latest state) rather than failing the match."""
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return list(ids[-max(16, max_model_len - max_new_tokens) :])
+def encode_chat_prompts(
+    tokenizer: Any, conversations: list[list[dict[str, str]]], max_model_len: int, max_new_tokens: int
+) -> tuple[list[list[int]], int]:
+    """The token ids of each conversation under the model's chat template (generation prompt added), and the answer
+    length that fits the model: ``max_new_tokens`` capped at ``max_model_len - 16``. An over-long prompt keeps its
+    end (the question and the latest state) rather than failing the match."""
+    max_new_tokens = max(1, min(max_new_tokens, max_model_len - 16))
+    prompts = []
+    for messages in conversations:
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        prompts.append(list(ids[-max(16, max_model_len - max_new_tokens) :]))
+    return prompts, max_new_tokens
 
 
 def _fingerprint(directory: Path) -> tuple:
@@ -245,7 +250,7 @@ class VLLMEngine:
     # -- generation ----------------------------------------------------------------------------------------------
 
     def encode_prompt(self, messages: list[dict[str, str]], max_new_tokens: int) -> list[int]:
-        return encode_chat_prompt(self.tokenizer, messages, self.max_model_len, max_new_tokens)
+        return encode_chat_prompts(self.tokenizer, [messages], self.max_model_len, max_new_tokens)[0][0]
 
     def generate(
         self,
@@ -271,8 +276,9 @@ class VLLMEngine:
             StructuredOutputsParams = None  # noqa: N806
 
         patterns = list(patterns) if patterns is not None else [None] * len(conversations)
-        max_new_tokens = max(1, min(sampling.max_new_tokens, self.max_model_len - 16))
-        prompts = [self.encode_prompt(messages, max_new_tokens) for messages in conversations]
+        prompts, max_new_tokens = encode_chat_prompts(
+            self.tokenizer, conversations, self.max_model_len, sampling.max_new_tokens
+        )
         params = []
         for index, (prompt, pattern) in enumerate(zip(prompts, patterns, strict=True)):
             options: dict[str, Any] = dict(
@@ -361,7 +367,7 @@ __all__ = [
     "CPU_MAX_MODEL_LEN",
     "DEFAULT_MAX_MODEL_LEN",
     "VLLMEngine",
-    "encode_chat_prompt",
+    "encode_chat_prompts",
     "get_engine",
     "shutdown_engines",
 ]

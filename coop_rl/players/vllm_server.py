@@ -39,7 +39,7 @@ from typing import Any
 from coop_rl.players.base import Action, Player, PlayerSpecError, TurnRequest
 from coop_rl.players.openai_player import OpenAIPlayerError, redact_url
 from coop_rl.players.sampling import SamplingConfig
-from coop_rl.players.vllm_engine import encode_chat_prompt
+from coop_rl.players.vllm_engine import encode_chat_prompts
 
 logger = logging.getLogger("coop_rl.players.vllm_server")
 
@@ -155,8 +155,9 @@ class VLLMServerFleet:
             return []
         if self.adapter is None:
             raise VLLMServerError("no adapter loaded into the vLLM servers yet (load_adapter first)")
-        max_new_tokens = max(1, min(sampling.max_new_tokens, self.max_model_len - 16))
-        prompts = [encode_chat_prompt(self.tokenizer, m, self.max_model_len, max_new_tokens) for m in conversations]
+        prompts, max_new_tokens = encode_chat_prompts(
+            self.tokenizer, conversations, self.max_model_len, sampling.max_new_tokens
+        )
         share = -(-len(prompts) // len(self.urls))
         requests = []
         for index, url in enumerate(self.urls):
