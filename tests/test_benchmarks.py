@@ -80,6 +80,53 @@ def test_run_all_model_stages(tmp_path, tiny_model_dir):
     assert "errors" not in results
 
 
+def learning_seeds():
+    import learning_seeds as module
+
+    return module
+
+
+def test_learning_seeds_bar():
+    bar = learning_seeds().meets_bar
+    reciprocal = {"self_play": 0.8, "vs_tft": 0.8, "vs_alld": 0.2}
+    assert bar("aa", reciprocal) is True
+    assert bar("aa", {**reciprocal, "vs_alld": 0.25}) is False
+    assert bar("aa", {**reciprocal, "vs_tft": 0.75}) is False
+    assert bar("naive", {**reciprocal, "self_play": 0.3}) is True
+    assert bar("naive", {**reciprocal, "self_play": 0.9}) is False
+    assert bar("sum", reciprocal) is None
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--seeds", "0,x"], "comma-separated integers"),
+        (["--set", "beta"], "FIELD=VALUE"),
+        (["--recipes", "recipes/ipd/nope.yaml"], "no recipe"),
+    ],
+)
+def test_learning_seeds_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as error:
+        learning_seeds().parse_args(argv)
+    assert error.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_learning_seeds_trains_and_evaluates(tmp_path, tiny_model_dir):
+    out = tmp_path / "seeds.json"
+    argv = ["--recipes", "recipes/ipd/naive_tiny.yaml", "--seeds", "3", "--matches", "2", "--work", str(tmp_path)]
+    argv += ["--out", str(out), "--set", f"model_name_or_path={tiny_model_dir}", "--set", "max_steps=2"]
+    argv += ["--set", "matches_per_iteration=16", "--set", "save_steps=2", "--set", "logging_steps=1"]
+    assert learning_seeds().main(argv) == 0
+    report = json.loads(out.read_text())
+    (run,) = report["runs"]
+    assert (run["recipe"], run["credit"], run["seed"]) == ("recipes/ipd/naive_tiny.yaml", "naive", 3)
+    assert [step for step, _ in run["curve"]] == [1, 2]
+    assert run["meets_bar"] is (run["self_play"] <= 0.3)
+    assert report["summary"]["recipes/ipd/naive_tiny.yaml"].startswith(f"{int(run['meets_bar'])}/1 meet the bar")
+    assert report["machine"]["cpu"] and report["overrides"]["max_steps"] == "2"
+
+
 HIDE_PACKAGES = """
 import sys
 
