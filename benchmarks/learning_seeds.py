@@ -44,7 +44,9 @@ def meets_bar(credit: str, row: dict[str, Any]) -> bool | None:
 
 def cooperation_curve(run_dir: Path) -> list[list[float]]:
     """[iteration, rollout/cooperation_rate] from the last checkpoint's log history."""
-    checkpoints = sorted(run_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name[11:]))
+    checkpoints = sorted(
+        run_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.removeprefix("checkpoint-"))
+    )
     if not checkpoints:
         return []
     history = json.loads(checkpoints[-1].read_text())["log_history"]
