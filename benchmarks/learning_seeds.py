@@ -34,12 +34,12 @@ KEY_OPPONENTS = ("tft", "alld")
 
 
 def meets_bar(credit: str, row: dict[str, Any]) -> bool | None:
-    """The learning result's bar for one run (None: no bar for this credit)."""
-    if credit == "aa":
-        return row["self_play"] >= 0.8 and row["vs_tft"] >= 0.8 and row["vs_alld"] <= 0.2
-    if credit == "naive":
-        return row["self_play"] <= 0.3
-    return None
+    """The learning result's bar for one run (coop_rl.demo_report.IPD_BAR, the demo report's; None: no bar for
+    this credit)."""
+    from coop_rl.demo_report import ipd_bar_checks
+
+    checks = ipd_bar_checks(credit, row)
+    return all(checks.values()) if checks else None
 
 
 def cooperation_curve(run_dir: Path) -> list[list[float]]:

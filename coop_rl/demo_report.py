@@ -115,6 +115,29 @@ def demo_table(spec: ReportSpec, rows: dict[str, dict[str, Any]]) -> tuple[list[
     return headers, cells
 
 
+#: The IPD learning result's acceptance bar (docs/algorithm.md, issue 13) per method: (the line, the row's key, at
+#: least, at most), on the method's cooperation rates (:func:`summarize_method`'s row).
+IPD_BAR: dict[str, tuple[tuple[str, str, float | None, float | None], ...]] = {
+    "aa": (
+        ("AA cooperates in self-play", "self_play", 0.8, None),
+        ("AA cooperates with tft", "vs_tft", 0.8, None),
+        ("AA retaliates against alld", "vs_alld", None, 0.2),
+    ),
+    "naive": (("naive defects in self-play", "self_play", None, 0.3),),
+}
+
+
+def ipd_bar_checks(method: str, row: dict[str, Any]) -> dict[str, bool]:
+    """Each line of the bar for one method's row, named with its bound; a missing rate fails its line. A method
+    without a bar (not in :data:`IPD_BAR`) has no lines."""
+    checks: dict[str, bool] = {}
+    for name, key, least, most in IPD_BAR.get(method, ()):
+        value = row.get(key)
+        ok = value is not None and (least is None or value >= least) and (most is None or value <= most)
+        checks[f"{name} (cooperation {'>= ' + str(least) if least is not None else '<= ' + str(most)})"] = ok
+    return checks
+
+
 def _verdict(spec: ReportSpec, rows: dict[str, dict[str, Any]]) -> str:
     """A sentence on what the numbers show (stated from the numbers, never assumed)."""
     if spec.game != "ipd" or not {"aa", "naive"} <= set(rows):
@@ -122,17 +145,7 @@ def _verdict(spec: ReportSpec, rows: dict[str, dict[str, Any]]) -> str:
             "No result is promised for this game on the tiny model: the numbers above are what this run learned. "
             "Compare the methods' returns against the scripted opponents and in self-play."
         )
-    aa, naive = rows["aa"], rows["naive"]
-
-    def value(row: dict[str, Any], key: str, missing: float) -> float:
-        return missing if row.get(key) is None else row[key]
-
-    checks = {
-        "AA cooperates in self-play (> 0.7)": value(aa, "self_play", 0.0) > 0.7,
-        "AA cooperates with tft (> 0.7)": value(aa, "vs_tft", 0.0) > 0.7,
-        "AA retaliates against alld (cooperation < 0.3)": value(aa, "vs_alld", 1.0) < 0.3,
-        "naive defects in self-play (cooperation < 0.3)": value(naive, "self_play", 1.0) < 0.3,
-    }
+    checks = {**ipd_bar_checks("aa", rows["aa"]), **ipd_bar_checks("naive", rows["naive"])}
     lines = [f"- {'yes' if ok else 'NO'}: {name}" for name, ok in checks.items()]
     head = (
         "Advantage Alignment learned reciprocity and the naive learner defected:"
@@ -306,10 +319,12 @@ def training_precisions(out_dir: Path, methods: list[str]) -> str:
 
 __all__ = [
     "COOPERATION_KEY",
+    "IPD_BAR",
     "RETURN_KEY",
     "ReportSpec",
     "crossplay_matrices",
     "demo_table",
+    "ipd_bar_checks",
     "learning_curve",
     "log_history",
     "summarize_method",

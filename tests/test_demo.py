@@ -11,7 +11,14 @@ import pytest
 
 from coop_rl.cli import main
 from coop_rl.demo import DEMOS, DemoError, run_demo
-from coop_rl.demo_report import crossplay_matrices, learning_curve, log_history, summarize_method, write_report
+from coop_rl.demo_report import (
+    crossplay_matrices,
+    ipd_bar_checks,
+    learning_curve,
+    log_history,
+    summarize_method,
+    write_report,
+)
 
 
 def _row(opponent, ret, coop, opp_ret=1.0, opp_coop=0.5, self_play=False):
@@ -97,6 +104,17 @@ def test_write_report_says_when_an_outcome_is_missing(tmp_path):
     settings = {"model": "m", "max_steps": 2, "matches": 2, "seed": 0}
     text = write_report(spec, tmp_path, rows, evals, cross, {"aa": [], "naive": []}, {}, settings).read_text()
     assert "- NO: AA cooperates in self-play" in text and "- NO: AA retaliates against alld" in text
+
+
+def test_ipd_bar_checks_name_each_bound_and_fail_a_missing_rate():
+    row = {"self_play": 0.8, "vs_tft": None, "vs_alld": 0.2}
+    assert ipd_bar_checks("aa", row) == {
+        "AA cooperates in self-play (cooperation >= 0.8)": True,
+        "AA cooperates with tft (cooperation >= 0.8)": False,
+        "AA retaliates against alld (cooperation <= 0.2)": True,
+    }
+    assert ipd_bar_checks("naive", {"self_play": 0.31}) == {"naive defects in self-play (cooperation <= 0.3)": False}
+    assert ipd_bar_checks("sum", row) == {}
 
 
 def test_demo_cli_rejects_an_unknown_game(capsys):
