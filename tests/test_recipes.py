@@ -3,6 +3,7 @@ uses (TrlParser over AAConfig, YAML via --config), with no model load: no recipe
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,14 @@ def test_tas_tiny_recipes_use_the_tas_credit_settings(tmp_path):
     naive = parse_recipe(ROOT / "recipes/tas/naive_tiny.yaml", "--output_dir", str(tmp_path / "n"))
     assert (aa.beta, aa.gamma, aa.reward_scale, aa.credit) == (2.0, 0.96, 100.0, "aa")
     assert (naive.beta, naive.gamma, naive.reward_scale, naive.credit) == (0.0, 0.96, 100.0, "naive")
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.relative_to(ROOT / "recipes").as_posix())
+def test_recipe_usage_comment_names_the_recipe_itself(path):
+    """The command in a recipe's header comment is what users copy: its --config must be this file."""
+    header = "\n".join(line for line in path.read_text().splitlines() if line.startswith("#"))
+    named = set(re.findall(r"--config (recipes/\S+\.yaml)", header))
+    assert named <= {path.relative_to(ROOT).as_posix()}, named
 
 
 def test_a_typo_in_a_recipe_is_rejected(tmp_path):
