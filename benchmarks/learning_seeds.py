@@ -11,8 +11,8 @@ trained policy's, from ``coop_rl.eval.evaluate`` (the policy in both seats, ``--
 
 Each run trains in its own child process (``python -m coop_rl train``; its log beside its output directory under
 ``--work``) one after another, never two at once. Writes ``--out`` after every run (the machine's CPU, the date,
-each run's cooperation rates, training time, the self-play cooperation curve and whether it meets the bar, and a
-count per recipe), so an interrupted sweep keeps what it measured.
+each run's cooperation rates, training time, the self-play cooperation curve (the log's, and per iteration for the
+first 20) and whether it meets the bar, and a count per recipe), so an interrupted sweep keeps what it measured.
 """
 
 from __future__ import annotations
@@ -51,6 +51,20 @@ def cooperation_curve(run_dir: Path) -> list[list[float]]:
         return []
     history = json.loads(checkpoints[-1].read_text())["log_history"]
     return [[e["step"], round(e["rollout/cooperation_rate"], 3)] for e in history if "rollout/cooperation_rate" in e]
+
+
+def early_curve(run_dir: Path, iterations: int = 20) -> list[list[float]]:
+    """[iteration, share of C among the learner's sampled actions] for each of the first ``iterations``, counted
+    from ``trajectories/iteration-*.jsonl``. The log's curve averages over ``logging_steps``; the naive learner's
+    fork is decided within its first few updates (README), which only the per-iteration counts show."""
+    curve = []
+    for iteration in range(1, iterations + 1):
+        path = run_dir / "trajectories" / f"iteration-{iteration:06d}.jsonl"
+        if not path.exists():
+            break
+        actions = [json.loads(line)["text"].strip() for line in path.read_text().splitlines() if line.strip()]
+        curve.append([iteration, round(sum(a == "C" for a in actions) / max(len(actions), 1), 3)])
+    return curve
 
 
 def train(recipe: str, seed: int, run_dir: Path, overrides: dict[str, str]) -> float:
@@ -146,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
             seconds = train(recipe, seed, run_dir, args.overrides)
             row = evaluate_run(run_dir, args.matches, args.eval_seed)
             run = {"recipe": recipe, "credit": credit, "seed": seed, "train_s": round(seconds, 1), **row}
-            run.update(meets_bar=meets_bar(credit, row), curve=cooperation_curve(run_dir))
+            run.update(
+                meets_bar=meets_bar(credit, row), curve=cooperation_curve(run_dir), early_curve=early_curve(run_dir)
+            )
             report["runs"].append(run)
             report["summary"] = summarize(report["runs"])
             Path(args.out).write_text(json.dumps(report, indent=1) + "\n")

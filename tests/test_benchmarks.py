@@ -97,6 +97,17 @@ def test_learning_seeds_bar():
     assert bar("sum", reciprocal) is None
 
 
+def test_learning_seeds_early_curve_counts_c_per_iteration(tmp_path):
+    folder = tmp_path / "trajectories"
+    folder.mkdir()
+    for iteration, texts in ((1, "CCCD"), (2, "CD"), (4, "D")):  # iteration 3 missing: the curve stops at 2
+        lines = [json.dumps({"iteration": iteration, "text": f" {t}\n"}) for t in texts]
+        (folder / f"iteration-{iteration:06d}.jsonl").write_text("\n".join(lines) + "\n")
+    assert learning_seeds().early_curve(tmp_path) == [[1, 0.75], [2, 0.5]]
+    assert learning_seeds().early_curve(tmp_path, iterations=1) == [[1, 0.75]]
+    assert learning_seeds().early_curve(tmp_path / "nothing") == []
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -122,6 +133,7 @@ def test_learning_seeds_trains_and_evaluates(tmp_path, tiny_model_dir):
     (run,) = report["runs"]
     assert (run["recipe"], run["credit"], run["seed"]) == ("recipes/ipd/naive_tiny.yaml", "naive", 3)
     assert [step for step, _ in run["curve"]] == [1, 2]
+    assert [step for step, _ in run["early_curve"]] == [1, 2] and all(0 <= rate <= 1 for _, rate in run["early_curve"])
     assert run["meets_bar"] is (run["self_play"] <= 0.3)
     assert report["summary"]["recipes/ipd/naive_tiny.yaml"].startswith(f"{int(run['meets_bar'])}/1 meet the bar")
     assert report["machine"]["cpu"] and report["overrides"]["max_steps"] == "2"
