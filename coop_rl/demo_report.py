@@ -151,8 +151,8 @@ def _verdict(spec: ReportSpec, rows: dict[str, dict[str, Any]]) -> str:
         "Advantage Alignment learned reciprocity and the naive learner defected:"
         if all(checks.values())
         else (
-            "Not every expected outcome appeared in this run (see the NO lines; another seed or a longer run may "
-            "differ):"
+            "Not every expected outcome appeared in this run (see the NO lines). One training seed is one draw: "
+            "`benchmarks/learning_seeds.py` measures the result over many seeds (README, the IPD learning result):"
         )
     )
     return head + "\n\n" + "\n".join(lines)

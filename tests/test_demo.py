@@ -104,6 +104,7 @@ def test_write_report_says_when_an_outcome_is_missing(tmp_path):
     settings = {"model": "m", "max_steps": 2, "matches": 2, "seed": 0}
     text = write_report(spec, tmp_path, rows, evals, cross, {"aa": [], "naive": []}, {}, settings).read_text()
     assert "- NO: AA cooperates in self-play" in text and "- NO: AA retaliates against alld" in text
+    assert "benchmarks/learning_seeds.py` measures the result over many seeds" in text
 
 
 def test_ipd_bar_checks_name_each_bound_and_fail_a_missing_rate():
