@@ -42,15 +42,21 @@ def meets_bar(credit: str, row: dict[str, Any]) -> bool | None:
     return all(checks.values()) if checks else None
 
 
+def describe_bar() -> str:
+    """The bar in one line, from coop_rl.demo_report.IPD_BAR (e.g. "aa: self_play >= 0.8, ...; naive: ...")."""
+    from coop_rl.demo_report import IPD_BAR
+
+    def bound(key: str, least: float | None, most: float | None) -> str:
+        return f"{key} >= {least}" if least is not None else f"{key} <= {most}"
+
+    return "; ".join(f"{m}: " + ", ".join(bound(k, lo, hi) for _, k, lo, hi in lines) for m, lines in IPD_BAR.items())
+
+
 def cooperation_curve(run_dir: Path) -> list[list[float]]:
-    """[iteration, rollout/cooperation_rate] from the last checkpoint's log history."""
-    checkpoints = sorted(
-        run_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.removeprefix("checkpoint-"))
-    )
-    if not checkpoints:
-        return []
-    history = json.loads(checkpoints[-1].read_text())["log_history"]
-    return [[e["step"], round(e["rollout/cooperation_rate"], 3)] for e in history if "rollout/cooperation_rate" in e]
+    """[iteration, rollout/cooperation_rate] from the run's log history (as the demo report's learning curves)."""
+    from coop_rl.demo_report import COOPERATION_KEY, learning_curve, log_history
+
+    return [[int(step), round(rate, 3)] for step, rate in learning_curve(log_history(run_dir), COOPERATION_KEY)]
 
 
 def early_curve(run_dir: Path, iterations: int = 20) -> list[list[float]]:
@@ -147,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpu": describe_cpu()},
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "benchmarks/learning_seeds.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "bar": "aa: self-play >= 0.8, vs tft >= 0.8, vs alld <= 0.2; naive: self-play <= 0.3",
+        "bar": describe_bar(),
         "evaluation": {"matches": args.matches, "seed": args.eval_seed, "opponents": ["self", *KEY_OPPONENTS]},
         "overrides": args.overrides,
         "runs": [],

@@ -95,6 +95,10 @@ def test_learning_seeds_bar():
     assert bar("naive", {**reciprocal, "self_play": 0.3}) is True
     assert bar("naive", {**reciprocal, "self_play": 0.9}) is False
     assert bar("sum", reciprocal) is None
+    assert (
+        learning_seeds().describe_bar()
+        == "aa: self_play >= 0.8, vs_tft >= 0.8, vs_alld <= 0.2; naive: self_play <= 0.3"
+    )
 
 
 def test_learning_seeds_early_curve_counts_c_per_iteration(tmp_path):
