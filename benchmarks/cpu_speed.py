@@ -22,7 +22,7 @@ from typing import Any
 
 def constrained_rollout(model: Path, matches: int, repeats: int) -> dict[str, Any]:
     """Seconds of one rollout of ``matches`` self-play IPD matches, trie sampler vs generate(); medians."""
-    from run_all import interleave  # the sibling module (run_all imports this one only inside its stages)
+    from bench_common import interleave  # the sibling module
 
     from coop_rl.players.hf import HFPlayer
     from coop_rl.runner import run_matches
@@ -56,7 +56,7 @@ def constrained_rollout(model: Path, matches: int, repeats: int) -> dict[str, An
 def precision_step(model: Path, repeats: int) -> dict[str, Any]:
     """Seconds of one forward+backward of a 64-example warm-start batch, float32 vs bf16 autocast; the probe."""
     import torch
-    from run_all import interleave
+    from bench_common import interleave
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from coop_rl.precision import bf16_speedup, choose_precision, has_native_bf16

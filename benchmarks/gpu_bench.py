@@ -38,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run_all import AA_RECIPE, _StepTimer, _timed, aa_config, machine  # noqa: E402
+from bench_common import AA_RECIPE, StepTimer, aa_config, machine, timed  # noqa: E402
 
 RESULTS: dict[str, Any] = {}
 STARTED = time.perf_counter()
@@ -184,10 +184,10 @@ def section_aa_iteration(args, accumulation: int = 4, **overrides: Any) -> dict[
             matches_per_iteration=args.aa_matches, use_cpu=not cuda, logging_steps=1,
             gradient_accumulation_steps=accumulation, **overrides,
         )  # fmt: skip
-        timer = _StepTimer.make()
+        timer = StepTimer.make()
         trainer = AATrainer(model=model, args=config, processing_class=tokenizer, callbacks=[timer])
-        trainer._rollout = _timed(trainer._rollout, timer, "rollout")
-        trainer._credit_rows = _timed(trainer._credit_rows, timer, "credit")
+        trainer._rollout = timed(trainer._rollout, timer, "rollout")
+        trainer._credit_rows = timed(trainer._credit_rows, timer, "credit")
         trainer.train()
     steps = timer.steps[1:] or timer.steps  # the first iteration is a warm-up
     for step in steps:

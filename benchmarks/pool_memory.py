@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(run_case(args.case, args.model, args.work)))
         return
     sys.path.insert(0, str(BENCH_DIR))
-    from run_all import interleave, machine
+    from bench_common import interleave, machine
 
     runs = interleave({case: (lambda c=case: child(c, args.model)) for case in CASES}, args.repeats)
     peaks = {case: round(statistics.median(r["peak_rss_mb"] for r in results), 1) for case, results in runs.items()}

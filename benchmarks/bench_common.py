@@ -1,0 +1,109 @@
+"""What the benchmark scripts share: the machine they ran on, interleaved medians, the recipes and the tiny model
+they measure, and a callback timing each optimizer step of a transformers Trainer."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+AA_RECIPE = ROOT / "recipes" / "ipd" / "aa_tiny.yaml"
+NAIVE_RECIPE = ROOT / "recipes" / "ipd" / "naive_tiny.yaml"
+DEFAULT_MODEL = ROOT / "runs" / "tiny"
+
+
+def machine() -> dict[str, Any]:
+    """The CPU (model, the flags that matter for speed, cores, torch threads), load average, library versions."""
+    import torch
+
+    from coop_rl.precision import cpu_info, describe_cpu
+
+    info: dict[str, Any] = {**cpu_info(), "cpu": describe_cpu(), "python": platform.python_version()}
+    info["torch"] = torch.__version__
+    if hasattr(os, "getloadavg"):
+        info["load_average_1m"] = round(os.getloadavg()[0], 2)
+    return info
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def interleave(functions: dict[str, Any], repeats: int) -> dict[str, list[Any]]:
+    """Call each function once per repeat, in turn (A, B, A, B, ...): machine noise hits every side alike."""
+    out: dict[str, list[Any]] = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            out[name].append(function())
+    return out
+
+
+def load_recipe(path: Path) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def ensure_model(args: Any) -> Path:
+    """The tiny model directory (``--model``); built with ``init-model tiny`` when the default is missing."""
+    model = Path(args.model)
+    if (model / "config.json").exists():
+        return model
+    if model.resolve() != DEFAULT_MODEL.resolve():
+        raise FileNotFoundError(f"no model at {model}")
+    from coop_rl.tiny_model import init_tiny_model
+
+    log(f"building the tiny model into {model} (coop-rl init-model tiny, ~2.5 min)")
+    return init_tiny_model(model)
+
+
+class StepTimer:
+    """A TrainerCallback (built lazily: transformers is imported late) timing each optimizer step."""
+
+    @staticmethod
+    def make():
+        from transformers import TrainerCallback
+
+        class StepTimer(TrainerCallback):
+            def __init__(self) -> None:
+                self.steps: list[dict[str, float]] = []
+                self.current: dict[str, float] = {}
+                self.started = 0.0
+
+            def on_step_begin(self, args, state, control, **kwargs):
+                self.current = {}
+                self.started = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                self.current["total"] = time.perf_counter() - self.started
+                self.steps.append(self.current)
+
+        return StepTimer()
+
+
+def timed(function, timer, name: str):
+    def wrapper(*a, **k):
+        started = time.perf_counter()
+        try:
+            return function(*a, **k)
+        finally:
+            timer.current[name] = timer.current.get(name, 0.0) + time.perf_counter() - started
+
+    return wrapper
+
+
+def aa_config(recipe: Path, output_dir: str, **overrides: Any):
+    from coop_rl.aa_config import AAConfig
+
+    settings = load_recipe(recipe)
+    settings.update(output_dir=output_dir, save_strategy="no", report_to="none", disable_tqdm=True)
+    settings.update(overrides)
+    return AAConfig(**settings)
