@@ -186,6 +186,18 @@ def cmd_solve(args: argparse.Namespace) -> int:
 
 
 # ----- init-model ---------------------------------------------------------------------------------------------
+def _parse_populations(values: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """``--population GAME=S1,S2`` (repeatable) as {game: (strategies)}; names are checked by the builder."""
+    populations: dict[str, tuple[str, ...]] = {}
+    for value in values:
+        game, sep, names = value.partition("=")
+        strategies = tuple(name.strip() for name in names.split(",") if name.strip())
+        if not sep or not game.strip() or not strategies:
+            raise UsageError(f"--population takes GAME=STRATEGY,STRATEGY,..., got {value!r}")
+        populations[game.strip()] = strategies
+    return populations
+
+
 def cmd_init_model(args: argparse.Namespace) -> int:
     import logging
 
@@ -196,6 +208,9 @@ def cmd_init_model(args: argparse.Namespace) -> int:
     games = tuple(g.strip() for g in (args.games or "").split(",") if g.strip())
     given = {"data_scale": args.data_scale} if args.data_scale is not None else {}  # the rest: each kind's defaults
     given.update({"games": games} if games else {})
+    populations = _parse_populations(args.population or [])
+    if populations and args.kind != "tiny":
+        raise UsageError("--population applies to init-model tiny only")
     try:
         if args.kind in PRETRAINED:  # a real pretrained model, converted from its installed wheel
             warm = PretrainedWarmStart(seed=args.seed, **given) if args.warm_start else None
@@ -205,7 +220,7 @@ def cmd_init_model(args: argparse.Namespace) -> int:
         elif args.kind in RANDOM_MODEL_SIZES:  # random initialisation, no warm start (benchmarks; no TRL needed)
             out = init_random_model(args.out, args.kind, seed=args.seed)
         elif args.kind == "tiny":
-            config = TinyModelConfig(seed=args.seed, precision=args.precision, **given)
+            config = TinyModelConfig(seed=args.seed, precision=args.precision, populations=populations, **given)
             out = init_tiny_model(args.out, config)
         else:
             known = ", ".join(["tiny", *PRETRAINED, *RANDOM_MODEL_SIZES])

@@ -129,6 +129,13 @@ def _add_other_commands(sub: Any) -> None:
         help="games whose scripted populations the warm start imitates (default: tiny ipd,bos; smollm2 ipd)",
     )
     init_model.add_argument(
+        "--population",
+        action="append",
+        metavar="GAME=STRATEGY,...",
+        help="tiny: the scripted strategies the warm start imitates for GAME instead of its default population "
+        "(repeatable; e.g. ipd=allc,alld,random, a prior that does not read the co-player's moves)",
+    )
+    init_model.add_argument(
         "--warm-start",
         action="store_true",
         help="smollm2: imitate the scripted populations of --games through a LoRA adapter merged into the weights, "

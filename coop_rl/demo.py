@@ -114,11 +114,8 @@ def ensure_tiny_model(spec: DemoSpec, tiny_dir: str | None = None) -> Path:
     info_file = path / "coop_rl_tiny.json"
     if info_file.exists():
         info = json.loads(info_file.read_text(encoding="utf-8"))
-        same_build = (tuple(info.get("games", ())), info.get("data_scale"), info.get("seed")) == (
-            config.games,
-            config.data_scale,
-            config.seed,
-        )
+        built = (tuple(info.get("games", ())), info.get("data_scale"), info.get("seed"), info.get("populations") or {})
+        same_build = built == (config.games, config.data_scale, config.seed, config.populations)
         # Only a model built with this demo's settings is checked for staleness; any other (a user's --tiny) is used
         # as it is, never rebuilt in its place.
         if not same_build or info.get("corpus_sha256") == corpus_fingerprint(

@@ -14,13 +14,14 @@ Three steps, each with the ecosystem's own tools:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from coop_rl.warm_start import (  # noqa: F401  (POPULATIONS, collect_examples, corpus_fingerprint: re-exported)
     POPULATIONS,
     ImitationSettings,
+    check_populations,
     collect_examples,
     corpus_fingerprint,
     imitate,
@@ -61,6 +62,9 @@ class TinyModelConfig:
     seed: int = 0
     #: scale the number of recorded matches (tests use a smaller corpus)
     data_scale: float = 1.0
+    #: strategies to imitate instead of POPULATIONS' for the games named (``init-model tiny --population
+    #: ipd=allc,alld,random``: a prior that does not read the co-player's moves), an experimental variable
+    populations: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: warm-start precision: auto (the machine's choice, coop_rl.precision), float32 or bfloat16
     precision: str = "auto"
 
@@ -153,9 +157,10 @@ def init_tiny_model(out_dir: str | Path, config: TinyModelConfig | None = None) 
     unknown = unknown_games(config.games)
     if unknown:
         raise ValueError(f"no warm-start population for game {unknown[0]!r}; known: {', '.join(POPULATIONS)}")
+    check_populations(config.populations)
     # The tokenizer learns every game's text (so any game's prompt encodes compactly); the warm start imitates
     # the populations of ``config.games`` only.
-    examples = collect_examples(config.seed, config.data_scale)
+    examples = collect_examples(config.seed, config.data_scale, populations=config.populations)
     logger.info("recorded %d scripted turns", len(examples))
     fingerprint = corpus_fingerprint(examples)  # the tokenizer's corpus: every game's text
     tokenizer = build_tokenizer(examples, config.vocab_size)

@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import shutil
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,13 +67,35 @@ def unknown_games(games: tuple[str, ...]) -> list[str]:
     return sorted(set(games) - set(POPULATIONS))
 
 
+def check_populations(populations: Mapping[str, Sequence[str]]) -> None:
+    """Raise ValueError (one line) for a game without a warm-start population, an empty population, or a
+    strategy the game's scripted players do not know."""
+    from coop_rl.players.base import PlayerSpecError
+    from coop_rl.players.scripted import ScriptedPlayer
+
+    for game_name, names in populations.items():
+        if game_name not in POPULATIONS:
+            raise ValueError(f"no warm-start population for game {game_name!r}; known: {', '.join(POPULATIONS)}")
+        if not names:
+            raise ValueError(f"the {game_name} population names no strategy")
+        for name in names:
+            try:
+                ScriptedPlayer(name, game_name)
+            except PlayerSpecError as error:
+                raise ValueError(f"{game_name} population: {error}") from None
+
+
 def collect_examples(
-    seed: int = 0, scale: float = 1.0, games: tuple[str, ...] = tuple(POPULATIONS)
+    seed: int = 0,
+    scale: float = 1.0,
+    games: tuple[str, ...] = tuple(POPULATIONS),
+    populations: Mapping[str, Sequence[str]] | None = None,
 ) -> list[dict[str, Any]]:
     """Prompt/completion examples from scripted matches of every game: what each seat saw and answered.
 
     Every pair of the game's population (both orders, self-play included) plays the same number of matches, so
-    the examples are a balanced mixture of the population's behaviour in every state.
+    the examples are a balanced mixture of the population's behaviour in every state. ``populations`` replaces
+    the strategies of the games it names (POPULATIONS' match count stays: the corpus keeps its size).
     """
     from coop_rl.players.scripted import ScriptedPlayer
     from coop_rl.runner import TurnRecord, run_matches
@@ -80,7 +103,7 @@ def collect_examples(
     examples: list[dict[str, Any]] = []
     for game_name in games:
         population = POPULATIONS[game_name]
-        names = population["strategies"]
+        names = list((populations or {}).get(game_name, population["strategies"]))
         pairs = [(a, b) for a in names for b in names]
         per_pair = max(1, round(population["matches"] * scale / len(pairs)))
         players = {name: ScriptedPlayer(name, game_name) for name in names}

@@ -93,6 +93,10 @@ def test_same_seed_same_transcripts(capsys, tmp_path):
         (["play", "--game", "ipd"], "required"),
         (["solve", "--game", "ipd"], "spgg only"),
         (["solve", "--game", "spgg", "--set", "reward=nice"], "reward='nice'"),
+        (["init-model", "tiny", "--out", "unused", "--population", "ipd"], "GAME=STRATEGY"),
+        (["init-model", "tiny", "--out", "unused", "--population", "ipd=allc,nope"], "unknown strategy 'nope'"),
+        (["init-model", "tiny", "--out", "unused", "--population", "chess=allc"], "no warm-start population"),
+        (["init-model", "smollm2", "--out", "unused", "--population", "ipd=allc"], "init-model tiny only"),
     ],
 )
 def test_user_errors_exit_2_with_one_line(argv, needle):

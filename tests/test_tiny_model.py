@@ -17,3 +17,15 @@ def test_corpus_covers_every_game_and_its_fingerprint_tracks_the_text():
         "prompt": [*first["prompt"][:-1], {"role": "user", "content": "Round 1 of 10."}],
     }
     assert corpus_fingerprint(older) != corpus_fingerprint(examples)
+
+
+def test_a_population_replaces_the_strategies_of_its_game_and_keeps_the_match_count():
+    # scale 0.05: round(360 * 0.05 / 4) = 4 matches per ordered pair of (allc, alld), 10 rounds, 2 seats
+    examples = collect_examples(0, 0.05, ("ipd",), populations={"ipd": ("allc", "alld")})
+    answers = [e["completion"][0]["content"] for e in examples]
+    # allc sits in 4 of the 8 seats of the 4 pairs: 4 seats x 4 matches x 10 rounds answer C, as many D
+    assert len(examples) == 320 and answers.count("C") == 160 and answers.count("D") == 160
+    # another game keeps its population, and the default corpus is another corpus
+    assert corpus_fingerprint(collect_examples(0, 0.05, ("ipd",))) != corpus_fingerprint(examples)
+    bos = collect_examples(0, 0.05, ("bos",), populations={"ipd": ("allc",)})
+    assert corpus_fingerprint(bos) == corpus_fingerprint(collect_examples(0, 0.05, ("bos",)))
