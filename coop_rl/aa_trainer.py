@@ -11,7 +11,7 @@ orders the work of the modules beside it:
 3. the loss on learner tokens (:mod:`coop_rl.loss_batch` makes the tensors, :mod:`coop_rl.loss` the pure loss):
    REINFORCE with the truncated importance weight or the PPO clipped surrogate, the k3 KL to the reference (the
    model with its LoRA adapter off) and an entropy bonus;
-4. a guard against non-finite losses and gradients (:meth:`AATrainer.training_step`), the in-training evaluation
+4. a guard against non-finite losses and gradients (:mod:`coop_rl.fault_guard`), the in-training evaluation
    (``play_eval_every``), logging, and checkpoints that keep the opponent pool;
 5. the optimizer step, gradient accumulation, DeepSpeed, ``report_to`` and ``resume_from_checkpoint`` come from
    transformers' Trainer and accelerate.
@@ -32,6 +32,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCa
 
 from coop_rl.aa_config import AAConfig
 from coop_rl.envs import make_game
+from coop_rl.fault_guard import FaultGuard, NumericalFaultError
 from coop_rl.loss import loss_metrics, merge_identical_turns, token_loss
 from coop_rl.loss_batch import batch_rows, token_logprobs
 from coop_rl.opponents import (
@@ -71,10 +72,6 @@ RUN_INFO_FILE = "coop_rl_run.json"
 def _reduce_metric(key: str, values: list[float]) -> float:
     """A logged metric over micro-steps or processes: the maximum for ``*_max`` metrics, else the mean."""
     return max(values) if key.endswith("_max") else sum(values) / len(values)
-
-
-class NumericalFaultError(RuntimeError):
-    """Too many consecutive optimizer steps had a non-finite loss or gradient: the run stops (no step applied)."""
 
 
 class AATrainer(Trainer):
@@ -126,7 +123,7 @@ class AATrainer(Trainer):
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._iteration_started, self._iteration_scoring_s = 0.0, 0.0
         self._run_info_written = self._trajectory_dir_clean = False
-        self._fault_in_iteration, self._consecutive_faults, self._skipped_steps = False, 0, 0
+        self._faults = FaultGuard(args.max_consecutive_faults, self.is_deepspeed_enabled, self._on_any_process)
         # The loss runs the rows' shared prompt prefix once (exact; see loss_batch.token_logprobs). One process
         # only: a second forward call before backward is outside what DDP and DeepSpeed's engines are tested for.
         self._share_prefix = self.accelerator.num_processes == 1 and not self.is_deepspeed_enabled
@@ -276,51 +273,21 @@ class AATrainer(Trainer):
 
     # ----- numerical faults ---------------------------------------------------------------------------------
     def training_step(self, model, inputs, num_items_in_batch=None):
-        """transformers' training step (forward + backward), then a guard against non-finite values.
-
-        A non-finite loss in any micro-batch, or a non-finite gradient once the iteration's micro-batches are
-        accumulated, skips that optimizer step: the gradients are dropped (set to None, which torch optimizers
-        skip: no moment update, no weight decay, weights unchanged), a warning is logged and the metric
-        ``fault/skipped_steps`` (a running count) goes up. ``max_consecutive_faults`` faulty steps in a row raise
-        :class:`NumericalFaultError` before the step and before any checkpoint of it. Under DeepSpeed the engine
-        steps inside backward, so there the guard can only stop the run at the first fault it sees.
-        """
+        """transformers' training step (forward + backward), then the guard against non-finite values
+        (:mod:`coop_rl.fault_guard`): a faulty optimizer step is skipped, too many in a row stop the run."""
         loss = super().training_step(model, inputs, num_items_in_batch)
-        self._fault_in_iteration |= not bool(torch.isfinite(loss).all())
+        self._faults.note_loss(loss)
         if self.accelerator.gradient_state.sync_gradients:  # the last micro-batch: the optimizer steps next
-            self._guard_optimizer_step(model)
+            self._faults.check_step(model, self.state.global_step + 1)
+            self._metrics["fault/skipped_steps"] = [float(self._faults.skipped_steps)]
         return loss
 
-    def _guard_optimizer_step(self, model) -> None:
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        faulty = self._fault_in_iteration or not all(bool(torch.isfinite(g).all()) for g in grads)
-        self._fault_in_iteration = False
-        if self.accelerator.num_processes > 1:  # every process skips, or none does
-            flag = torch.tensor(float(faulty), device=self.args.device)
-            faulty = self.accelerator.reduce(flag, reduction="sum").item() > 0
-        self._consecutive_faults = self._consecutive_faults + 1 if faulty else 0
-        self._skipped_steps += faulty
-        self._metrics["fault/skipped_steps"] = [float(self._skipped_steps)]
-        if not faulty:
-            return
-        for parameter in model.parameters():
-            parameter.grad = None
-        step, limit = self.state.global_step + 1, self.args.max_consecutive_faults
-        logger.warning(
-            "non-finite loss or gradient in the iteration of step %d: optimizer step skipped (%d in a row, stop at "
-            "%d; %d skipped in all)", step, self._consecutive_faults, limit, self._skipped_steps,
-        )  # fmt: skip
-        if self.is_deepspeed_enabled:  # DeepSpeed stepped inside backward: stop before it is checkpointed
-            raise NumericalFaultError(
-                f"stopped at step {step}: a non-finite loss or gradient under DeepSpeed, which steps inside "
-                "backward (the step cannot be skipped); no checkpoint of it written"
-            )
-        if self._consecutive_faults >= limit:
-            raise NumericalFaultError(
-                f"stopped at step {step}: {self._consecutive_faults} consecutive optimizer steps with a non-finite "
-                f"loss or gradient (max_consecutive_faults={limit}); no step of them was applied and no checkpoint of "
-                "them written"
-            )
+    def _on_any_process(self, faulty: bool) -> bool:
+        """Whether any process found a fault: every process skips the step, or none does."""
+        if self.accelerator.num_processes == 1:
+            return faulty
+        flag = torch.tensor(float(faulty), device=self.args.device)
+        return self.accelerator.reduce(flag, reduction="sum").item() > 0
 
     # ----- evaluation and logging ---------------------------------------------------------------------------
     def play_eval(self) -> dict[str, float]:

@@ -1,0 +1,55 @@
+"""coop_rl.fault_guard: which optimizer steps are skipped, what is dropped, when the run stops (the trainer's use of
+it, with real models and DeepSpeed, is in tests/test_numerical_faults.py)."""
+
+import pytest
+import torch
+
+from coop_rl.fault_guard import FaultGuard, NumericalFaultError
+
+
+def model_with_grad(value: float) -> torch.nn.Module:
+    model = torch.nn.Linear(2, 1)
+    for parameter in model.parameters():
+        parameter.grad = torch.full_like(parameter, value)
+    return model
+
+
+def test_a_finite_step_passes_and_keeps_its_gradients():
+    guard, model = FaultGuard(limit=3, steps_inside_backward=False), model_with_grad(0.5)
+    guard.note_loss(torch.tensor(1.0))
+    assert guard.check_step(model, 1) is False
+    assert all(torch.equal(p.grad, torch.full_like(p, 0.5)) for p in model.parameters())
+    assert (guard.skipped_steps, guard.consecutive) == (0, 0)
+
+
+@pytest.mark.parametrize("loss,grad", [(float("nan"), 0.5), (1.0, float("inf")), (float("-inf"), float("nan"))])
+def test_a_non_finite_loss_or_gradient_skips_the_step_and_drops_every_gradient(loss, grad, caplog):
+    guard, model = FaultGuard(limit=3, steps_inside_backward=False), model_with_grad(grad)
+    guard.note_loss(torch.tensor(1.0))
+    guard.note_loss(torch.tensor(loss))  # one bad micro-batch of two is enough
+    assert guard.check_step(model, 7) is True
+    assert all(p.grad is None for p in model.parameters())
+    assert (guard.skipped_steps, guard.consecutive) == (1, 1)
+    assert "step 7: optimizer step skipped (1 in a row, stop at 3; 1 skipped in all)" in caplog.text
+
+
+def test_the_limit_counts_consecutive_faults_only():
+    guard = FaultGuard(limit=2, steps_inside_backward=False)
+    assert guard.check_step(model_with_grad(float("nan")), 1) is True
+    assert guard.check_step(model_with_grad(1.0), 2) is False  # a finite step resets the run of faults
+    assert guard.check_step(model_with_grad(float("nan")), 3) is True
+    with pytest.raises(NumericalFaultError, match=r"stopped at step 4: 2 consecutive .*max_consecutive_faults=2"):
+        guard.check_step(model_with_grad(float("nan")), 4)
+    assert guard.skipped_steps == 3
+
+
+def test_under_deepspeed_the_first_fault_stops_the_run():
+    guard = FaultGuard(limit=5, steps_inside_backward=True)
+    with pytest.raises(NumericalFaultError, match="under DeepSpeed"):
+        guard.check_step(model_with_grad(float("nan")), 1)
+
+
+def test_every_process_skips_when_any_process_found_a_fault():
+    guard = FaultGuard(limit=3, steps_inside_backward=False, any_process=lambda faulty: True)  # another rank's
+    model = model_with_grad(1.0)
+    assert guard.check_step(model, 1) is True and all(p.grad is None for p in model.parameters())
