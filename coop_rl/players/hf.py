@@ -17,7 +17,7 @@ from typing import Any
 
 from coop_rl.players.base import Action, Player, PlayerSpecError, TurnRequest
 from coop_rl.players.constraints import ChoiceConstraint, ConstrainedLogitsProcessor, sample_choices
-from coop_rl.players.sampling import SamplingConfig
+from coop_rl.players.sampling import NEUTRAL_GENERATION, SamplingConfig
 
 # The policy folder's format lives in coop_rl.policy_folder; its names are re-exported for the modules that import
 # them from here.
@@ -239,12 +239,12 @@ class HFEngine:
                 do_sample=sampling.temperature > 0,
                 temperature=sampling.temperature if sampling.temperature > 0 else None,
                 top_p=sampling.top_p,
-                top_k=None,
                 max_new_tokens=sampling.max_new_tokens,
                 return_dict_in_generate=True,
                 output_logits=True,
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=eos,
+                **NEUTRAL_GENERATION,
                 **extra,
             )
         completions = output.sequences[:, input_ids.shape[1] :]

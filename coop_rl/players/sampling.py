@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass
@@ -12,3 +13,34 @@ class SamplingConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 128
+
+
+#: named in every transformers generate() call (coop_rl.players.hf): transformers fills any generation setting
+#: left unset from the model folder's generation_config.json (Qwen2.5-Instruct's sets repetition_penalty 1.05),
+#: and each of these would change the distribution sampled away from the model's own, whose log-probabilities the
+#: loss is told (coop_rl.players.vllm_server.NEUTRAL_SAMPLING does the same for vLLM servers)
+NEUTRAL_GENERATION: dict[str, Any] = {
+    "num_beams": 1,
+    "top_k": None,
+    "min_p": None,
+    "top_h": None,
+    "typical_p": 1.0,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+    "repetition_penalty": 1.0,
+    "encoder_repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0,
+    "bad_words_ids": None,
+    "sequence_bias": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "min_length": 0,
+    "min_new_tokens": None,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "exponential_decay_length_penalty": None,
+    "guidance_scale": None,
+    "watermarking_config": None,
+    "renormalize_logits": False,
+}
