@@ -31,6 +31,8 @@ __all__ = [
 
 METHODS = ("aa", "naive", "sum", "margin")
 BASELINES = ("loo", "batch", "none")
+#: whitening leaves advantages whose standard deviation is below this unscaled (group_baseline_advantages)
+WHITEN_MIN_STD = 1e-6
 
 
 # --------------------------------------------------------------------------------------------------- validation
@@ -129,7 +131,9 @@ def group_baseline_advantages(
     ``mode="none"``: A_t = G_t.
 
     ``whiten=True`` then divides by the (population) standard deviation of the advantages over the valid entries,
-    plus 1e-8. It is off by default: algorithm.md asks for no std division by default.
+    plus 1e-8; where that deviation is below 1e-6 (advantages all equal: every return the same, no baseline) they
+    are left as they are, since dividing a nonzero constant by ~1e-8 would scale it up to ~1e8. It is off by
+    default: algorithm.md asks for no std division by default.
 
     ``returns`` is [B, T] or [B, K, T] (K co-players: each co-player slot k is baselined against slot k of the
     other members of the group); ``mask`` [B, T]. Padded entries come out 0.
@@ -153,7 +157,8 @@ def group_baseline_advantages(
     if whiten:
         valid = adv[full_mask]
         std = valid.std(correction=0) if valid.numel() > 0 else adv.new_zeros(())
-        adv = adv / (std + 1e-8)
+        if std >= WHITEN_MIN_STD:
+            adv = adv / (std + 1e-8)
     return _masked(adv, mask)
 
 

@@ -166,6 +166,19 @@ def test_whitening_divides_by_std_of_valid_entries():
     assert rows(white) == approx(rows([[-1.0, 0.0], [1.0, 0.0]]))
 
 
+def test_whitening_leaves_advantages_that_are_all_equal_unscaled():
+    # no baseline and the same return everywhere: std 0, and 0.3 / 1e-8 would be 3e7
+    returns = torch.tensor([[0.3, 0.3], [0.3, 99.0]])
+    mask = torch.tensor([[T_, T_], [T_, F_]])
+    white = group_baseline_advantages(returns, mask, None, mode="none", whiten=True)
+    assert torch.equal(white, torch.tensor([[0.3, 0.3], [0.3, 0.0]]))
+    # a group of identical returns under the leave-one-out baseline: advantages exactly 0, and still 0
+    same = group_baseline_advantages(
+        torch.full((2, 2), 0.3), torch.ones(2, 2, dtype=torch.bool), torch.tensor([0, 0]), whiten=True
+    )
+    assert rows(same) == rows([[0.0, 0.0], [0.0, 0.0]])
+
+
 # ------------------------------------------------------------------------------------------------------- credit
 A_SELF = torch.tensor([[1.0, -2.0, 0.5]])
 A_OTHER = torch.tensor([[0.4, 3.0, -1.0]])
