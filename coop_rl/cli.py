@@ -14,12 +14,16 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from coop_rl.cli_parser import build_parser
 from coop_rl.errors import UsageError
 from coop_rl.output import json_only_stdout, print_json, send_library_logs_to_stderr
 from coop_rl.train import check_recipe as _check_recipe  # noqa: F401 (tests/test_config_validation.py imports it)
+
+#: the most matches one command plays (their results are kept in memory until the summary)
+MAX_MATCHES = 1_000_000
 
 
 def _parse_sets(items: Sequence[str] | None) -> dict[str, str]:
@@ -46,13 +50,15 @@ def _game_params(args: argparse.Namespace, cls: Any, seats: int | None = None) -
     if args.rounds is not None:
         if "rounds" not in cls.PARAMS:
             raise UsageError(f"game {args.game!r} has no rounds parameter")
+        if "rounds" in params and str(params["rounds"]).strip() != str(args.rounds):
+            raise UsageError(f"--set rounds={params['rounds']} but --rounds {args.rounds}: give one")
         params["rounds"] = args.rounds
     if seats is not None and "players" in cls.PARAMS:
         if "players" in params and str(params["players"]) != str(seats):
             raise UsageError(f"--set players={params['players']} but {seats} player specs were given")
         params["players"] = seats
-    if args.matches < 1:
-        raise UsageError("--matches must be >= 1")
+    if not 1 <= args.matches <= MAX_MATCHES:
+        raise UsageError(f"--matches must be between 1 and {MAX_MATCHES:,}, got {args.matches}")
     cls(**params)  # converts and checks every value
     return params
 
@@ -60,7 +66,27 @@ def _game_params(args: argparse.Namespace, cls: Any, seats: int | None = None) -
 def _sampling(args: argparse.Namespace) -> Any:
     from coop_rl.players import SamplingConfig
 
+    if not 0.0 <= args.temperature <= 100.0:  # also refuses nan
+        raise UsageError(f"--temperature must be between 0 and 100, got {args.temperature}")
+    if not 0.0 < args.top_p <= 1.0:
+        raise UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     return SamplingConfig(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
+
+
+def _check_out_file(path: str | None, flag: str) -> str | None:
+    """``path`` if a file can be written there, checked before any match is played (the file is written after)."""
+    if path is None:
+        return None
+    target = Path(path)
+    if not path.strip():
+        raise UsageError(f"{flag} needs a file path")
+    if target.is_dir():
+        raise UsageError(f"cannot write {flag} {path!r}: it is a directory")
+    if not target.parent.is_dir():
+        raise UsageError(f"cannot write {flag} {path!r}: {target.parent} is not an existing directory")
+    return path
 
 
 def _print_result(args: argparse.Namespace, result: Any, text: Callable[[], str]) -> int:
@@ -83,6 +109,9 @@ def cmd_play(args: argparse.Namespace) -> int:
     params = _game_params(args, cls, seats=len(specs))
     if cls.min_players == cls.max_players and len(specs) != cls.min_players:
         raise UsageError(f"game {args.game!r} takes {cls.min_players} players, got {len(specs)}")
+    if args.group_size < 1:
+        raise UsageError(f"--group-size must be >= 1, got {args.group_size}")
+    _check_out_file(args.transcripts, "--transcripts")
     summary = play(
         args.game,
         params,
@@ -169,7 +198,7 @@ def cmd_games(args: argparse.Namespace) -> int:
     from coop_rl.envs import GAMES, describe_game, games_text
 
     described = [describe_game(name) for name in ([args.game] if args.game else GAMES)]
-    return _print_result(args, described, lambda: games_text(described))
+    return _print_result(args, {"games": described}, lambda: games_text(described))
 
 
 # ----- solve --------------------------------------------------------------------------------------------------
@@ -206,6 +235,8 @@ def cmd_init_model(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     games = tuple(g.strip() for g in (args.games or "").split(",") if g.strip())
+    if args.data_scale is not None and not 0 < args.data_scale <= 100:  # also refuses nan and inf
+        raise UsageError(f"--data-scale must be in (0, 100], got {args.data_scale}")
     given = {"data_scale": args.data_scale} if args.data_scale is not None else {}  # the rest: each kind's defaults
     given.update({"games": games} if games else {})
     populations = _parse_populations(args.population or [])

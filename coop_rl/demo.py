@@ -163,6 +163,18 @@ def train(recipe: str, model_dir: Path, run_dir: Path, max_steps: int | None = N
         raise DemoError(f"training {run_dir} failed: {error}") from None
 
 
+def _check_options(out_dir: Path, tiny_dir: str | None, max_steps: int | None, matches: int | None) -> None:
+    """The demo's options, before any stage runs (a UsageError, one line)."""
+    from coop_rl.eval.report import check_out_dir
+
+    for name, value in (("--max-steps", max_steps), ("--matches", matches)):
+        if value is not None and value < 1:
+            raise DemoError(f"{name} must be >= 1")
+    if tiny_dir is not None and (not tiny_dir.strip() or (Path(tiny_dir).exists() and not Path(tiny_dir).is_dir())):
+        raise DemoError(f"--tiny {tiny_dir!r} is not a model directory")
+    check_out_dir(str(out_dir))
+
+
 def run_demo(
     game: str = "ipd",
     out: str | None = None,
@@ -177,11 +189,9 @@ def run_demo(
     key = game if model == "tiny" else f"{game}-{model}"
     if key not in DEMOS:
         raise DemoError(f"no demo for game {game!r} with model {model!r}; demos: {', '.join(DEMOS)}")
-    for name, value in (("--max-steps", max_steps), ("--matches", matches)):
-        if value is not None and value < 1:
-            raise DemoError(f"{name} must be >= 1")
     spec = DEMOS[key]
     out_dir = Path(out or ("runs/demo" if key == "ipd" else f"runs/demo-{key.removeprefix('ipd-')}"))
+    _check_options(out_dir, tiny_dir, max_steps, matches)
     out_dir.mkdir(parents=True, exist_ok=True)
     matches = matches or spec.eval_matches
     methods = list(spec.recipes)

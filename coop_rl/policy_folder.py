@@ -31,9 +31,12 @@ def read_policy_settings(directory: Path) -> dict[str, Any]:
     """Settings a trainer saved beside a policy (e.g. that its answers are constrained); {} when none."""
     path = Path(directory) / POLICY_SETTINGS_FILE
     try:
-        return json.loads(path.read_text()) if path.exists() else {}
+        settings = json.loads(path.read_text()) if path.exists() else {}
     except (OSError, ValueError):
         raise PlayerSpecError(f"unreadable {path}") from None
+    if not isinstance(settings, dict):
+        raise PlayerSpecError(f"unreadable {path}: not a JSON object")
+    return settings
 
 
 def write_policy_settings(directory: Path, settings: dict[str, Any]) -> Path:
@@ -54,8 +57,10 @@ def resolve_model_dir(path: str) -> tuple[Path, Path | None]:
     if adapter_config.exists():
         try:
             base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
-        except (KeyError, ValueError):
-            raise PlayerSpecError(f"{adapter_config} names no base model (base_model_name_or_path)") from None
+        except (KeyError, TypeError, ValueError, OSError):  # TypeError: JSON that is not an object
+            base = None
+        if not isinstance(base, str) or not base.strip():
+            raise PlayerSpecError(f"{adapter_config} names no base model (base_model_name_or_path)")
         base_dir = Path(base)
         if not (base_dir / "config.json").exists():
             raise PlayerSpecError(f"adapter {path} needs base model {base}, which is not a local model directory")

@@ -132,11 +132,13 @@ def load_recipe(argv: Sequence[str]) -> AAConfig:
     The recipe file is checked before it is parsed, the values when the config is built, and the model folder,
     LoRA targets and checkpoint after: all before any weights load.
     """
-    argv = list(argv)
+    argv = [part for arg in argv for part in (arg.split("=", 1) if arg.startswith("--config=") else [arg])]
     if "--config" in argv:
         index = argv.index("--config")
         if index + 1 >= len(argv):
             raise UsageError("--config needs a recipe file")
+        if os.path.isdir(argv[index + 1]):
+            raise UsageError(f"--config {argv[index + 1]} is a directory, not a recipe file")
         if not os.path.isfile(argv[index + 1]):
             raise UsageError(f"recipe not found: {argv[index + 1]}")
         check_recipe(argv[index + 1])
@@ -158,15 +160,40 @@ def _check_model(config: AAConfig) -> None:
     if not config.model_name_or_path:
         raise UsageError("no model: set model_name_or_path in the recipe or with --model_name_or_path")
     try:
-        resolve_model_dir(config.model_name_or_path)
+        base, _ = resolve_model_dir(config.model_name_or_path)
     except ValueError as error:
         raise UsageError(str(error)) from None
+    _check_model_config(base)
+    _check_opponents(config)
     if config.use_peft:
         check_lora_targets(config.model_name_or_path, config.lora_target_modules)
     if config.resume_from_checkpoint and not os.path.isdir(config.resume_from_checkpoint):
         raise UsageError(f"checkpoint not found: {config.resume_from_checkpoint}")
     if config.resume_from_checkpoint:
         _check_zero_partitions(Path(config.resume_from_checkpoint), int(os.environ.get("WORLD_SIZE") or 1))
+
+
+def _check_model_config(base: Path) -> None:
+    """The model folder's config.json reads (transformers' AutoConfig: no weights)."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(base)
+    except (OSError, ValueError, KeyError) as error:
+        raise UsageError(f"cannot read the model config in {base}: {str(error).splitlines()[0]}") from None
+
+
+def _check_opponents(config: AAConfig) -> None:
+    """The frozen opponents and the in-training evaluation's opponents name players that can be made."""
+    from coop_rl.players import check_player_spec
+
+    lists = [config.opponents if config.opponent == "frozen" else ""]
+    lists.append(config.play_eval_opponents if config.play_eval_every else "")
+    for spec in [s.strip() for specs in lists for s in specs.split(",") if s.strip()]:
+        try:
+            check_player_spec(spec, config.game)
+        except ValueError as error:
+            raise UsageError(f"opponent {spec!r}: {error}") from None
 
 
 def _check_zero_partitions(checkpoint: Path, world_size: int) -> None:

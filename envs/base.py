@@ -57,6 +57,11 @@ class Event:
         }
 
 
+#: the largest magnitude of a float game parameter: payoffs are sums of products of parameters over up to 100,000
+#: rounds, and far beyond this they overflow to inf (a summary that is no JSON) or lose every unit of precision
+MAX_PARAM_MAGNITUDE = 1e6
+
+
 @dataclass
 class GameParam:
     """A game parameter settable with ``--set key=value``: its type, default, domain check and help text."""
@@ -86,6 +91,9 @@ class GameParam:
             raise GameConfigError(f"{key}={value!r}: expected {self.type.__name__}") from None
         if self.type is float and converted != converted:  # NaN
             raise GameConfigError(f"{key}={value!r}: expected a number")
+        if self.type is float and not -MAX_PARAM_MAGNITUDE <= converted <= MAX_PARAM_MAGNITUDE:
+            bound = f"{MAX_PARAM_MAGNITUDE:,.0f}"
+            raise GameConfigError(f"{key}={value!r}: must be between -{bound} and {bound}")
         if self.choices is not None and converted not in self.choices:
             raise GameConfigError(f"{key}={value!r}: expected one of {', '.join(map(str, self.choices))}")
         if self.low is not None and converted < self.low:

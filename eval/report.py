@@ -82,6 +82,8 @@ def check_out_dir(path: str | None) -> str | None:
     any match is played: the nearest existing folder on its way must be a writable directory (a UsageError)."""
     if path is None:
         return None
+    if not path.strip():
+        raise UsageError("--out needs a folder path")
     target = Path(path)
     existing = next((p for p in (target, *target.parents) if p.exists()), Path("."))
     if not existing.is_dir():

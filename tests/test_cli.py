@@ -93,6 +93,22 @@ def test_same_seed_same_transcripts(capsys, tmp_path):
         (["play", "--game", "ipd"], "required"),
         (["solve", "--game", "ipd"], "spgg only"),
         (["solve", "--game", "spgg", "--set", "reward=nice"], "reward='nice'"),
+        (["play", "--game", "ipd", "--players", "vllm:/no/such/model,tft"], "model directory not found"),  # no more
+        (["play", "--game", "ipd", "--players", "tft,alld", "--group-size", "0"], "--group-size must be >= 1"),
+        (["play", "--game", "ipd", "--players", "tft,alld", "--matches", "99999999999"], "--matches must be between"),
+        (["play", "--game", "ipd", "--players", "tft,alld", "--transcripts", "."], "it is a directory"),
+        (["play", "--game", "ipd", "--players", "tft,alld", "--transcripts", "README.md/t.jsonl"], "not an existing"),
+        (["play", "--game", "ipd", "--players", "tft,alld", "--temperature", "nan"], "--temperature must be"),
+        (["play", "--game", "ipd", "--players", "tft,alld", "--top-p", "5"], "--top-p must be in (0, 1]"),
+        (["play", "--game", "ipd", "--players", "tft,alld", "--max-new-tokens", "0"], "--max-new-tokens must be"),
+        (["play", "--game", "ipd", "--players", "tft,alld", "--set", "rounds=5", "--rounds", "6"], "give one"),
+        (["play", "--game", "tas", "--players", "fair,greedy", "--set", "upper_value=1e308"], "between -1,000,000"),
+        (["solve", "--game", "spgg", "--set", "rho=inf"], "rho='inf': must be between"),
+        (["eval", "--policy", "tft", "--game", "ipd", "--opponents", "alld", "--out", ""], "--out needs a folder"),
+        (["demo", "--out", "README.md"], "is not a directory"),
+        (["demo", "--out", "unused", "--tiny", "README.md"], "--tiny 'README.md' is not a model directory"),
+        (["init-model", "tiny", "--out", "unused", "--data-scale", "inf"], "--data-scale must be in (0, 100]"),
+        (["train", "--config=recipes"], "is a directory, not a recipe file"),
         (["init-model", "tiny", "--out", "unused", "--population", "ipd"], "GAME=STRATEGY"),
         (["init-model", "tiny", "--out", "unused", "--population", "ipd=allc,nope"], "unknown strategy 'nope'"),
         (["init-model", "tiny", "--out", "unused", "--population", "chess=allc"], "no warm-start population"),
@@ -134,7 +150,7 @@ def test_play_json_alone_on_stdout():
             ["tournament", "--game", "ipd", "--players", "tft,alld", "--matches", "2"],
             lambda r: r["mean_return"] == [[30.0, 9.0], [14.0, 10.0]],
         ),
-        (["games"], lambda r: [g["game"] for g in r] == ["ipd", "bos", "tas", "split", "spgg"]),  # a list of games
+        (["games"], lambda r: [g["game"] for g in r["games"]] == ["ipd", "bos", "tas", "split", "spgg"]),  # one object
         (["solve", "--game", "spgg", "--set", "reward=classic"], lambda r: r["spne"] == [0, 0, 0] and r["unique"]),
         (
             ["eval", "--policy", "tft", "--game", "ipd", "--opponents", "alld,allc", "--matches", "2", "--out", "OUT"],
@@ -152,7 +168,8 @@ def test_json_alone_on_stdout(argv, check, tmp_path):
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("\n") == 1, proc.stdout
-    assert check(json.loads(proc.stdout))
+    result = json.loads(proc.stdout)
+    assert isinstance(result, dict) and check(result)
 
 
 @pytest.mark.parametrize("command", ["play", "tournament"])

@@ -97,6 +97,11 @@ def _train(model_dir, tmp_path, *extra, config=RECIPE):
         (["--kl_coef", "0.1"], ["kl_coef > 0 needs use_peft"]),
         (["--play_eval_every", "5", "--play_eval_opponents", " , "], ["play_eval_every > 0 needs play_eval_opponents"]),
         (["--play_eval_every", "-1"], ["play_eval_every", ">= 0"]),
+        # opponents are player specs, checked before the weights load
+        (["--opponent", "frozen", "--opponents", "tft,nobody"], ["opponent 'nobody'", "unknown strategy 'nobody'"]),
+        (["--play_eval_every", "5", "--play_eval_opponents", "tft,hf:/no/such/model"],
+         ["opponent 'hf:/no/such/model'", "model directory not found"]),
+        (["--opponent", "frozen", "--opponents", "openai:m"], ["opponent 'openai:m'", "no '@'"]),
     ],
 )  # fmt: skip
 def test_bad_setting_is_one_line_exit_2_before_weights(extra, needles, model_config_dir, tmp_path, capsys, no_weights):
@@ -116,6 +121,12 @@ def test_missing_model_and_recipe(tmp_path, capsys, no_weights):
     assert "--config needs a recipe file" in _error_line(capsys)
     assert main(["train", "--config", RECIPE, "--model_name_or_path", str(tmp_path / "no-model")]) == 2
     assert "model directory not found" in _error_line(capsys)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    assert main(["train", "--config", RECIPE, "--model_name_or_path", str(tmp_path / "broken")]) == 2
+    assert "cannot read the model config in" in _error_line(capsys)
+    assert main(["train", f"--config={tmp_path / 'nope.yaml'}"]) == 2  # the --config=FILE form is read too
+    assert "recipe not found" in _error_line(capsys)
     recipe = tmp_path / "r.yaml"
     recipe.write_text("game: ipd\nmax_steps: 1\n")
     assert main(["train", "--config", str(recipe), "--output_dir", str(tmp_path / "o")]) == 2

@@ -64,4 +64,6 @@ def test_main_sends_vllm_logs_to_stderr(monkeypatch, capsys):
     assert json.loads(capsys.readouterr().out)["unique"] is True
     monkeypatch.setenv("VLLM_LOGGING_STREAM", "ext://sys.stdout")  # a user's own choice is kept (--json or not)
     main(["games", "ipd", "--json"])
+    (described,) = json.loads(capsys.readouterr().out)["games"]  # one object, as every --json
+    assert described["game"] == "ipd"
     assert os.environ["VLLM_LOGGING_STREAM"] == "ext://sys.stdout"

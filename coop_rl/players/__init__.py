@@ -42,6 +42,24 @@ def make_player(
     return ScriptedPlayer(spec, game_name)
 
 
+def check_player_spec(spec: str, game_name: str) -> None:
+    """What :func:`make_player` checks before it loads anything (a :class:`PlayerSpecError`): the strategy's name,
+    a model spec's folders, an ``openai:`` spec's form. For configs checked before a run loads its weights."""
+    from coop_rl.policy_folder import parse_policy_spec
+
+    spec = spec.strip()
+    if not spec:
+        raise PlayerSpecError("empty player spec")
+    if spec.startswith("openai:"):
+        parse_openai_spec(spec)
+    elif spec.startswith(("hf:", "vllm:")):
+        parse_policy_spec(spec, spec.split(":", 1)[0])
+    elif spec.startswith(MODEL_PREFIXES):
+        raise PlayerSpecError(f"player backend {spec.split(':', 1)[0]!r} is not available in this build")
+    else:
+        ScriptedPlayer(spec, game_name)
+
+
 def parse_openai_spec(spec: str) -> tuple[str, str]:
     """``openai:<model>@<base_url>`` -> (model, base_url); a malformed spec raises :class:`PlayerSpecError`."""
     rest = spec.strip()[len("openai:") :]
@@ -67,4 +85,4 @@ def _make_openai_player(spec: str, sampling: SamplingConfig | None) -> Player:
     return OpenAIPlayer(model, base_url, spec=f"openai:{model}@{redact_url(base_url)}", **options)
 
 
-__all__ = ["Action", "Player", "PlayerSpecError", "SamplingConfig", "TurnRequest", "make_player"]
+__all__ = ["Action", "Player", "PlayerSpecError", "SamplingConfig", "TurnRequest", "check_player_spec", "make_player"]

@@ -347,6 +347,8 @@ def shutdown_engines() -> None:
     with _ENGINES_LOCK:
         engines = list(_ENGINES.values())
         _ENGINES.clear()
+    if not engines:  # nothing started: importing torch now (at exit) would only print its finalizers' errors
+        return
     for engine in engines:
         engine.shutdown()
     del engines

@@ -48,6 +48,15 @@ def test_resolve_errors_are_one_line_spec_errors(tmp_path):
     no_base.mkdir()
     (no_base / "adapter_config.json").write_text("{}")
     cases.append((no_base, "names no base model (base_model_name_or_path)"))
+    for name, text in (
+        ("a-list", "[1, 2]"),
+        ("a-number", '{"base_model_name_or_path": 5}'),
+        ("empty", '{"base_model_name_or_path": ""}'),
+    ):
+        odd = tmp_path / name
+        odd.mkdir()
+        (odd / "adapter_config.json").write_text(text)
+        cases.append((odd, "names no base model (base_model_name_or_path)"))
     remote = make_adapter(tmp_path / "remote", "some-org/some-model")
     cases.append((remote, "needs base model some-org/some-model, which is not a local model directory"))
     for path, message in cases:
@@ -86,6 +95,9 @@ def test_the_settings_file_belongs_to_the_policy_folder(tmp_path, base):
     assert parse_policy_spec(f"hf:{base}", "hf").constrain_answers is False  # the base model's folder has none
     written.write_text("{not json")
     with pytest.raises(PlayerSpecError, match="unreadable .*coop_rl_policy.json"):
+        folder.settings()
+    written.write_text("[true]")  # JSON, but not the object of settings
+    with pytest.raises(PlayerSpecError, match="unreadable .*coop_rl_policy.json: not a JSON object"):
         folder.settings()
 
 
