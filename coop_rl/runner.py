@@ -73,7 +73,7 @@ def run_matches(
         bar = tqdm(total=matches, desc=f"{game_name} matches", unit="match", leave=False)
     active = [m for m in range(matches) if not games[m].done]
     while active:
-        records = _step(games, active, seat_players, seed_group if on_turns is not None else None)
+        records = _step(games, active, seat_players, seed_group if on_turns is not None else None, keep_transcripts)
         if on_turns is not None:
             on_turns(records)
         still_active = [m for m in active if not games[m].done]
@@ -113,16 +113,20 @@ def _step(
     active: Sequence[int],
     seat_players: Sequence[Player],
     seed_group: Callable[[int], int] | None,
+    keep_prompts: bool = False,
 ) -> list[TurnRecord]:
     """One batched step of every active match: each player answers all its pending turns in one call, then every
     game steps. Returns the answered turns with the game's verdict on each (none when ``seed_group`` is None: no
-    one records them)."""
+    one records them). With ``keep_prompts`` each transcript event keeps the observation it answered."""
     # One batch per player object: seats served by the same player (same model) share one call.
     batches: dict[int, tuple[Player, list[TurnRequest]]] = {}
+    prompts: dict[tuple[int, int], str] = {}
     for match_id in active:
         for turn in games[match_id].pending_turns():
             player = seat_players[turn.seat]
             batches.setdefault(id(player), (player, []))[1].append(TurnRequest(match_id, games[match_id], turn))
+            if keep_prompts:
+                prompts[(match_id, turn.seat)] = turn.messages[-1]["content"]
     answers: dict[int, dict[int, str]] = {m: {} for m in active}
     records: list[TurnRecord] = []
     for player, requests in batches.values():
@@ -152,6 +156,7 @@ def _step(
         seen = len(game.transcript)
         game.step(answers[match_id])
         for event in game.transcript[seen:]:  # the game's verdict on each answer of this step
+            event.prompt = prompts.get((match_id, event.seat))
             if event.seat in records_by_match.get(match_id, {}):
                 records_by_match[match_id][event.seat].valid = event.valid
     return records

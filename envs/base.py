@@ -45,12 +45,16 @@ class Event:
     text: str
     parsed: Any
     valid: bool
+    #: the observation the seat answered (its turn's last message), where the runner keeps transcripts
+    prompt: str | None = None
 
     def to_dict(self) -> dict:
+        prompt = {"prompt": self.prompt} if self.prompt is not None else {}
         return {
             "timestep": self.timestep,
             "seat": self.seat,
             "phase": self.phase,
+            **prompt,
             "text": self.text,
             "parsed": self.parsed,
             "valid": self.valid,

@@ -79,6 +79,19 @@ def test_same_seed_same_transcripts(capsys, tmp_path):
     assert paths[0].read_text() == paths[1].read_text() and paths[0].read_text().count("\n") == 10
 
 
+@pytest.mark.parametrize("extra,horizon", [([], ""), (["--set", "show_horizon=true"], " of 10")])
+def test_transcripts_hold_the_prompt_each_answer_answered(capsys, tmp_path, extra, horizon):
+    path = tmp_path / "t.jsonl"
+    run_cli(
+        capsys, "play", "--game", "ipd", "--players", "tft,alld", "--matches", "1", "--transcripts", str(path), *extra
+    )
+    events = json.loads(path.read_text())["events"]
+    assert [(e["timestep"], e["seat"], e["text"]) for e in events[:3]] == [(0, 0, "C"), (0, 1, "D"), (1, 0, "D")]
+    # by default the prompts name the round but not how many there are (docs/games.md, "The horizon is hidden")
+    assert events[2]["prompt"] == f"Round 2{horizon}.\nLast round you played C and the other played D.\nAnswer C or D."
+    assert events[-1]["prompt"].startswith(f"Round 10{horizon}.\n")
+
+
 @pytest.mark.parametrize(
     "argv,needle",
     [
