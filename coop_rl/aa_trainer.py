@@ -31,6 +31,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback
 
 from coop_rl.aa_config import AAConfig
+from coop_rl.atomic_files import write_text_atomic
 from coop_rl.envs import make_game
 from coop_rl.fault_guard import FaultGuard, NumericalFaultError
 from coop_rl.loss import loss_metrics, merge_identical_turns, token_loss
@@ -391,7 +392,7 @@ class AATrainer(Trainer):
             "precision": precision_record(self.args.resolved_precision),
         }
         Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(self.args.output_dir) / RUN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        write_text_atomic(Path(self.args.output_dir) / RUN_INFO_FILE, json.dumps(info, indent=2) + "\n")
 
 
 class _IterationHooks(TrainerCallback):

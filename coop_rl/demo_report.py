@@ -18,6 +18,8 @@ import json
 from pathlib import Path
 from typing import Any, Protocol
 
+from coop_rl.atomic_files import write_text_atomic
+
 #: learning-curve metric logged by the trainer, per game (matrix games: cooperation; others: the learner's return)
 COOPERATION_KEY = "rollout/cooperation_rate"
 RETURN_KEY = "rollout/learner_return"
@@ -289,7 +291,7 @@ def write_report(
     from coop_rl.eval.report import json_ready
 
     shown = _write_plots(spec, out, rows, evals, cross, histories)
-    (out / "report.md").write_text("\n".join(_report_lines(spec, rows, shown, timings, settings)) + "\n", "utf-8")
+    write_text_atomic(out / "report.md", "\n".join(_report_lines(spec, rows, shown, timings, settings)) + "\n")
     headers, cells = demo_table(spec, rows)
     payload = {
         "game": spec.game,
@@ -301,7 +303,7 @@ def write_report(
         "timings_s": timings,
         "plots": shown["plots"],
     }
-    (out / "demo.json").write_text(json.dumps(json_ready(payload), indent=1) + "\n", encoding="utf-8")
+    write_text_atomic(out / "demo.json", json.dumps(json_ready(payload), indent=1) + "\n")
     return out / "report.md"
 
 

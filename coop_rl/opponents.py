@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import os
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import torch
 
+from coop_rl.atomic_files import atomic_path, write_text_atomic
 from coop_rl.errors import UsageError
 from coop_rl.players import SamplingConfig, make_player
 from coop_rl.players.base import Player
@@ -358,10 +358,9 @@ class Opponents:
         """Write :meth:`state` to ``checkpoint/coop_rl_pool.pt`` atomically (a temporary file renamed over it) and
         the pool's size to ``coop_rl_trainer_state.json``."""
         checkpoint.mkdir(parents=True, exist_ok=True)
-        temporary = checkpoint / f".{POOL_FILE}.{os.getpid()}.tmp"
-        torch.save(self.state(), temporary)
-        os.replace(temporary, checkpoint / POOL_FILE)
-        (checkpoint / POOL_STATE_FILE).write_text(json.dumps({"pool_size": len(self.pool)}))
+        with atomic_path(checkpoint / POOL_FILE) as temporary:
+            torch.save(self.state(), temporary)
+        write_text_atomic(checkpoint / POOL_STATE_FILE, json.dumps({"pool_size": len(self.pool)}))
 
     def load(self, path: Path) -> None:
         """Restore the pool and the RNG from a checkpoint's ``coop_rl_pool.pt`` (:func:`load_pool_file`)."""

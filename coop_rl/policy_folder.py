@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from coop_rl.atomic_files import write_text_atomic
 from coop_rl.players.base import PlayerSpecError
 
 POLICY_SETTINGS_FILE = "coop_rl_policy.json"
@@ -42,8 +43,7 @@ def read_policy_settings(directory: Path) -> dict[str, Any]:
 def write_policy_settings(directory: Path, settings: dict[str, Any]) -> Path:
     """Write ``settings`` as the policy settings file of ``directory`` (what :func:`read_policy_settings` reads)."""
     path = Path(directory) / POLICY_SETTINGS_FILE
-    path.write_text(json.dumps(settings, indent=2) + "\n")
-    return path
+    return write_text_atomic(path, json.dumps(settings, indent=2) + "\n")
 
 
 def resolve_model_dir(path: str) -> tuple[Path, Path | None]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -29,6 +28,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from coop_rl.atomic_files import write_text_atomic
 from coop_rl.credit import broadcast_to_tokens, compute_credit
 from coop_rl.envs.base import MatchResult
 from coop_rl.players.base import Player
@@ -274,15 +274,7 @@ def write_trajectory_file(folder: Path, step: int, lines: list[dict[str, Any]], 
         for stale in folder.glob(".iteration-*.tmp"):
             stale.unlink(missing_ok=True)
     lines = sorted(lines, key=lambda line: line["match_id"])  # stable: turns of a match stay in play order
-    final = folder / f"iteration-{step:06d}.jsonl"
-    temporary = folder / f".{final.name}.{os.getpid()}.tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        for line in lines:
-            handle.write(json.dumps(line) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, final)
-    return final
+    return write_text_atomic(folder / f"iteration-{step:06d}.jsonl", "".join(json.dumps(line) + "\n" for line in lines))
 
 
 # ----- outside training ---------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from coop_rl.atomic_files import write_text_atomic
 from coop_rl.envs import make_game
 from coop_rl.envs.base import MatchResult, TextGame
 from coop_rl.players import SamplingConfig, make_player
@@ -257,7 +258,9 @@ def play(
             player.close()
     summary = summarize(game_name, specs, results)
     if transcripts:
-        with open(transcripts, "w", encoding="utf-8") as handle:
-            for match_id, result in enumerate(results):
-                handle.write(json.dumps({"match": match_id, "seed": result.seed, "events": result.transcript}) + "\n")
+        lines = [
+            json.dumps({"match": m, "seed": result.seed, "events": result.transcript})
+            for m, result in enumerate(results)
+        ]
+        write_text_atomic(transcripts, "".join(line + "\n" for line in lines))
     return summary

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from coop_rl.atomic_files import atomic_path
 from coop_rl.eval.results import cooperation_label, ranked_candidates, row_label, rows_with_self_play
 
 DPI = 100
@@ -53,7 +54,8 @@ def _save(figure, path: Path):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(figure)
-    figure.savefig(path, dpi=DPI, format="png")
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=DPI, format="png")
     return figure
 
 

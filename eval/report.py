@@ -27,6 +27,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from coop_rl.atomic_files import write_text_atomic
 from coop_rl.errors import UsageError
 from coop_rl.eval.markdown import (
     EXPLOIT_END,
@@ -110,13 +111,13 @@ def write_eval(results: dict[str, Any], out_dir: str | Path) -> list[str]:
     same = (previous.get("policy"), previous.get("game")) == (results["policy"], results["game"])
     if same and "learned_exploiter" in previous and "learned_exploiter" not in results:
         results["learned_exploiter"] = previous["learned_exploiter"]  # a learned exploiter of this policy: kept
-    (out / "results.json").write_text(json.dumps(json_ready(results), indent=1) + "\n", encoding="utf-8")
+    write_text_atomic(out / "results.json", json.dumps(json_ready(results), indent=1) + "\n")
     report = out / "report.md"
     previous_exploit = split_exploit_section(report.read_text(encoding="utf-8"))[1] if report.exists() else ""
     text = eval_markdown(results)
     if previous_exploit:  # keep an exploit section written earlier into this directory
         text += "\n" + previous_exploit
-    report.write_text(text, encoding="utf-8")
+    write_text_atomic(report, text)
     return plots
 
 
@@ -126,11 +127,11 @@ def write_exploit(result: dict[str, Any], out_dir: str | Path) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     plot_exploit(result, out / EXPLOIT_PNG)
     result["plots"] = [EXPLOIT_PNG]
-    (out / "exploit.json").write_text(json.dumps(json_ready(result), indent=1) + "\n", encoding="utf-8")
+    write_text_atomic(out / "exploit.json", json.dumps(json_ready(result), indent=1) + "\n")
     report = out / "report.md"
     rest = split_exploit_section(report.read_text(encoding="utf-8"))[0] if report.exists() else ""
     section = exploit_markdown(result)
-    report.write_text((rest.rstrip() + "\n\n" + section) if rest.strip() else section, encoding="utf-8")
+    write_text_atomic(report, (rest.rstrip() + "\n\n" + section) if rest.strip() else section)
     return result["plots"]
 
 
@@ -155,11 +156,11 @@ def write_learned_exploit(result: dict[str, Any], out_dir: str | Path) -> list[s
         previous["learned_exploiter"] = learned  # an evaluation of the same policy: its report gains the section
         write_eval(previous, out)
         return learned["plots"]
-    (out / "results.json").write_text(json.dumps(json_ready(result), indent=1) + "\n", encoding="utf-8")
+    write_text_atomic(out / "results.json", json.dumps(json_ready(result), indent=1) + "\n")
     report = out / "report.md"
     rest = split_section(report.read_text(encoding="utf-8"), LEARNED_START, LEARNED_END)[0] if report.exists() else ""
     section = learned_exploit_markdown(result)
-    report.write_text((rest.rstrip() + "\n\n" + section) if rest.strip() else section, encoding="utf-8")
+    write_text_atomic(report, (rest.rstrip() + "\n\n" + section) if rest.strip() else section)
     return learned["plots"]
 
 

@@ -1,0 +1,39 @@
+"""Files a crash never leaves half written.
+
+Each file is written to a temporary file in its own folder, flushed to disk, then renamed over its name
+(``os.replace``, atomic on POSIX): whoever reads it, and a run that is killed mid-write, finds the previous file
+whole or the new one whole, never a truncated one. Temporary names are ``.<name>.<pid>.tmp``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write (with any writer: ``torch.save``, ``savefig``, ...); renamed over
+    ``path`` when the block ends, after its bytes reach the disk. On an error the temporary file is removed and
+    ``path`` is left as it was."""
+    final = Path(path)
+    temporary = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    try:
+        yield temporary
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, final)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`atomic_path`); returns ``path``."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+__all__ = ["atomic_path", "write_text_atomic"]

@@ -1,0 +1,34 @@
+"""coop_rl.atomic_files: a file is replaced whole or not at all, and no temporary file is left behind."""
+
+import os
+
+import pytest
+
+from coop_rl.atomic_files import atomic_path, write_text_atomic
+
+
+def test_write_replaces_the_file_whole_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "results.json"
+    assert write_text_atomic(path, '{"a": 1}\n') == path
+    write_text_atomic(path, '{"a": 2}\n')
+    assert path.read_text() == '{"a": 2}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+def test_a_writer_that_fails_leaves_the_previous_file_as_it_was(tmp_path):
+    path = tmp_path / "report.md"
+    path.write_text("the previous report\n")
+    with pytest.raises(RuntimeError, match="killed mid-write"), atomic_path(path) as temporary:
+        assert temporary.parent == tmp_path and temporary.name == f".report.md.{os.getpid()}.tmp"
+        temporary.write_text("half a rep")
+        raise RuntimeError("killed mid-write")
+    assert path.read_text() == "the previous report\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.md"]
+
+
+def test_any_writer_can_write_through_the_temporary_path(tmp_path):
+    path = tmp_path / "plot.png"
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(b"\x89PNG")
+        assert not path.exists()  # nothing under the final name until the block ends
+    assert path.read_bytes() == b"\x89PNG"
