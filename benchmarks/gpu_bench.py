@@ -9,7 +9,7 @@ rewritten after each:
    randomly initialised (the tiny model's SFT warm start needs TRL and minutes of CPU; throughput does not
    depend on the weights when answers are constrained or of fixed length).
 2. ``rollout_hf``: 64 concurrent IPD matches vs tft, batched runner vs one match at a time, transformers backend
-   (bf16 on cuda), generated tokens/s; answers up to ``--max-new-tokens`` tokens (random weights rarely stop).
+   (bf16 on cuda), generated tokens/s; answers up to 16 new tokens (8 with ``--cpu``; random weights rarely stop).
 3. ``aa_iteration`` (and ``aa_iteration_lora``: LoRA, free 16-token answers, as recipes/ipd/aa_qwen2.5-0.5b.yaml):
    AA iterations (recipes/ipd/aa_tiny.yaml's settings: 128 self-play matches, constrained
    answers, 4 new tokens) on the 0.5B model in bf16: time split rollout / credit / update and

@@ -1,5 +1,5 @@
 """The IPD learning result over many seeds: train each recipe once per seed, play every trained policy against
-itself, tft and alld, and check the bar of docs/algorithm.md for each run.
+itself, tft and alld, and check the learning result's bar (coop_rl.demo_report.IPD_BAR) for each run.
 
 The bar (issue 13): Advantage Alignment (``credit: aa``) cooperates >= 0.8 with itself and with tft and <= 0.2
 against alld; the naive learner (``credit: naive``) cooperates <= 0.3 with itself. Cooperation rates are the

@@ -1,6 +1,7 @@
-"""All benchmarks of coop-rl in one command (``make bench``): rollout, training, credit, games, memory, sample
-efficiency. Every comparison measures both sides in one process, interleaved (A, B, A, B, ...), and reports the
-median of each side and their ratio, so that noise from a shared machine hits both sides alike.
+"""All benchmarks of coop-rl in one command (``make bench``): games, credit, rollout, constrained sampling,
+precision, vLLM, training, memory, sample efficiency. Every comparison measures both sides in one process,
+interleaved (A, B, A, B, ...), and reports the median of each side and their ratio, so that noise from a shared
+machine hits both sides alike.
 
     .venv/bin/python benchmarks/run_all.py                       # every stage (make bench)
     .venv/bin/python benchmarks/run_all.py --quick               # smoke test: small sizes, one repeat (~2 min)
@@ -27,8 +28,9 @@ Stages (``--stages``, comma-separated; default all):
 The last three stages are in benchmarks/training_stages.py; what every benchmark script shares (the machine,
 interleaving, the recipes, the tiny model) in benchmarks/bench_common.py.
 
-The first six stages take about 5 minutes on 2 cores (measured: games 3 s, credit <1 s, rollout
-28 s, vllm 52 s, training 152 s, memory 15 s), plus ~2.5 min to build runs/tiny when it is missing.
+All stages but sample_efficiency take about 5 minutes on 2 cores (measured: games 3 s, credit <1 s, rollout
+28 s, vllm 52 s, training 152 s, memory 15 s; constrained and precision not timed here), plus ~2.5 min to build
+runs/tiny when it is missing.
 
 Writes ``--out``/results.json (default benchmarks/) and results.md (a markdown table), with the machine (CPU model,
 cores) and the date; keys of stages not run this time are kept from the previous results.json, and

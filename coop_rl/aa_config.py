@@ -211,7 +211,8 @@ class AAConfig(TrainingArguments):
         default=True,
         metadata={
             "help": "Write each iteration's learner turns to <output_dir>/trajectories/iteration-<step>.jsonl (one "
-            "JSON line per turn: match_id, seat, timestep, text, valid, credit, reward), atomically, main process only."
+            "JSON line per turn: iteration, match_id, seat, timestep, phase, text, valid, credit, reward), "
+            "atomically, main process only."
         },
     )
     max_consecutive_faults: int = field(

@@ -77,7 +77,7 @@ def _masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------------------ returns
 def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float, scale: float = 1.0) -> torch.Tensor:
-    """Discounted returns-to-go, divided by the reward scale (algorithm.md 1):
+    """Discounted returns-to-go, divided by the reward scale (docs/algorithm.md, "Returns"):
 
         G_t = sum_{t' >= t} gamma^(t' - t) * r_t' / scale
 
@@ -110,7 +110,7 @@ def group_baseline_advantages(
     *,
     seats: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Advantages against a group-relative baseline, per timestep (algorithm.md 2).
+    """Advantages against a group-relative baseline, per timestep (docs/algorithm.md, "Leave-one-out baseline").
 
     ``mode="loo"`` (leave-one-out; the default): matches sharing a game seed form a group (``groups``, a
     LongTensor [B] of seed-group ids; with ``seats`` [B], a group is a (seed group, seat) pair: a seat is compared
@@ -208,7 +208,8 @@ def _sum_co_players(adv_other: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
 def advantage_alignment_credit(
     adv_self: torch.Tensor, adv_other: torch.Tensor, mask: torch.Tensor, beta: float, gamma_a: float
 ) -> torch.Tensor:
-    """Advantage Alignment credit of the learner against its co-player(s) in the same match (algorithm.md 3):
+    """Advantage Alignment credit of the learner against its co-player(s) in the same match (docs/algorithm.md,
+    "The Advantage Alignment term"):
 
         W_t = gamma_a * sum_{k < t} gamma_a^(t - k) * A_k^self        (W_0 = 0)
         C_t = A_t^self + beta * W_t * A_t^other
@@ -281,7 +282,8 @@ def compute_credit(
     whiten: bool = False,
     seats: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor | None]:
-    """The trainer's entry point: rewards in, per-timestep credit out (algorithm.md 1-3).
+    """The trainer's entry point: rewards in, per-timestep credit out (docs/algorithm.md: returns, baseline, the
+    Advantage Alignment term).
 
     1. returns G = discounted_returns(r, mask, gamma, scale), for the learner and for each co-player from the
        co-player's own rewards;
@@ -337,7 +339,8 @@ def broadcast_to_tokens(
     match_index: torch.Tensor,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-turn credit (algorithm.md 4): out[n] = credit[match_index[n], timestep_index[n]], a gather.
+    """Per-turn credit (docs/algorithm.md, "One iteration", step 2): out[n] = credit[match_index[n],
+    timestep_index[n]], a gather.
 
     ``credit`` is [B, T]; ``timestep_index`` and ``match_index`` are LongTensors [N] (one entry per turn, i.e. per
     rollout row). Every token of turn n's completion gets out[n]; prompt and other players' tokens get none (the

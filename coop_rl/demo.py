@@ -1,4 +1,5 @@
-"""``coop-rl demo`` (``make demo``): the main job end to end, on the embedded tiny model and a CPU.
+"""``coop-rl demo`` (``make demo``): the main job end to end, on the embedded tiny model and a CPU (``--model
+smollm2``, ``make demo-llm``: the same on SmolLM2-135M-Instruct with LoRA, built once into ``runs/smollm2-ipd``).
 
 1. build the offline tiny model if it is missing (cached: ``runs/tiny``; ``runs/tiny-tas`` for Trust-and-Split);
 2. train Advantage Alignment and the naive learner (beta = 0), one after the other, with the shipped tiny

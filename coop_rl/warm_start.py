@@ -1,10 +1,10 @@
 """The warm start: a model imitates a population of classic scripted strategies before any RL (TRL's SFTTrainer).
 
 From a prior that does not read the history, every credit collapses to defection: a policy that plays the same
-in every state gains by defecting whatever the co-player does (docs/algorithm.md, "What a tiny model needs"). The
+in every state gains by defecting whatever the co-player does (docs/algorithm.md, "What the result looks like"). The
 tiny model starts from random weights and SmolLM2-135M-Instruct, measured here, cooperates about 0.9 whatever the
 co-player did last (history-blind). Imitating a balanced population (the IPD's allc, alld, tft, stft, wsls,
-random) gives either one a history-aware, roughly unbiased prior, where Advantage Alignment can start.
+random) gives either one a history-aware prior, where Advantage Alignment can start.
 
 ``collect_examples`` records the population's matches as prompt/completion pairs (what each seat saw and
 answered); ``imitate`` fits them with the loss on the answers only, phase by phase, in full (the tiny model) or

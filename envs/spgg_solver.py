@@ -2,7 +2,7 @@
 
 Players 1..N choose, in this order, a contribution level q_i in {0, 1/K, ..., 1} of their endowment e; each sees
 every predecessor's choice (perfect information), so backward induction over the game tree gives the
-subgame-perfect equilibria. Two reward rules (docs/games.md, section 3):
+subgame-perfect equilibria. Two reward rules (docs/games.md):
 
 - classic:     u_i = e*(1 - q_i) + (r/N) * e * sum_j q_j
 - redesigned:  u_i = (rho/N)*e*sum_j q_j + gamma*e*q_i*m_i - kappa*e*q_i^2 - P*[ (1/N)*sum_j q_j < B ]
