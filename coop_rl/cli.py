@@ -89,6 +89,11 @@ def _check_out_file(path: str | None, flag: str) -> str | None:
     return path
 
 
+def _show_progress(args: argparse.Namespace) -> bool:
+    """Progress bars on stderr: for a person at a terminal, not under --json or when stderr is a file."""
+    return not args.json and sys.stderr.isatty()
+
+
 def _print_result(args: argparse.Namespace, result: Any, text: Callable[[], str]) -> int:
     """With ``--json``, ``result`` as one JSON object on stdout; otherwise ``text()``, for the terminal. Returns 0."""
     if args.json:
@@ -122,7 +127,7 @@ def cmd_play(args: argparse.Namespace) -> int:
         sampling=_sampling(args),
         constrain=True if args.constrain_answers else None,
         transcripts=args.transcripts,
-        progress=not args.json and sys.stderr.isatty(),
+        progress=_show_progress(args),
     )
     return _print_result(args, summary, lambda: play_table(summary, args.seed))
 
@@ -163,6 +168,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         sampling=_sampling(args),
         swap=not args.no_swap,
         out_dir=out,
+        progress=_show_progress(args),
     )
     return _print_result(args, results, lambda: eval_table(results))
 
@@ -189,6 +195,7 @@ def cmd_exploit(args: argparse.Namespace) -> int:
         game_params=params,
         sampling=_sampling(args),
         out_dir=out,
+        progress=_show_progress(args),
     )
     return _print_result(args, result, lambda: exploit_table(result))
 

@@ -36,6 +36,14 @@ class TurnRecord:
     valid: bool = True  # whether the game could parse the answer (filled in after the game steps)
 
 
+def progress_bar(total: int, desc: str, unit: str, enabled: bool) -> Any:
+    """A progress bar on stderr (tqdm), or one that shows nothing when ``enabled`` is false (``--json``, no
+    terminal); usable as a context manager."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not enabled, dynamic_ncols=True)
+
+
 def match_seed(seed: int, match_id: int, group_size: int) -> int:
     """The game seed of a match: consecutive ``group_size`` matches share one."""
     return seed * 1_000_003 + match_id // group_size
@@ -67,22 +75,16 @@ def run_matches(
     def seed_group(match_id: int) -> int:
         return match_seeds[match_id] if match_seeds is not None else match_id // group_size
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=matches, desc=f"{game_name} matches", unit="match", leave=False)
+    bar = progress_bar(matches, f"{game_name} matches", "match", progress)
     active = [m for m in range(matches) if not games[m].done]
     while active:
         records = _step(games, active, seat_players, seed_group if on_turns is not None else None, keep_transcripts)
         if on_turns is not None:
             on_turns(records)
         still_active = [m for m in active if not games[m].done]
-        if bar is not None:
-            bar.update(len(active) - len(still_active))
+        bar.update(len(active) - len(still_active))
         active = still_active
-    if bar is not None:
-        bar.close()
+    bar.close()
     return [_match_result(game, keep_transcripts) for game in games]
 
 

@@ -60,7 +60,7 @@ from coop_rl.envs import game_class
 from coop_rl.envs.base import MatchResult
 from coop_rl.eval.suites import resolve_opponents, suite_names
 from coop_rl.players import Player, PlayerSpecError, SamplingConfig, make_player
-from coop_rl.runner import aggregate_metrics, run_matches
+from coop_rl.runner import aggregate_metrics, progress_bar, run_matches
 
 BOOTSTRAP_RESAMPLES = 2000
 CI_LEVEL = 0.95
@@ -158,8 +158,10 @@ def evaluate(
     sampling: SamplingConfig | None = None,
     swap: bool = True,
     out_dir: str | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Play the policy against every opponent (suite names expand) and itself; return the results.json object.
+    ``progress``: a bar on stderr, one step per opponent (with a model policy an evaluation takes minutes).
 
     ``swap``: also play seat 1 in symmetric games. ``out_dir``: also write results.json, report.md and the plots
     there (:func:`coop_rl.eval.report.write_eval`). User errors raise ``SuiteError`` (opponent list),
@@ -176,6 +178,7 @@ def evaluate(
     symmetric = swap and cls.symmetric and seats == 2
 
     players: dict[str, Player] = {}
+    bar = progress_bar(len(specs) + 1, f"eval {policy_spec}", "opponent", progress)
     try:
         # The policy first: a missing checkpoint is reported before anything else is loaded.
         players[policy_spec] = _build(policy_spec, "policy", game, sampling, seed)
@@ -195,9 +198,12 @@ def evaluate(
                 swapped = seat_row(game, spec, play([opponent, policy]), 1, ci_seed=seed * 7919 + index)
                 row["swapped"] = swapped
             rows.append(row)
+            bar.update(1)
         self_play = seat_row(game, policy_spec, play([policy] * seats), 0, ci_seed=seed * 7919 + len(specs))
         self_play["self_play"] = True
+        bar.update(1)
     finally:
+        bar.close()
         for player in players.values():
             player.close()
 

@@ -333,3 +333,13 @@ def test_spgg_cooperation_is_the_mean_contribution_level(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "| policy mean contribution level | opponent mean contribution level |" in report
     assert "![Mean contribution level per opponent](cooperation.png)" in report
+
+
+def test_progress_bars_count_opponents_and_candidates_on_stderr_and_change_no_result(capsys):
+    quiet = evaluate("tft", "ipd", "alld,allc", matches=2)
+    shown = evaluate("tft", "ipd", "alld,allc", matches=2, progress=True)
+    err = capsys.readouterr().err
+    assert shown == quiet and "eval tft:" in err and "/3 [" in err and "opponent" in err  # 2 opponents, self-play
+    assert exploit("tft", "ipd", matches=2, progress=True) == exploit("tft", "ipd", matches=2)
+    err = capsys.readouterr().err
+    assert "exploit tft:" in err and "/72 [" in err and "candidate" in err
