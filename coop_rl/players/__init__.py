@@ -15,6 +15,14 @@ from coop_rl.players.scripted import ScriptedPlayer
 MODEL_PREFIXES = ("hf:", "vllm:", "openai:")
 
 
+def _backend(spec: str) -> str | None:
+    """The model backend a stripped spec names ("hf", "vllm" or "openai"), or None for a scripted strategy."""
+    if not spec:
+        raise PlayerSpecError("empty player spec")
+    prefix = spec.split(":", 1)[0] + ":"
+    return prefix[:-1] if prefix in MODEL_PREFIXES else None
+
+
 def make_player(
     spec: str, game_name: str, sampling: SamplingConfig | None = None, seed: int = 0, constrain: bool | None = None
 ) -> Player:
@@ -24,21 +32,17 @@ def make_player(
     models (hf, vllm): True restricts answers to the game's declared answer sets, None follows the policy folder.
     """
     spec = spec.strip()
-    if not spec:
-        raise PlayerSpecError("empty player spec")
-    if spec.startswith("openai:"):
+    backend = _backend(spec)
+    if backend == "openai":
         return _make_openai_player(spec, sampling)
-    if spec.startswith("hf:"):
+    if backend == "hf":
         from coop_rl.players.hf import HFPlayer
 
         return HFPlayer(spec, sampling=sampling, seed=seed, constrain=constrain)
-    if spec.startswith("vllm:"):
+    if backend == "vllm":
         from coop_rl.players.vllm_player import VLLMPlayer  # imports vllm itself only when an engine starts
 
         return VLLMPlayer(spec, sampling=sampling, seed=seed, constrain=constrain)
-    if spec.startswith(MODEL_PREFIXES):
-        prefix = spec.split(":", 1)[0]
-        raise PlayerSpecError(f"player backend {prefix!r} is not available in this build")
     return ScriptedPlayer(spec, game_name)
 
 
@@ -48,14 +52,11 @@ def check_player_spec(spec: str, game_name: str) -> None:
     from coop_rl.policy_folder import parse_policy_spec
 
     spec = spec.strip()
-    if not spec:
-        raise PlayerSpecError("empty player spec")
-    if spec.startswith("openai:"):
+    backend = _backend(spec)
+    if backend == "openai":
         parse_openai_spec(spec)
-    elif spec.startswith(("hf:", "vllm:")):
-        parse_policy_spec(spec, spec.split(":", 1)[0])
-    elif spec.startswith(MODEL_PREFIXES):
-        raise PlayerSpecError(f"player backend {spec.split(':', 1)[0]!r} is not available in this build")
+    elif backend is not None:
+        parse_policy_spec(spec, backend)
     else:
         ScriptedPlayer(spec, game_name)
 
