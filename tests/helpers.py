@@ -53,7 +53,7 @@ def run_play_json(game: str, specs: list[str], *options: str, env: dict | None =
     return summary, proc
 
 
-VLLM_SERVER_START_TIMEOUT_S = 240.0
+VLLM_SERVER_START_TIMEOUT_S = 480.0  # generous: under `make test` another worker shares the cores
 
 
 def free_port() -> int:

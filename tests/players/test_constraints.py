@@ -25,7 +25,7 @@ def test_choice_trie():
 
 
 @pytest.mark.slow
-def test_constrained_play_is_valid_and_logprobs_are_renormalised(tiny_model_dir):
+def test_constrained_play_is_valid_and_logprobs_are_renormalised(tiny_model_dir, own_hf_engines):
     from coop_rl.players import SamplingConfig
     from coop_rl.players.hf import HFPlayer
     from coop_rl.players.scripted import ScriptedPlayer
@@ -105,7 +105,7 @@ def test_trie_sampler_samples_the_renormalised_distribution_and_respects_max_tok
 
 
 @pytest.mark.slow
-def test_trie_sampler_matches_generate_with_the_logits_processor(tiny_model_dir):
+def test_trie_sampler_matches_generate_with_the_logits_processor(tiny_model_dir, own_hf_engines):
     """Greedy answers and their logprobs agree between the two constrained paths on the tiny model."""
     from coop_rl.players import SamplingConfig
     from coop_rl.players.hf import HFPlayer

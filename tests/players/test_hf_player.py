@@ -48,7 +48,7 @@ def _p_cooperate(engine, history):
 
 
 @pytest.mark.slow
-def test_model_reads_the_history(tiny_model_dir):
+def test_model_reads_the_history(tiny_model_dir, own_hf_engines):
     engine = HFPlayer(f"hf:{tiny_model_dir}").engine
     after_cooperation = _p_cooperate(engine, [("C", "C")])
     after_defection = _p_cooperate(engine, [("D", "D")])
@@ -57,7 +57,7 @@ def test_model_reads_the_history(tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_sampler_logprobs_match_a_forward_pass(tiny_model_dir):
+def test_sampler_logprobs_match_a_forward_pass(tiny_model_dir, own_hf_engines):
     player = HFPlayer(f"hf:{tiny_model_dir}", sampling=SamplingConfig(temperature=1.0, max_new_tokens=16))
     rollout = collect_rollout("ipd", {"rounds": 2}, [player, ScriptedPlayer("tft", "ipd")], matches=8)
     model = player.engine.model
@@ -72,7 +72,7 @@ def test_sampler_logprobs_match_a_forward_pass(tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_a_model_folders_generation_config_does_not_change_the_policy_sampled(tiny_model_dir, monkeypatch):
+def test_a_model_folders_generation_config_does_not_change_the_policy_sampled(tiny_model_dir, own_hf_engines):
     # transformers fills unset generation settings from the folder's generation_config.json (loaded into
     # model.generation_config): one that asks for a repetition penalty, a top-k, a banned token and a minimum
     # length must still leave the model's own distribution sampled, and its log-probabilities reported
@@ -83,7 +83,6 @@ def test_a_model_folders_generation_config_does_not_change_the_policy_sampled(ti
         rollout = collect_rollout("ipd", {"rounds": 3}, [player(), ScriptedPlayer("tft", "ipd")], matches=8)
         return [(row["completion_ids"], row["sampler_logprobs"]) for row in rollout.rows]
 
-    monkeypatch.setattr("coop_rl.players.hf._ENGINES", {})  # an engine of this test's own: its settings change
     plain = rows()
     player().engine.model.generation_config.update(
         repetition_penalty=1.5, top_k=2, no_repeat_ngram_size=1, min_new_tokens=3, suppress_tokens=[37]
@@ -137,9 +136,7 @@ def _make_adapter(base_dir, out_dir, seed):
 
 
 @pytest.mark.slow
-def test_adapters_share_one_engine_and_the_base_is_the_adapter_disabled(tiny_model_dir, tmp_path, monkeypatch):
-    # engines of this test's own: the adapters it loads must not stay in the engine later tests share
-    monkeypatch.setattr("coop_rl.players.hf._ENGINES", {})
+def test_adapters_share_one_engine_and_the_base_is_the_adapter_disabled(tiny_model_dir, tmp_path, own_hf_engines):
     adapter_a = _make_adapter(tiny_model_dir, tmp_path / "a", seed=1)
     adapter_b = _make_adapter(tiny_model_dir, tmp_path / "b", seed=2)
     base = make_player(f"hf:{tiny_model_dir}", "ipd")
