@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 # Test processes (pytest-xdist): one per core, at most 4; each runs its share of torch threads (tests/conftest.py).
 # The tiny model's matmuls gain almost nothing from a second thread (15 AA iterations on the AMD EPYC: 9.4 s with 2,
-# 10.0 s with 1), so two processes of one thread finish the suite far sooner than one of two.
+# 10.0 s with 1), but many slow tests already run two processes (accelerate launch, a vLLM engine core): on the
+# 2-core EPYC two workers took 23 min 39 s against 26 min 22 s in one process. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
 
 .PHONY: install demo demo-tas demo-llm train eval bench test test-fast lint format clean clean-runs
