@@ -38,11 +38,17 @@ class ReportSpec(Protocol):
     def key_opponents(self) -> tuple[str, ...]: ...
 
 
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's ``checkpoint-<step>`` folders whose save finished (transformers writes trainer_state.json last),
+    oldest first."""
+    found = [path.parent for path in run_dir.glob("checkpoint-*/trainer_state.json")]
+    return sorted((p for p in found if p.name[11:].isdigit()), key=lambda path: int(path.name[11:]))
+
+
 def log_history(run_dir: Path) -> list[dict[str, Any]]:
     """The run's ``log_history``: ``<run>/trainer_state.json``, else that of its last checkpoint."""
     candidates = [run_dir / "trainer_state.json"]
-    checkpoints = sorted(run_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name[11:]))
-    candidates += checkpoints[::-1]
+    candidates += [checkpoint / "trainer_state.json" for checkpoint in complete_checkpoints(run_dir)[::-1]]
     for path in candidates:
         if path.exists():
             return json.loads(path.read_text(encoding="utf-8")).get("log_history", [])
