@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,6 +190,20 @@ class TextGame(ABC):
     @abstractmethod
     def pending_turns(self) -> list[Turn]:
         """The seats that must act now, with their observations. Empty when the match is over."""
+
+    def _turns(self, seats: list[int], phase: str, rules: str, prompt: Callable[[int], str]) -> list[Turn]:
+        """A turn this round for each of ``seats`` in ``phase``: ``rules`` as the system message and
+        ``prompt(seat)`` as the user message (every game shows its observations this way; ``self.round`` is the
+        game's 0-based round, the turn's timestep)."""
+        return [
+            Turn(
+                seat=seat,
+                phase=phase,
+                messages=[{"role": "system", "content": rules}, {"role": "user", "content": prompt(seat)}],
+                timestep=self.round,
+            )
+            for seat in seats
+        ]
 
     @abstractmethod
     def step(self, actions: dict[int, str]) -> None:

@@ -150,18 +150,7 @@ class IteratedMatrixGame(TextGame):
     def pending_turns(self) -> list[Turn]:
         if self._over:
             return []
-        return [
-            Turn(
-                seat=seat,
-                phase="action",
-                messages=[
-                    {"role": "system", "content": self.rules_text()},
-                    {"role": "user", "content": self._prompt(seat)},
-                ],
-                timestep=self.round,
-            )
-            for seat in (0, 1)
-        ]
+        return self._turns([0, 1], "action", self.rules_text(), self._prompt)
 
     def step(self, actions: dict[int, str]) -> None:
         self._check_actions(actions)

@@ -273,18 +273,8 @@ class SequentialPublicGoods(TextGame):
     def pending_turns(self) -> list[Turn]:
         if self._over:
             return []
-        seat = self.acting_seat
-        return [
-            Turn(
-                seat=seat,
-                phase="answer" if self.params["mode"] == "task" else "contribute",
-                messages=[
-                    {"role": "system", "content": self.rules_text()},
-                    {"role": "user", "content": self._prompt(seat)},
-                ],
-                timestep=self.round,
-            )
-        ]
+        phase = "answer" if self.params["mode"] == "task" else "contribute"
+        return self._turns([self.acting_seat], phase, self.rules_text(), self._prompt)
 
     # --- acting -------------------------------------------------------------------------------------------
     def step(self, actions: dict[int, str]) -> None:

@@ -102,18 +102,7 @@ class SplitNoComm(TextGame):
     def pending_turns(self) -> list[Turn]:
         if self.done:
             return []
-        return [
-            Turn(
-                seat=seat,
-                phase="split",
-                messages=[
-                    {"role": "system", "content": self.rules_text()},
-                    {"role": "user", "content": self._prompt(seat)},
-                ],
-                timestep=self.round,
-            )
-            for seat in (0, 1)
-        ]
+        return self._turns([0, 1], "split", self.rules_text(), self._prompt)
 
     def step(self, actions: dict[int, str]) -> None:
         self._check_actions(actions)

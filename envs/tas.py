@@ -259,18 +259,7 @@ class TrustAndSplit(TextGame):
             return []
         # chat: the speakers take turns (first speaker, then the other); split: both at once
         seats = [(self.first_speaker(self.round) + len(self.messages)) % 2] if self.phase == "chat" else [0, 1]
-        return [
-            Turn(
-                seat=seat,
-                phase=self.phase,
-                messages=[
-                    {"role": "system", "content": self.rules_text()},
-                    {"role": "user", "content": self._prompt(seat)},
-                ],
-                timestep=self.round,
-            )
-            for seat in seats
-        ]
+        return self._turns(seats, self.phase, self.rules_text(), self._prompt)
 
     # --- moves --------------------------------------------------------------------------------------------
     def step(self, actions: dict[int, str]) -> None:
