@@ -222,3 +222,26 @@ def test_init_model_random(tmp_path, capsys):
     capsys.readouterr()
     assert main(["init-model", "random-7b", "--out", str(tmp_path / "x")]) == 2
     assert "random-0.5b" in capsys.readouterr().err
+
+
+def test_exploit_search_writes_both_modes(tmp_path, capsys):
+    # A scripted policy: the two modes must find the same best exploiter and gain, number for number.
+    import exploit_search
+
+    out = tmp_path / "exploit_search.json"
+    exploit_search.main(["--policy", "tft", "--matches", "2", "--repeats", "1", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["candidates_per_run"] == {"one_at_a_time": 1, "together": 24}
+    runs = result["runs"]
+    assert len(runs["one_at_a_time"]) == len(runs["together"]) == 1
+    assert runs["one_at_a_time"][0]["best"] == runs["together"][0]["best"] == "m1:CCCCC+endD"
+    assert runs["one_at_a_time"][0]["gain"] == runs["together"][0]["gain"] == 2.0
+    assert set(result["seconds_median"]) == {"one_at_a_time", "together"} and result["speedup"] > 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["speedup"] == result["speedup"]
+
+
+def test_exploit_search_names_a_missing_policy_folder(tmp_path):
+    import exploit_search
+
+    with pytest.raises(SystemExit, match="no policy folder /no/such/dir"):
+        exploit_search.main(["--policy", "hf:/no/such/dir", "--out", str(tmp_path / "x.json")])
