@@ -228,10 +228,12 @@ def test_exploit_search_writes_both_modes(tmp_path, capsys):
     # A scripted policy: the two modes must find the same best exploiter and gain, number for number.
     import exploit_search
 
+    from coop_rl.eval.exploit import CANDIDATES_PER_RUN
+
     out = tmp_path / "exploit_search.json"
     exploit_search.main(["--policy", "tft", "--matches", "2", "--repeats", "1", "--out", str(out)])
     result = json.loads(out.read_text())
-    assert result["candidates_per_run"] == {"one_at_a_time": 1, "together": 24}
+    assert result["candidates_per_run"] == {"one_at_a_time": 1, "together": CANDIDATES_PER_RUN}
     runs = result["runs"]
     assert len(runs["one_at_a_time"]) == len(runs["together"]) == 1
     assert runs["one_at_a_time"][0]["best"] == runs["together"][0]["best"] == "m1:CCCCC+endD"
