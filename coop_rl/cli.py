@@ -181,11 +181,15 @@ def cmd_exploit(args: argparse.Namespace) -> int:
     from coop_rl.eval.report import check_out_dir
 
     params = _game_params(args, game_class(args.game))
+    if args.candidates_per_run < 1:
+        raise UsageError(f"--candidates-per-run must be >= 1, got {args.candidates_per_run}")
     out = check_out_dir(args.out)
     learn = learn_options(args)  # None without --learn
     if learn is not None:  # train an exploiter (eval/learned_exploit.py), any game
         common = {"matches": args.matches, "seed": args.seed, "game_params": params, "sampling": _sampling(args)}
-        result = learned_exploit(args.policy, args.game, out, **learn, **common)
+        result = learned_exploit(
+            args.policy, args.game, out, **learn, **common, candidates_per_run=args.candidates_per_run
+        )
         return _print_result(args, result, lambda: learned_exploit_table(result))
     result = exploit(  # an ExploitError (not a matrix game) is a UsageError
         args.policy,
@@ -196,6 +200,7 @@ def cmd_exploit(args: argparse.Namespace) -> int:
         sampling=_sampling(args),
         out_dir=out,
         progress=_show_progress(args),
+        candidates_per_run=args.candidates_per_run,
     )
     return _print_result(args, result, lambda: exploit_table(result))
 

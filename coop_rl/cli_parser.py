@@ -92,6 +92,11 @@ def _add_match_commands(sub: Any) -> None:
     _add_match_arguments(exploit, 20, "matches per candidate exploiter (--learn: of the trained exploiter)")
     exploit.add_argument("--out", default=None, help="directory for exploit.json, exploit.png and report.md")
     exploit.add_argument("--json", action="store_true", help="print the exploit JSON instead of a summary")
+    exploit.add_argument(
+        "--candidates-per-run", type=int, default=24, metavar="N",
+        help="candidate exploiters whose matches one run plays (default 24): a model policy answers their turns in "
+        "one batch, so fewer bound its memory (a large vocabulary, long answers) and more save calls",
+    )  # fmt: skip
     _add_sampling_arguments(exploit)
     add_learn_arguments(exploit)
 

@@ -108,6 +108,7 @@ def test_transcripts_hold_the_prompt_each_answer_answered(capsys, tmp_path, extr
         (["solve", "--game", "spgg", "--set", "reward=nice"], "reward='nice'"),
         (["play", "--game", "ipd", "--players", "vllm:/no/such/model,tft"], "model directory not found"),  # no more
         (["play", "--game", "ipd", "--players", "tft,alld", "--group-size", "0"], "--group-size must be >= 1"),
+        (["exploit", "--policy", "tft", "--game", "ipd", "--candidates-per-run", "0"], "--candidates-per-run must be"),
         (["play", "--game", "ipd", "--players", "tft,alld", "--matches", "99999999999"], "--matches must be between"),
         (["play", "--game", "ipd", "--players", "tft,alld", "--transcripts", "."], "it is a directory"),
         (["play", "--game", "ipd", "--players", "tft,alld", "--transcripts", "README.md/t.jsonl"], "not an existing"),
