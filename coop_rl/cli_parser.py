@@ -94,8 +94,9 @@ def _add_match_commands(sub: Any) -> None:
     exploit.add_argument("--json", action="store_true", help="print the exploit JSON instead of a summary")
     exploit.add_argument(
         "--candidates-per-run", type=int, default=24, metavar="N",
-        help="candidate exploiters whose matches one run plays (default 24): a model policy answers their turns in "
-        "one batch, so fewer bound its memory (a large vocabulary, long answers) and more save calls",
+        help="how many candidate exploiters play their matches together (default %(default)s; with --learn, its "
+        "search in the matrix games): a model policy answers all their turns of a round in one batched call, so "
+        "fewer bound its memory (a large vocabulary, long answers), more mean fewer calls",
     )  # fmt: skip
     _add_sampling_arguments(exploit)
     add_learn_arguments(exploit)
