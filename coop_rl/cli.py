@@ -184,24 +184,14 @@ def cmd_exploit(args: argparse.Namespace) -> int:
     if args.candidates_per_run < 1:
         raise UsageError(f"--candidates-per-run must be >= 1, got {args.candidates_per_run}")
     out = check_out_dir(args.out)
+    common = {"matches": args.matches, "seed": args.seed, "game_params": params, "sampling": _sampling(args),
+              "candidates_per_run": args.candidates_per_run}  # fmt: skip
     learn = learn_options(args)  # None without --learn
     if learn is not None:  # train an exploiter (eval/learned_exploit.py), any game
-        common = {"matches": args.matches, "seed": args.seed, "game_params": params, "sampling": _sampling(args)}
-        result = learned_exploit(
-            args.policy, args.game, out, **learn, **common, candidates_per_run=args.candidates_per_run
-        )
+        result = learned_exploit(args.policy, args.game, out, **learn, **common)
         return _print_result(args, result, lambda: learned_exploit_table(result))
-    result = exploit(  # an ExploitError (not a matrix game) is a UsageError
-        args.policy,
-        args.game,
-        matches=args.matches,
-        seed=args.seed,
-        game_params=params,
-        sampling=_sampling(args),
-        out_dir=out,
-        progress=_show_progress(args),
-        candidates_per_run=args.candidates_per_run,
-    )
+    # an ExploitError (not a matrix game) is a UsageError
+    result = exploit(args.policy, args.game, out_dir=out, progress=_show_progress(args), **common)
     return _print_result(args, result, lambda: exploit_table(result))
 
 
