@@ -214,9 +214,10 @@ def run_demo(
             timings[name] = round(time.perf_counter() - started, 1)
             bar.update(1)
 
-        started = stage("tiny model")
+        model_stage = "tiny model" if spec.model == "tiny" else f"{spec.model} warm start"
+        started = stage(model_stage)
         model_dir = ensure_tiny_model(spec, tiny_dir)
-        done("tiny model", started)
+        done(model_stage, started)
 
         for method in methods:
             run_dir = out_dir / method

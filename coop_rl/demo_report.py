@@ -278,7 +278,7 @@ def _report_lines(
         markdown_table(["stage", "seconds"], [[k, f"{v:.0f}"] for k, v in [*timings.items(), ("total", total)]]),
         "",
         f"Measured on {settings.get('cpu', 'an unrecorded CPU')}; precision (`precision: auto`): "
-        f"{settings.get('precision', 'unrecorded')}. Stages found already done (a cached tiny model, a finished "
+        f"{settings.get('precision', 'unrecorded')}. Stages found already done (a cached model, a finished "
         "training) take about 0 s.",
     ]
 
