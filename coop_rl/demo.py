@@ -143,6 +143,11 @@ def _ensure_pretrained_model(spec: DemoSpec, path: Path) -> Path:
     return init_pretrained_model(path, spec.model, warm_start=warm_start)
 
 
+def model_stage(spec: DemoSpec) -> str:
+    """The first stage's name in the progress bar and the report's time table: what it builds."""
+    return "tiny model" if spec.model == "tiny" else f"{spec.model} warm start"
+
+
 def is_trained(run_dir: Path) -> bool:
     """A finished ``coop-rl train`` run: the saved policy and its settings file."""
     from coop_rl.policy_folder import POLICY_SETTINGS_FILE
@@ -214,10 +219,9 @@ def run_demo(
             timings[name] = round(time.perf_counter() - started, 1)
             bar.update(1)
 
-        model_stage = "tiny model" if spec.model == "tiny" else f"{spec.model} warm start"
-        started = stage(model_stage)
+        started = stage(model_stage(spec))
         model_dir = ensure_tiny_model(spec, tiny_dir)
-        done(model_stage, started)
+        done(model_stage(spec), started)
 
         for method in methods:
             run_dir = out_dir / method

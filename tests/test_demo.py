@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from coop_rl.cli import main
-from coop_rl.demo import DEMOS, DemoError, run_demo
+from coop_rl.demo import DEMOS, DemoError, model_stage, run_demo
 from coop_rl.demo_report import (
     crossplay_matrices,
     ipd_bar_checks,
@@ -105,6 +105,12 @@ def test_write_report_says_when_an_outcome_is_missing(tmp_path):
     text = write_report(spec, tmp_path, rows, evals, cross, {"aa": [], "naive": []}, {}, settings).read_text()
     assert "- NO: AA cooperates in self-play" in text and "- NO: AA retaliates against alld" in text
     assert "benchmarks/learning_seeds.py` measures the result over many seeds" in text
+
+
+def test_the_model_stage_is_named_for_what_it_builds():
+    assert model_stage(DEMOS["ipd"]) == "tiny model"
+    assert model_stage(DEMOS["tas"]) == "tiny model"
+    assert model_stage(DEMOS["ipd-smollm2"]) == "smollm2 warm start"
 
 
 def test_ipd_bar_checks_name_each_bound_and_fail_a_missing_rate():
