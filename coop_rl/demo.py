@@ -144,8 +144,11 @@ def _ensure_pretrained_model(spec: DemoSpec, path: Path) -> Path:
 
 
 def model_stage(spec: DemoSpec) -> str:
-    """The first stage's name in the progress bar and the report's time table: what it builds."""
-    return "tiny model" if spec.model == "tiny" else f"{spec.model} warm start"
+    """The first stage's name in the progress bar and the report's time table: what it builds (a pretrained model
+    is converted from its wheel, then warm-started when the spec names games for it)."""
+    if spec.model == "tiny":
+        return "tiny model"
+    return f"{spec.model} warm start" if spec.tiny_games else f"{spec.model} model"
 
 
 def is_trained(run_dir: Path) -> bool:

@@ -111,6 +111,7 @@ def test_the_model_stage_is_named_for_what_it_builds():
     assert model_stage(DEMOS["ipd"]) == "tiny model"
     assert model_stage(DEMOS["tas"]) == "tiny model"
     assert model_stage(DEMOS["ipd-smollm2"]) == "smollm2 warm start"
+    assert model_stage(dataclasses.replace(DEMOS["ipd-smollm2"], tiny_games=())) == "smollm2 model"
 
 
 def test_ipd_bar_checks_name_each_bound_and_fail_a_missing_rate():
