@@ -125,9 +125,11 @@ class AATrainer(Trainer):
         self._iteration_started, self._iteration_scoring_s = 0.0, 0.0
         self._run_info_written = self._trajectory_dir_clean = False
         self._faults = FaultGuard(args.max_consecutive_faults, self.is_deepspeed_enabled, self._on_any_process)
-        # The loss runs the rows' shared prompt prefix once (exact; see loss_batch.token_logprobs). One process
-        # only: a second forward call before backward is outside what DDP and DeepSpeed's engines are tested for.
+        # The loss runs the rows' shared prompt prefix once, then each distinct prompt once (exact; see
+        # loss_batch.token_logprobs). One process only: a second forward call before backward is outside what DDP
+        # and DeepSpeed's engines are tested for. _share_stems False runs the prefix only (the benchmarks' reference).
         self._share_prefix = self.accelerator.num_processes == 1 and not self.is_deepspeed_enabled
+        self._share_stems = True
         self.add_callback(_IterationHooks(self))
 
     # ----- players ------------------------------------------------------------------------------------------
@@ -252,7 +254,9 @@ class AATrainer(Trainer):
         1 / tokens); logs the loss metrics."""
         args = self.args
         vocab = self.accelerator.unwrap_model(model).config.get_text_config().vocab_size
-        batch = batch_rows(rows, self.processing_class.pad_token_id, vocab, self._share_prefix, args.device)
+        batch = batch_rows(
+            rows, self.processing_class.pad_token_id, vocab, self._share_prefix, args.device, self._share_stems
+        )
         mask = batch["completion_mask"]
         logprobs, entropy = token_logprobs(model, batch)
         reference = None

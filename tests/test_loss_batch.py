@@ -1,6 +1,6 @@
-"""The loss's tensors (coop_rl/loss_batch.py): the batch layout, the constrained support, and token log-probs that
-run the rows' shared prompt prefix once yet equal running each row whole. A small random Qwen2 built from its
-config is the model (fast: no tiny-model build)."""
+"""The loss's tensors (coop_rl/loss_batch.py): the batch layout (flat, and the prompt tree), the constrained support,
+and token log-probs that run the rows' shared prompt prefix and each distinct prompt once yet equal running each row
+whole. A small random Qwen2 built from its config is the model (fast: no tiny-model build)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ def test_rows_share_their_prefix_and_end_at_the_last_column():
     batch = batch_rows(_rows(), pad_id=0, vocab=64, share_prefix=True)
     # the prefix stops before the shortest prompt's last token (11 tokens: at most 10 shared)
     assert batch["prefix_length"] == 10 and batch["window"] == 3
+    assert batch["stem_width"] == 0 and batch["stem_index"] is None  # two prompts, two rows: no stem level
     assert batch["input_ids"].tolist() == [PREFIX + [30, 31, 40, 41, 42], PREFIX + [0, 0, 0, 32, 43]]
     assert batch["attention_mask"].tolist() == [[1] * 15, [1] * 10 + [0, 0, 0, 1, 1]]
     assert batch["completion_mask"].tolist() == [[1.0, 1.0, 1.0], [0.0, 0.0, 1.0]]
@@ -39,6 +40,35 @@ def test_rows_share_their_prefix_and_end_at_the_last_column():
     plain = batch_rows(_rows(), pad_id=0, vocab=64, share_prefix=False)
     assert plain["prefix_length"] == 0  # plain left padding
     assert plain["input_ids"].tolist() == [PREFIX + [30, 31, 40, 41, 42], [0, 0, 0] + PREFIX + [32, 43]]
+
+
+def _tree_rows(opening=PREFIX):
+    """Three answers to one prompt (one of them shorter) and one answer to another: two stems."""
+    first, second = opening + [30, 31, 33], PREFIX + [32, 33]
+    answers = [(first, [40, 41]), (first, [42]), (first, [43, 44]), (second, [45, 46])]
+    return [
+        {"prompt_ids": prompt, "completion_ids": completion, "sampler_logprobs": [-1.0] * len(completion),
+         "credit": 1.0, "count": 1, "allowed": None}
+        for prompt, completion in answers
+    ]  # fmt: skip
+
+
+def test_rows_of_one_prompt_share_its_stem():
+    batch = batch_rows(_tree_rows(), pad_id=0, vocab=64, share_prefix=True)
+    assert (batch["prefix_length"], batch["stem_width"], batch["window"]) == (10, 2, 2)
+    assert batch["stem_index"].tolist() == [0, 0, 0, 1] and batch["stem_rows"].tolist() == [0, 3]
+    # prefix | stem (the prompt but its last token, right-aligned) | tail (last prompt token + answer, right-aligned)
+    assert batch["input_ids"].tolist() == [
+        PREFIX + [30, 31] + [33, 40, 41],
+        PREFIX + [30, 31] + [0, 33, 42],
+        PREFIX + [30, 31] + [33, 43, 44],
+        PREFIX + [0, 32] + [33, 45, 46],
+    ]
+    assert batch["attention_mask"].tolist() == [
+        [1] * 15, [1] * 12 + [0, 1, 1], [1] * 15, [1] * 10 + [0, 1, 1, 1, 1]
+    ]  # fmt: skip
+    assert batch["completion_mask"].tolist() == [[1.0, 1.0], [0.0, 1.0], [1.0, 1.0], [1.0, 1.0]]
+    # 2 stems x 2 + 4 tails x 3 = 16 positions against 4 rows x 5 flat: the tree is cheaper, so it is used
 
 
 def test_constrained_support_restricts_only_the_constrained_positions():
@@ -83,6 +113,24 @@ def test_token_logprobs_equal_running_each_row_whole(share):
     assert torch.allclose(logprobs[0], expected[0], atol=1e-5) and torch.allclose(
         logprobs[1, 2:], expected[1], atol=1e-5
     )
+    sum(e.sum() for e in expected).backward()
+    whole = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert (gradient - whole).abs().max() <= 1e-4 * whole.abs().max()
+
+
+@pytest.mark.parametrize("opening", [PREFIX, [5] + PREFIX[1:]], ids=["prefix", "no-common-prefix"])
+def test_prompt_tree_logprobs_and_gradient_equal_running_each_row_whole(opening):
+    model = _model()
+    rows = _tree_rows(opening)
+    batch = batch_rows(rows, pad_id=0, vocab=64, share_prefix=True)
+    assert batch["stem_width"] > 0 and batch["prefix_length"] == (10 if opening == PREFIX else 0)
+    logprobs, _ = token_logprobs(model, batch)
+    (logprobs * batch["completion_mask"]).sum().backward()
+    gradient = torch.cat([p.grad.flatten() for p in model.parameters()])
+    model.zero_grad()
+    expected = [_whole_row_logprobs(model, row) for row in rows]
+    for i, row in enumerate(rows):
+        assert torch.allclose(logprobs[i, 2 - len(row["completion_ids"]) :], expected[i], atol=1e-5)
     sum(e.sum() for e in expected).backward()
     whole = torch.cat([p.grad.flatten() for p in model.parameters()])
     assert (gradient - whole).abs().max() <= 1e-4 * whole.abs().max()

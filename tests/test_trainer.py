@@ -89,7 +89,8 @@ def test_merged_rows_give_the_same_gradient_as_single_turns(tiny_model_dir):
 
 @pytest.mark.slow
 def test_shared_prompt_prefix_gives_the_same_logprobs_and_gradient(tiny_model_dir):
-    """The loss runs the rows' common prompt prefix once: same logprobs and gradient as running every row whole."""
+    """The loss runs the rows' common prompt prefix and each distinct prompt once (the prompt tree): same logprobs
+    and gradient as running every row whole."""
     from coop_rl.aa_config import AAConfig
     from coop_rl.aa_trainer import AATrainer
     from coop_rl.loss_batch import batch_rows, token_logprobs
@@ -108,6 +109,8 @@ def test_shared_prompt_prefix_gives_the_same_logprobs_and_gradient(tiny_model_di
     for share in (True, False):
         batch = batch_rows(rows, pad, vocab, share_prefix=share)
         assert (batch["prefix_length"] > 8) == share  # the IPD's rules are a long common opening
+        # and a state of the IPD recurs with both answers: each distinct prompt runs once
+        assert (batch["stem_width"] > 0 and len(batch["stem_rows"]) < len(rows)) == share
         trainer.model.zero_grad()
         logprobs, _ = token_logprobs(trainer.model, batch)
         (logprobs * batch["completion_mask"]).sum().backward()
