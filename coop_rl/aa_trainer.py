@@ -19,6 +19,7 @@ orders the work of the modules beside it:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -151,7 +152,9 @@ class AATrainer(Trainer):
         plan = self.opponents.assign_groups(num_groups)
         live = self._live_player()
         seed = args.seed * 1_000_003 + self.state.global_step * 10_007
-        with playing(self.accelerator.unwrap_model(self.model)):
+        # The weights are fixed for the whole rollout: the hf engine reuses the rules' cache from round to round.
+        frozen = self.opponents.engine().frozen_weights() if args.rollout_backend == "hf" else contextlib.nullcontext()
+        with playing(self.accelerator.unwrap_model(self.model)), frozen:
             return play_groups(
                 args.game, self.game_params, plan, list(range(rank, num_groups, world)), args.group_size, seed,
                 lambda setting: self.opponents.seat_players(setting, live),

@@ -9,6 +9,7 @@ model's raw distribution (what the trainer's importance weights compare against)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -17,6 +18,7 @@ from typing import Any
 
 from coop_rl.players.base import Action, Player, PlayerSpecError, TurnRequest
 from coop_rl.players.constraints import ChoiceConstraint, ConstrainedLogitsProcessor, sample_choices
+from coop_rl.players.prefix_memo import PrefixMemo, weights_state
 from coop_rl.players.sampling import NEUTRAL_GENERATION, SamplingConfig
 
 # The policy folder's format lives in coop_rl.policy_folder; its names are re-exported for the modules that import
@@ -76,6 +78,8 @@ class HFEngine:
         #: constrained batches sampled by walking the choice trie (_choose_batch); False routes them through
         #: generate() with a logits processor, the same distribution ~5x slower (kept as the benchmarks' reference)
         self.choice_sampler = True
+        #: the prompt openings' caches, reused across batches inside frozen_weights() (None outside)
+        self.prefix_memo: PrefixMemo | None = None
 
     def adapter_name(self, adapter_dir: Path) -> str:
         """Load ``adapter_dir`` (once) and return its name in the multi-adapter model."""
@@ -159,9 +163,23 @@ class HFEngine:
         enabled = self.precision.bf16 and not self.device.startswith("cuda")
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
 
-    def _adapter_context(self, adapter: str | None):
-        import contextlib
+    @contextlib.contextmanager
+    def frozen_weights(self):
+        """Inside, the caller promises the weights do not change (the trainer: one rollout), so each batch's shared
+        opening is served from the openings already computed (:class:`~coop_rl.players.prefix_memo.PrefixMemo`)."""
+        self.prefix_memo = PrefixMemo()
+        try:
+            yield self.prefix_memo
+        finally:
+            self.prefix_memo = None
 
+    def _prefix_cache(self, ids):
+        """The key/value cache of a batch's shared opening ``ids`` [1, prefix]."""
+        if self.prefix_memo is None:
+            return self.model(input_ids=ids, use_cache=True).past_key_values
+        return self.prefix_memo.cache(self.model, ids, weights_state(self.model, self.precision.bf16))
+
+    def _adapter_context(self, adapter: str | None):
         if not self.adapters:
             return contextlib.nullcontext()
         if adapter is None:
@@ -195,8 +213,8 @@ class HFEngine:
         first.scatter_(0, inverse.flip(0), torch.arange(len(input_ids) - 1, -1, -1, device=input_ids.device))
         ids, mask = input_ids[first, :end], attention_mask[first, :end]
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        if prefix and len(ids) > 1:
-            cache = self.model(input_ids=ids[:1, :prefix], use_cache=True).past_key_values
+        if prefix and (len(ids) > 1 or self.prefix_memo is not None):
+            cache = self._prefix_cache(ids[:1, :prefix])
             cache.batch_repeat_interleave(len(ids))
             start = prefix
         else:

@@ -71,6 +71,37 @@ def test_sampler_logprobs_match_a_forward_pass(tiny_model_dir, own_hf_engines):
         assert torch.allclose(forward, torch.tensor(row["sampler_logprobs"]), atol=1e-4)
 
 
+def _ipd_prompts(histories):
+    """The seat-0 prompt after each history of (mine, theirs) moves."""
+    prompts = []
+    for history in histories:
+        game = make_game("ipd")
+        game.reset(0)
+        for mine, theirs in history:
+            game.step({0: mine, 1: theirs})
+        prompts.append(game.pending_turns()[0].messages)
+    return prompts
+
+
+@pytest.mark.slow
+def test_frozen_weights_reuse_the_rules_cache_across_batches_and_answer_the_same(tiny_model_dir, own_hf_engines):
+    engine = HFPlayer(f"hf:{tiny_model_dir}").engine
+    batches = [  # two rounds, two histories each: every batch opens with the same rules
+        _ipd_prompts([[("C", "C")], [("D", "C")]]),
+        _ipd_prompts([[("C", "C"), ("C", "D")], [("C", "C"), ("D", "D")]]),
+    ]
+    sampling = SamplingConfig(temperature=0.0, max_new_tokens=4)
+    plain = [engine.generate(batch, None, sampling, seed=0) for batch in batches]
+    with engine.frozen_weights() as memo:
+        reused = [engine.generate(batch, None, sampling, seed=0) for batch in batches]
+    assert engine.prefix_memo is None  # only inside
+    assert memo.reused_tokens > 0  # the second round's rules came from the first round's batch
+    for expected, actions in zip(plain, reused, strict=True):
+        assert [a.completion_ids for a in actions] == [a.completion_ids for a in expected]
+        for a, b in zip(actions, expected, strict=True):
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+
+
 @pytest.mark.slow
 def test_a_model_folders_generation_config_does_not_change_the_policy_sampled(tiny_model_dir, own_hf_engines):
     # transformers fills unset generation settings from the folder's generation_config.json (loaded into
