@@ -247,3 +247,44 @@ def test_exploit_search_names_a_missing_policy_folder(tmp_path):
 
     with pytest.raises(SystemExit, match="no policy folder /no/such/dir"):
         exploit_search.main(["--policy", "hf:/no/such/dir", "--out", str(tmp_path / "x.json")])
+
+
+@pytest.mark.slow
+def test_smollm2_iteration_modes_write_their_split(tmp_path, tiny_model_dir, capsys):
+    # the tiny model stands in for SmolLM2: the script only needs a model folder
+    import smollm2
+
+    out = tmp_path / "smollm2.json"
+    argv = ["--model", str(tiny_model_dir), "--modes", "after,reuse", "--iterations", "1", "--matches", "8"]
+    assert smollm2.main([*argv, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["modes"] == ["after", "reuse"] and set(result["iteration_s"]) == {"after", "reuse"}
+    assert all(split["rollout_s"] > 0 and split["update_s"] > 0 for split in result["iteration_s"].values())
+    assert result["speedup"] > 0 and result["precision"]["dtype"] in ("float32", "bfloat16")
+
+
+def test_smollm2_refuses_unknown_modes(capsys):
+    import smollm2
+
+    assert smollm2.main(["--modes", "after,fast", "--model", "/no/such/dir"]) == 2
+    assert "--modes takes distinct names from before, after, reuse" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_prefix_memo_plays_the_same_matches_both_ways(tmp_path, tiny_model_dir, capsys):
+    import prefix_memo
+
+    out = tmp_path / "prefix_memo.json"
+    argv = ["--policy", f"hf:{tiny_model_dir}", "--matches", "8", "--repeats", "1", "--out", str(out)]
+    assert prefix_memo.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert set(result["seconds_median"]) == {"recompute", "memo"} and result["speedup"] > 0
+    rates = result["cooperation_rate"]
+    assert rates["recompute"] == rates["memo"]  # the same seeds, the same answers
+
+
+def test_prefix_memo_needs_an_hf_policy(capsys):
+    import prefix_memo
+
+    assert prefix_memo.main(["--policy", "tft"]) == 2
+    assert "--policy must be an hf: policy" in capsys.readouterr().err

@@ -60,6 +60,9 @@ class HFEngine:
         except (OSError, ValueError) as error:
             raise PlayerSpecError(f"cannot load model from {model_dir}: {error}".splitlines()[0]) from None
         self._setup(model.to(self.device).eval(), self.tokenizer, model_dir, self.device)
+        # Weights loaded from a folder never change (adapters are added under new names), so the prompt openings'
+        # caches are reused for the engine's whole life; an engine over a live model reuses them only when told.
+        self.prefix_memo = PrefixMemo()
 
     def _setup(self, model: Any, tokenizer: Any, model_dir: Path | None, device: str) -> None:
         self.model_dir = model_dir
@@ -78,7 +81,7 @@ class HFEngine:
         #: constrained batches sampled by walking the choice trie (_choose_batch); False routes them through
         #: generate() with a logits processor, the same distribution ~5x slower (kept as the benchmarks' reference)
         self.choice_sampler = True
-        #: the prompt openings' caches, reused across batches inside frozen_weights() (None outside)
+        #: the prompt openings' caches reused across batches (None: off; see frozen_weights)
         self.prefix_memo: PrefixMemo | None = None
 
     def adapter_name(self, adapter_dir: Path) -> str:
@@ -166,12 +169,13 @@ class HFEngine:
     @contextlib.contextmanager
     def frozen_weights(self):
         """Inside, the caller promises the weights do not change (the trainer: one rollout), so each batch's shared
-        opening is served from the openings already computed (:class:`~coop_rl.players.prefix_memo.PrefixMemo`)."""
-        self.prefix_memo = PrefixMemo()
+        opening is served from the openings computed inside (:class:`~coop_rl.players.prefix_memo.PrefixMemo`);
+        the memo in place before (None for a live model) comes back after."""
+        previous, self.prefix_memo = self.prefix_memo, PrefixMemo()
         try:
             yield self.prefix_memo
         finally:
-            self.prefix_memo = None
+            self.prefix_memo = previous
 
     def _prefix_cache(self, ids):
         """The key/value cache of a batch's shared opening ``ids`` [1, prefix]."""
@@ -184,7 +188,8 @@ class HFEngine:
             return contextlib.nullcontext()
         if adapter is None:
             return self.model.disable_adapter()
-        self.model.set_adapter(adapter)
+        if self.model.active_adapter != adapter:  # set_adapter walks every module: 16 ms a call on SmolLM2
+            self.model.set_adapter(adapter)
         return contextlib.nullcontext()
 
     def _prefill(self, input_ids, attention_mask, prefix: int):

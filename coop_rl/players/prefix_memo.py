@@ -6,9 +6,11 @@ prompt: 83 of an IPD prompt's ~110 tokens in SmolLM2's template). Within a batch
 :class:`PrefixMemo` keeps the caches of the openings it has computed and serves the next one from the longest
 match, computing only the tokens after it (as vLLM's automatic prefix caching does, at token granularity).
 
-It is only correct while the weights do not change, so it lives only inside
-:meth:`coop_rl.players.hf.HFEngine.frozen_weights` (the trainer opens it around one rollout); it is keyed by what
-else decides the keys and values: the active LoRA adapters, whether adapters are off, and the autocast precision.
+It is only correct while the weights do not change: an engine over a model loaded from a folder keeps one for its
+whole life, and an engine over the trainer's live model has one only inside
+:meth:`coop_rl.players.hf.HFEngine.frozen_weights` (opened around one rollout). It is keyed by what else decides
+the keys and values: the active LoRA adapters, whether adapters are off, and the autocast precision. A few entries
+suffice (each round's opening extends the rules that the last round's already holds), so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ class PrefixMemo:
     computing only what no stored opening covers. Returned caches are fresh objects over the stored tensors (the
     models extend and re-index a cache by making new tensors, never in place), so a caller may extend them."""
 
-    def __init__(self, max_entries: int = 32, min_shared: int = 8) -> None:
+    def __init__(self, max_entries: int = 8, min_shared: int = 8) -> None:
         self.max_entries, self.min_shared = max_entries, min_shared
         self.entries: list[tuple[tuple, tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]]] = []
         self.computed_tokens = self.reused_tokens = 0  # what the memo ran and what it saved, for tests and benchmarks

@@ -91,10 +91,14 @@ def test_frozen_weights_reuse_the_rules_cache_across_batches_and_answer_the_same
         _ipd_prompts([[("C", "C"), ("C", "D")], [("C", "C"), ("D", "D")]]),
     ]
     sampling = SamplingConfig(temperature=0.0, max_new_tokens=4)
+    lifelong = engine.prefix_memo
+    assert lifelong is not None  # weights loaded from a folder never change: the engine keeps a memo
+    engine.prefix_memo = None  # off: every batch runs its rules
     plain = [engine.generate(batch, None, sampling, seed=0) for batch in batches]
     with engine.frozen_weights() as memo:
         reused = [engine.generate(batch, None, sampling, seed=0) for batch in batches]
-    assert engine.prefix_memo is None  # only inside
+    assert engine.prefix_memo is None  # what was in place before comes back
+    engine.prefix_memo = lifelong
     assert memo.reused_tokens > 0  # the second round's rules came from the first round's batch
     for expected, actions in zip(plain, reused, strict=True):
         assert [a.completion_ids for a in actions] == [a.completion_ids for a in expected]
