@@ -65,12 +65,12 @@ class PrefixMemo:
                 shared, layers = n, entry_layers
         if shared < self.min_shared:
             shared, layers = 0, None
+        self.computed_tokens += len(key) - shared
+        self.reused_tokens += shared
         if shared == len(key):
             return _cache_of(layers, shared)
         past = _cache_of(layers, shared) if layers else None
         cache = model(input_ids=ids[:, shared:], past_key_values=past, use_cache=True, logits_to_keep=1).past_key_values
-        self.computed_tokens += len(key) - shared
-        self.reused_tokens += shared
         stored = _layers_of(cache)
         if stored is not None:
             if len(self.entries) >= self.max_entries:
