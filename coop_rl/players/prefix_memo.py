@@ -15,6 +15,7 @@ suffice (each round's opening extends the rules that the last round's already ho
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -35,13 +36,9 @@ def weights_state(model: Any, bf16: bool) -> tuple:
 
 
 def common_length(a: tuple[int, ...], b: tuple[int, ...]) -> int:
-    """The number of leading tokens ``a`` and ``b`` share."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
+    """The number of leading tokens ``a`` and ``b`` share (as :func:`coop_rl.players.hf.shared_prefix_batch` counts
+    them: ``os.path.commonprefix`` compares sequences element by element)."""
+    return len(os.path.commonprefix([a, b]))
 
 
 class PrefixMemo:
