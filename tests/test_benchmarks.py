@@ -288,3 +288,36 @@ def test_prefix_memo_needs_an_hf_policy(capsys):
 
     assert prefix_memo.main(["--policy", "tft"]) == 2
     assert "--policy must be an hf: policy" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_gpu_sh_demo_llm_trains_and_evaluates_both_methods(tmp_path, tiny_model_dir):
+    """gpu.sh --demo-llm's stages as the GPU machine runs them (the tiny model stands in for SmolLM2, one step each):
+    coop-rl through gpu.sh's shim, from the repository root."""
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    argv = ["--runs", str(runs), "--model", str(tiny_model_dir), "--max-steps", "1", "--matches", "2"]
+    done = subprocess.run(
+        ["bash", str(BENCH / "gpu.sh"), "--demo-llm", "--out", str(out), "--", *argv],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((out / "gpu_demo_llm.json").read_text())
+    assert list(results["stages"]) == ["train aa", "eval aa", "train naive", "eval naive"]
+    assert all(stage["returncode"] == 0 for stage in results["stages"].values())
+    for method in ("aa", "naive"):
+        row, log = results["methods"][method]["row"], results["methods"][method]["log"]
+        assert row["metric"] == "cooperation rate" and 0 <= row["vs_tft"] <= 1 and 0 <= row["vs_alld"] <= 1
+        assert log[0]["step"] == 1 and log[0]["time/iteration_s"] > 0
+
+
+def test_gpu_demo_llm_serves_a_gguf_file_as_the_wheel(tmp_path, monkeypatch, capsys):
+    import gpu_demo_llm
+
+    from coop_rl.pretrained import locate_gguf
+
+    gguf = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    gguf.write_bytes(b"GGUF")
+    monkeypatch.syspath_prepend(gpu_demo_llm.gguf_package(gguf, tmp_path / "site"))
+    assert locate_gguf().resolve() == gguf.resolve()
+    assert gpu_demo_llm.main(["--out", str(tmp_path / "out"), "--gguf", str(tmp_path / "missing.gguf")]) == 2
+    assert "is not a file" in capsys.readouterr().err
