@@ -51,7 +51,7 @@ from coop_rl.opponents import (
 from coop_rl.players import SamplingConfig
 from coop_rl.players.base import Player
 from coop_rl.policy_folder import write_policy_settings
-from coop_rl.precision import precision_record
+from coop_rl.precision import describe_device, precision_record
 from coop_rl.rollout import (
     Played,
     assign_credit,
@@ -397,6 +397,7 @@ class AATrainer(Trainer):
             # torchrun (under accelerate launch) sets LOCAL_WORLD_SIZE: the processes on this machine
             "num_machines": self.accelerator.num_processes // int(os.environ.get("LOCAL_WORLD_SIZE") or 1),
             "precision": precision_record(self.args.resolved_precision),
+            "device": describe_device(self.args.device),
         }
         Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
         write_text_atomic(Path(self.args.output_dir) / RUN_INFO_FILE, json.dumps(info, indent=2) + "\n")

@@ -314,12 +314,15 @@ def write_report(
 
 
 def training_precisions(out_dir: Path, methods: list[str]) -> str:
-    """The precision each training ran in, from its coop_rl_run.json (e.g. "aa float32, naive float32")."""
+    """The precision each training ran in, and the GPU where it ran on one, from its coop_rl_run.json (e.g. "aa
+    float32, naive float32", "aa bfloat16 on cuda:0 (NVIDIA H200), ...": the report's CPU then only hosted it)."""
     found = []
     for method in methods:
         try:
             info = json.loads((out_dir / method / "coop_rl_run.json").read_text(encoding="utf-8"))
-            found.append(f"{method} {info['precision']['dtype']}")
+            device = info.get("device", "cpu")
+            where = "" if device == "cpu" else f" on {device}"
+            found.append(f"{method} {info['precision']['dtype']}{where}")
         except (OSError, ValueError, KeyError, TypeError):
             found.append(f"{method} unrecorded")
     return ", ".join(found)

@@ -86,6 +86,16 @@ def describe_cpu(info: dict[str, Any] | None = None) -> str:
     return f"{info['model']} ({flags}; {threads}, torch kernels {kernels})"
 
 
+def describe_device(device: Any) -> str:
+    """The device a run trains on, for its info file and the demo's report: "cpu", or "cuda:0 (NVIDIA H200)"."""
+    import torch
+
+    name = str(device)
+    if name.startswith("cuda") and torch.cuda.is_available():
+        return f"{name} ({torch.cuda.get_device_name(torch.device(name))})"
+    return name
+
+
 def has_native_bf16(info: dict[str, Any] | None = None) -> bool:
     flags = set((info or cpu_info())["flags"])
     # torch's ATEN_CPU_CAPABILITY=avx2 (or an older build) takes the emulated path even on such a CPU

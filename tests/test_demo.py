@@ -17,6 +17,7 @@ from coop_rl.demo_report import (
     learning_curve,
     log_history,
     summarize_method,
+    training_precisions,
     write_report,
 )
 
@@ -71,6 +72,18 @@ def test_log_history_falls_back_to_the_last_checkpoint(tmp_path):
     assert len(history) == 10  # checkpoint-10, not checkpoint-5 (numeric, not lexical, order)
     curve = learning_curve(history + [{"train_runtime": 1.0}], "rollout/cooperation_rate")
     assert curve[-1] == (10.0, 0.6) and len(curve) == 10
+
+
+def test_training_precisions_name_the_gpu_a_training_ran_on(tmp_path):
+    runs = {"aa": {"precision": {"dtype": "bfloat16"}, "device": "cuda:0 (NVIDIA H200)"}}
+    runs["naive"] = {"precision": {"dtype": "float32"}, "device": "cpu"}
+    runs["old"] = {"precision": {"dtype": "float32"}}  # written before runs recorded their device
+    for method, info in runs.items():
+        (tmp_path / method).mkdir()
+        (tmp_path / method / "coop_rl_run.json").write_text(json.dumps(info))
+    methods = ["aa", "naive", "old", "missing"]
+    expected = "aa bfloat16 on cuda:0 (NVIDIA H200), naive float32, old float32, missing unrecorded"
+    assert training_precisions(tmp_path, methods) == expected
 
 
 def test_write_report_writes_the_table_plots_and_json(tmp_path):

@@ -9,6 +9,7 @@ from coop_rl.precision import (
     choose_precision,
     cpu_info,
     describe_cpu,
+    describe_device,
     has_native_bf16,
 )
 
@@ -35,6 +36,16 @@ def test_describe_cpu_names_model_flags_cores_and_threads():
     info = cpu_info()
     assert info["cores"] >= 1 and info["torch_threads"] >= 1
     assert describe_cpu().startswith(info["model"])
+
+
+def test_a_device_is_named_with_its_gpu_where_it_has_one():
+    import torch
+
+    assert describe_device("cpu") == describe_device(torch.device("cpu")) == "cpu"
+    if torch.cuda.is_available():
+        assert describe_device("cuda:0") == f"cuda:0 ({torch.cuda.get_device_name(0)})"
+    else:  # nothing to ask: the name is kept as it is
+        assert describe_device("cuda:0") == "cuda:0"
 
 
 def test_explicit_precision_is_kept_and_bad_names_are_refused():

@@ -110,5 +110,6 @@ def test_train_saves_the_policy_folder_and_returns_it(tiny_model_dir, tmp_path, 
     settings = json.loads((out / "coop_rl_policy.json").read_text())
     assert (settings["constrain_answers"], settings["game"]) == (True, "ipd")  # the recipe's, kept with the policy
     assert (out / "model.safetensors").exists() and (out / "tokenizer_config.json").exists()
+    assert json.loads((out / "coop_rl_run.json").read_text())["device"] == "cpu"  # the demo's report reads it
     history = json.loads((out / "checkpoint-1" / "trainer_state.json").read_text())["log_history"]
     assert history[0]["step"] == 1 and 0.0 <= history[0]["rollout/cooperation_rate"] <= 1.0
