@@ -152,13 +152,18 @@ class AATrainer(Trainer):
         plan = self.opponents.assign_groups(num_groups)
         live = self._live_player()
         seed = args.seed * 1_000_003 + self.state.global_step * 10_007
-        # The weights are fixed for the whole rollout: the hf engine reuses the rules' cache from round to round.
-        frozen = self.opponents.engine().frozen_weights() if args.rollout_backend == "hf" else contextlib.nullcontext()
-        with playing(self.accelerator.unwrap_model(self.model)), frozen:
+        with playing(self.accelerator.unwrap_model(self.model)), self._frozen_weights():
             return play_groups(
                 args.game, self.game_params, plan, list(range(rank, num_groups, world)), args.group_size, seed,
                 lambda setting: self.opponents.seat_players(setting, live),
             )  # fmt: skip
+
+    def _frozen_weights(self):
+        """Around play with the weights fixed (a rollout, an evaluation): the hf engine reuses the rules' cache from
+        round to round (:meth:`coop_rl.players.hf.HFEngine.frozen_weights`)."""
+        if self.args.rollout_backend != "hf":
+            return contextlib.nullcontext()
+        return self.opponents.engine().frozen_weights()
 
     def _credit_rows(self, records, results, learner_seats, groups) -> dict[str, Any]:
         """Credit per learner (match, seat) and timestep, then per turn (:func:`coop_rl.rollout.assign_credit`)."""
@@ -307,7 +312,7 @@ class AATrainer(Trainer):
 
         args, logs = self.args, {}
         live = self._live_player()
-        with playing(self.accelerator.unwrap_model(self.model)):
+        with playing(self.accelerator.unwrap_model(self.model)), self._frozen_weights():
             for spec in [s.strip() for s in args.play_eval_opponents.split(",") if s.strip()]:
                 seats = [live] + [self.opponents.frozen_player(spec, for_eval=True)] * (self.num_seats - 1)
                 matches = args.play_eval_matches

@@ -188,9 +188,19 @@ def test_ppo_passes_over_one_rollout_until_the_clip_binds(tmp_path, tiny_model_d
 
 
 @pytest.mark.slow
-def test_play_eval_every_5_logs_eval_metrics_at_steps_5_and_10(tmp_path, tiny_model_dir):
+def test_play_eval_every_5_logs_eval_metrics_at_steps_5_and_10(tmp_path, tiny_model_dir, monkeypatch):
     """play_eval_every: the current policy plays each play_eval_opponents opponent; the metrics land in
-    trainer_state.json's log_history, on their own line, at steps 5 and 10 only."""
+    trainer_state.json's log_history, on their own line, at steps 5 and 10 only. Every rollout and every
+    evaluation plays with the weights frozen (the engine reuses the rules' cache from round to round)."""
+    from coop_rl.players.hf import HFEngine
+
+    opened, frozen_weights = [], HFEngine.frozen_weights
+
+    def counting(engine):
+        opened.append(engine)
+        return frozen_weights(engine)
+
+    monkeypatch.setattr(HFEngine, "frozen_weights", counting)
     rounds = 3
     out = _train(tmp_path, tiny_model_dir, "--max_steps", "10", "--save_steps", "10", "--play_eval_every", "5",
                  "--play_eval_opponents", "tft,alld", "--play_eval_matches", "4", "--game_params",
@@ -198,6 +208,7 @@ def test_play_eval_every_5_logs_eval_metrics_at_steps_5_and_10(tmp_path, tiny_mo
     history = json.loads((out / "checkpoint-10" / "trainer_state.json").read_text())["log_history"]
     evals = [h for h in history if any(key.startswith("eval/") for key in h)]
     assert [h["step"] for h in evals] == [5, 10]
+    assert len(opened) == 10 + 2 and len(set(map(id, opened))) == 1  # 10 rollouts, 2 evaluations, one engine
     assert [h["step"] for h in history if "loss" in h] == list(range(1, 11))  # the training lines are all there
     keys = {f"eval/{opponent}/{metric}" for opponent in ("tft", "alld") for metric in ("return", "cooperation_rate")}
     for entry in evals:
