@@ -37,7 +37,8 @@ PD_PAYOFFS = {
     "akata": ((8.0, 0.0, 10.0, 5.0), ("J", "F")),
 }
 
-_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+#: a word, with its apostrophe inside it: "I'd" is one word, not "I" and the label "d"
+_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*", re.UNICODE)
 
 
 def parse_option(text: str, labels: tuple[str, str]) -> int | None:
@@ -73,7 +74,7 @@ class IteratedMatrixGame(TextGame):
 
     def validate(self) -> None:
         history = self.params["history"]
-        if history not in {"last", "full"} and not (history.isdigit() and int(history) >= 1):
+        if history not in {"last", "full"} and not (history.isdecimal() and int(history) >= 1):
             raise GameConfigError(f"history={history!r}: expected 'last', 'full' or a positive integer")
 
     # --- traits (a subclass whose seats are interchangeable sets symmetric) ----------------------------------
@@ -205,9 +206,10 @@ class IteratedMatrixGame(TextGame):
         return {"action": r"\s*(" + "|".join(re.escape(label) for label in self.labels) + r")\s*"}
 
     def metrics(self) -> dict[str, Any]:
+        """Cooperation counts what the players chose (``intended``), before any noise flipped it."""
         rounds = max(1, self.round)
-        coop = [sum(1 for m in self.moves[s] if m == COOPERATE) / rounds for s in (0, 1)]
-        mutual = sum(1 for a, b in zip(*self.moves, strict=True) if a == b == COOPERATE) / rounds
+        coop = [sum(1 for m in self.intended[s] if m == COOPERATE) / rounds for s in (0, 1)]
+        mutual = sum(1 for a, b in zip(*self.intended, strict=True) if a == b == COOPERATE) / rounds
         out: dict[str, Any] = {"cooperation_rate": coop, "mutual_cooperation_rate": mutual, "rounds": self.round}
         if self.params["social_cot"]:
             accuracy = []
@@ -269,8 +271,15 @@ class BattleOfTheSexes(IteratedMatrixGame):
             return (0.0, 0.0)
         return (10.0, 7.0) if a0 == COOPERATE else (7.0, 10.0)
 
+    def _reset(self) -> None:
+        super()._reset()
+        # The random default of an invalid answer has a generator of its own: drawn from the game's, it would
+        # shift every later noise flip, option order and match end by what the players said, where matches of
+        # one seed group share those draws whatever the players do (docs/games.md).
+        self._default_rng = random.Random(f"{self.seed}/invalid-default")
+
     def default_option(self) -> int:
-        return self.rng.randrange(2)
+        return self._default_rng.randrange(2)
 
     def rules_text(self) -> str:
         return (

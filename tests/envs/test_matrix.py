@@ -145,6 +145,9 @@ def test_bos_payoffs():
         ("", None),
         ("Cooperate", None),
         ("<action>X</action>", None),
+        ("I'd cooperate.", None),  # "I'd" is one word: its "d" is not the label D
+        ("I’d say C", COOPERATE),
+        ("C'est la vie: D", DEFECT),
     ],
 )
 def test_parse_option(text, expected):
@@ -173,6 +176,32 @@ def test_invalid_is_a_seeded_random_option_in_bos():
         again.step({0: "???", 1: "J"})
         assert again.moves == game.moves
     assert chosen == {0, 1}
+
+
+def test_an_invalid_bos_answer_leaves_the_seeds_draws_alone():
+    """Noise flips and the match's end under a continuation are the seed's, whether an answer was invalid or not."""
+
+    def play(first_answer):
+        game = make_game("bos", rounds=50, continuation=0.8, noise=0.3)
+        game.reset(7)
+        answers = iter([first_answer])
+        while not game.done:
+            game.step({0: next(answers, "J"), 1: "J"})
+        return game
+
+    valid, invalid = play("J"), play("???")
+    assert invalid.invalid_counts == [1, 0] and valid.invalid_counts == [0, 0]
+    assert invalid.round == valid.round
+    assert invalid.moves[1] == valid.moves[1]
+    flips = [[m != c for m, c in zip(g.moves[0], g.intended[0], strict=True)] for g in (valid, invalid)]
+    assert flips[0] == flips[1]
+
+
+def test_cooperation_counts_choices_before_noise():
+    game = play_scripted("ipd", ["allc", "allc"], seed=7, noise=0.3, rounds=50)
+    assert any(m == DEFECT for m in game.moves[0])
+    assert game.metrics()["cooperation_rate"] == [1.0, 1.0]
+    assert game.metrics()["mutual_cooperation_rate"] == 1.0
 
 
 def test_same_seed_same_transcript_with_noise_and_random():
@@ -222,7 +251,9 @@ def test_social_cot_prediction_accuracy():
     assert game.metrics()["prediction_accuracy"] == [1.0, 1.0]
 
 
-@pytest.mark.parametrize("params", [{"rounds": "0"}, {"noise": "2"}, {"history": "some"}, {"payoffs": "x"}, {"k": 1}])
+@pytest.mark.parametrize(
+    "params", [{"rounds": "0"}, {"noise": "2"}, {"history": "some"}, {"history": "²"}, {"payoffs": "x"}, {"k": 1}]
+)
 def test_bad_parameters(params):
     with pytest.raises(GameConfigError):
         make_game("ipd", **params)
