@@ -42,6 +42,7 @@ from coop_rl.opponents import (
     CheckpointError,
     Opponents,
     active_adapter,
+    adapters_off,
     add_lora,
     load_pool_file,
     load_seat_adapters,
@@ -114,6 +115,11 @@ class AATrainer(Trainer):
             raise ValueError(  # the weights would be saved or copied as ZeRO-3's empty shards
                 "opponent pool and the vLLM rollout backends copy the learner's weights, which ZeRO-3 shards: use "
                 "zero2, or opponent self_play with rollout_backend hf"
+            )
+        if args.seat_adapters and self.accelerator.num_processes > 1:
+            raise ValueError(  # DDP's reducer marks a weight ready once per backward, and one runs per seat here
+                "seat_adapters trains on one process: its loss runs a forward pass per seat's adapter before one "
+                "backward, which DDP and DeepSpeed refuse"
             )
         self.sampling = SamplingConfig(args.temperature, args.top_p, args.max_new_tokens)
         self.opponents = Opponents(  # the model through a function: DDP or DeepSpeed wrap it later
@@ -269,7 +275,7 @@ class AATrainer(Trainer):
         logprobs, entropy = token_logprobs(model, batch)
         reference = None
         if args.kl_coef > 0:  # the reference policy: the model with its adapter off (use_peft, checked by AAConfig)
-            with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter():
+            with torch.no_grad(), adapters_off(self.accelerator.unwrap_model(model)):
                 reference, _ = token_logprobs(model, batch)
         terms = (logprobs, batch["sampler_logprobs"], batch["credit"], batch["count"], mask, entropy, reference)
         clips = {"loss_type": args.loss_type, "is_clip": args.is_clip, "ppo_clip": args.ppo_clip}

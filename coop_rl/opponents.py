@@ -73,6 +73,19 @@ def active_adapter(model: torch.nn.Module, name: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def adapters_off(model: torch.nn.Module) -> Iterator[None]:
+    """peft's ``disable_adapter()`` (the base model: the KL reference), every parameter's requires_grad as it was
+    after: on leaving, peft makes only the active adapter trainable, which froze the other seats' adapters."""
+    flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+    try:
+        with model.disable_adapter():
+            yield
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+
+
+@contextlib.contextmanager
 def playing(model: torch.nn.Module) -> Iterator[None]:
     """The model in eval mode while it plays (no dropout in sampling), its mode restored after."""
     was_training = model.training

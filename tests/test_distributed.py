@@ -168,6 +168,19 @@ def test_zero3_with_a_vllm_backend_is_refused_in_one_line(tmp_path, tiny_model_d
 
 
 @pytest.mark.slow
+def test_seat_adapters_under_two_processes_are_refused_in_one_line(tmp_path, tiny_model_dir):
+    seats = ["--use_peft", "true", "--seat_adapters", "true"]
+    train = _train(tiny_model_dir, tmp_path / "run", "--max_steps", "1", *seats)
+    done = subprocess.run(_launch("recipes/accelerate/ddp.yaml", *train), capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    refusals = {line for line in done.stderr.splitlines() if line.startswith("coop-rl: error: ")}
+    assert refusals == {
+        "coop-rl: error: seat_adapters trains on one process: its loss runs a forward pass per seat's adapter before "
+        "one backward, which DDP and DeepSpeed refuse"
+    }
+
+
+@pytest.mark.slow
 def test_coop_rl_train_under_two_process_ddp_ends_every_rank_cleanly(tmp_path, tiny_model_dir):
     # The user's path: `accelerate launch ... coop-rl train`. Both ranks must exit 0 (a rank left to the
     # interpreter's shutdown aborted in 8 of 30 runs, see coop_rl/distributed.py) with the policy saved once.

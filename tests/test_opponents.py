@@ -10,7 +10,15 @@ import random
 import pytest
 import torch
 
-from coop_rl.opponents import AdapterPlayer, LivePolicyPlayer, Opponents, active_adapter, add_lora, load_pool_file
+from coop_rl.opponents import (
+    AdapterPlayer,
+    LivePolicyPlayer,
+    Opponents,
+    active_adapter,
+    adapters_off,
+    add_lora,
+    load_pool_file,
+)
 from coop_rl.players import SamplingConfig
 
 
@@ -146,6 +154,20 @@ def test_seat_adapters_play_each_seat_under_its_adapter(tmp_path):
     seats = opponents.seat_players(((0, 1), "live"), live)
     assert [(p.adapter, p.spec) for p in seats] == [("default", "learner[default]"), ("seat1", "learner[seat1]")]
     assert [opponents.adapter_of(seat) for seat in (0, 1)] == ["default", "seat1"]
+
+
+def test_adapters_off_runs_the_base_model_and_leaves_every_seat_adapter_trainable(tmp_path):
+    args = _config(tmp_path, use_peft=True, lora_r=4, lora_alpha=8, seat_adapters=True)
+    model = add_lora(_model(), args, 2)
+    _nudge(model)  # LoRA B starts at 0: make the adapters change the logits
+    base = _logits(_model())  # the same seed: the weights the adapters were added to
+    with adapters_off(model):
+        assert torch.equal(_logits(model), base)
+    assert not torch.equal(_logits(model), base)
+    assert all(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)
+    with model.disable_adapter():  # peft's own: on leaving, only the active adapter ('default') trains again
+        pass
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "seat1" in n)
 
 
 def test_pool_and_rng_come_back_from_a_checkpoint(tmp_path):

@@ -315,8 +315,9 @@ def test_seat_adapters_train_one_adapter_per_seat_and_resume_exactly(tmp_path, t
 
     from coop_rl.cli import main
 
+    # With the KL term: its reference pass (every adapter off) must leave every seat's adapter trainable.
     seats = ["--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8", "--seat_adapters", "true",
-             "--learning_rate", "0.01", "--save_steps", "1"]  # fmt: skip
+             "--learning_rate", "0.01", "--save_steps", "1", "--kl_coef", "0.05"]  # fmt: skip
     out = _train(tmp_path, tiny_model_dir, *seats)
     first, second = load_file(out / "adapter_model.safetensors"), load_file(out / "seat1" / "adapter_model.safetensors")
     b_keys = [key for key in first if "lora_B" in key]
