@@ -248,6 +248,10 @@ class AAConfig(TrainingArguments):
             raise ValueError(
                 f"matches_per_iteration={self.matches_per_iteration} is not a multiple of group_size={self.group_size}"
             )
+        if self.baseline == "loo" and self.group_size < 2:
+            raise ValueError(  # a match alone in its group has no other to compare with: its baseline would be 0
+                "baseline loo needs group_size >= 2 (matches sharing a seed to compare); use baseline batch or none"
+            )
         if self.opponent == "frozen" and not self.opponents.strip():
             raise ValueError("opponent='frozen' needs opponents (comma-separated player specs)")
         for name in ("gamma", "gamma_a"):
@@ -374,7 +378,7 @@ _LOWER_BOUNDS = (
     ("lora_dropout", 0.0, False),
     ("pool_size", 1, False),
     ("pool_every", 1, False),
-    ("is_clip", 0.0, True),
+    ("is_clip", 1.0, False),  # below 1 it would scale down even the first pass, where pi_theta / pi_sampler = 1
     ("ppo_clip", 0.0, True),
     ("num_iterations", 1, False),
     ("kl_coef", 0.0, False),

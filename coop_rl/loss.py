@@ -260,7 +260,8 @@ def merge_identical_turns(turns: list[tuple], by_sign: bool = False) -> list[dic
     """Merge turns with the same prompt and completion tokens into one row whose credit is their sum.
 
     ``turns`` are tuples (prompt_ids, completion_ids, sampler_logprobs, credit[, allowed[, adapter]]); turns of
-    different adapters never merge. For identical token sequences rho, r and log pi are identical (same weights),
+    different adapters never merge. For identical token sequences rho, r and log pi are identical (same weights;
+    the row keeps the first turn's sampler log-probs, which vLLM may give its twins differently in the last bits),
     so one forward pass serves them all, exactly, as long as the loss is linear in the credit:
 
     * REINFORCE: sum_k -C_k * rho * log pi = -(sum_k C_k) * rho * log pi, whatever the signs: merge all.

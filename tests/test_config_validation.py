@@ -53,6 +53,8 @@ def _train(model_dir, tmp_path, *extra, config=RECIPE):
         (["--gamma_a", "0"], ["gamma_a=0.0", "(0, 1]"]),
         (["--gamma_a", "2"], ["gamma_a=2.0", "(0, 1]"]),
         (["--group_size", "3"], ["group_size=3", "matches_per_iteration=128"]),
+        (["--group_size", "1"], ["baseline loo needs group_size >= 2", "baseline batch or none"]),
+        (["--is_clip", "0.5"], ["is_clip", ">= 1"]),
         (["--matches_per_iteration", "0"], ["matches_per_iteration"]),
         (["--game", "chess"], ["game='chess'", "ipd, bos, tas, split, spgg"]),
         (["--game_params", '{"rounds": 0}'], ["game_params", "rounds"]),

@@ -103,7 +103,7 @@ def test_model_text_is_data_never_a_path(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
     args = AAConfig(output_dir=str(out), max_steps=1, report_to="none", use_cpu=True, group_size=1,
-                    matches_per_iteration=1)  # fmt: skip
+                    matches_per_iteration=1, baseline="none")  # fmt: skip
     trainer = AATrainer(model=str(tiny_model_dir), args=args)
     texts = ["../../../../tmp/pwned", str(tmp_path / "absolute"), "$(touch pwned)", "`touch pwned`",
              "trajectories/../../escape.jsonl", "\x00nul", "C:\\Windows\\system32", "~/.ssh/id_rsa"]  # fmt: skip
