@@ -3,6 +3,9 @@
 Each file is written to a temporary file in its own folder, flushed to disk, then renamed over its name
 (``os.replace``, atomic on POSIX): whoever reads it, and a run that is killed mid-write, finds the previous file
 whole or the new one whole, never a truncated one. Temporary names are ``.<name>.<pid>.tmp``.
+
+A symbolic link is followed (the file it points to is replaced, the link stays), and a path that is not a regular
+file (``/dev/stdout``, a FIFO, a device) is written directly: a rename would put a plain file in its place.
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path beside ``path`` to write (with any writer: ``torch.save``, ``savefig``, ...); renamed over
     ``path`` when the block ends, after its bytes reach the disk. On an error the temporary file is removed and
     ``path`` is left as it was."""
-    final = Path(path)
+    if Path(path).exists() and not Path(path).is_file():  # a device, FIFO, pipe (stat follows links): write to it
+        yield Path(path)
+        return
+    final = Path(os.path.realpath(path))  # a link's target is replaced, the link stays
     temporary = final.with_name(f".{final.name}.{os.getpid()}.tmp")
     try:
         yield temporary

@@ -12,6 +12,7 @@ imports this module.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -86,6 +87,12 @@ def _check_out_file(path: str | None, flag: str) -> str | None:
         raise UsageError(f"cannot write {flag} {path!r}: it is a directory")
     if not target.parent.is_dir():
         raise UsageError(f"cannot write {flag} {path!r}: {target.parent} is not an existing directory")
+    # A regular file is written beside itself and renamed over (coop_rl.atomic_files); anything else directly.
+    special = target.exists() and not target.is_file()
+    needs = target if special else Path(os.path.realpath(target)).parent
+    where = "it" if special else str(needs)
+    if not os.access(needs, os.W_OK | (os.X_OK if needs.is_dir() else 0)):
+        raise UsageError(f"cannot write {flag} {path!r}: {where} is not writable")
     return path
 
 

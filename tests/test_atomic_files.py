@@ -1,6 +1,8 @@
 """coop_rl.atomic_files: a file is replaced whole or not at all, and no temporary file is left behind."""
 
 import os
+import stat
+import threading
 
 import pytest
 
@@ -32,3 +34,23 @@ def test_any_writer_can_write_through_the_temporary_path(tmp_path):
         temporary.write_bytes(b"\x89PNG")
         assert not path.exists()  # nothing under the final name until the block ends
     assert path.read_bytes() == b"\x89PNG"
+
+
+def test_a_symbolic_link_keeps_pointing_at_the_file_it_names(tmp_path):
+    target, link = tmp_path / "target.jsonl", tmp_path / "link.jsonl"
+    target.write_text("old")
+    link.symlink_to(target)
+    write_text_atomic(link, "new")
+    assert link.is_symlink() and target.read_text() == "new"
+
+
+def test_a_fifo_is_written_to_not_replaced(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()))
+    reader.start()
+    write_text_atomic(fifo, "through the pipe")
+    reader.join(timeout=10)
+    assert received == ["through the pipe"]
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and sorted(p.name for p in tmp_path.iterdir()) == ["fifo"]
