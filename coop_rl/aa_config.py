@@ -334,7 +334,7 @@ class AAConfig(TrainingArguments):
         try:
             config = json.loads((Path(str(self.model_name_or_path)) / "config.json").read_text())
             return int(config.get("hidden_size", 128))
-        except (OSError, ValueError, TypeError):
+        except (OSError, ValueError, TypeError, AttributeError):  # AttributeError: not an object
             return 128
 
     def _check_game(self) -> None:

@@ -93,7 +93,12 @@ class AATrainer(Trainer):
         if model is None or isinstance(model, str):
             if not model_id:
                 raise ValueError("no model: set model_name_or_path")
-            model = AutoModelForCausalLM.from_pretrained(model_id, dtype=torch.float32)
+            from safetensors import SafetensorError
+
+            try:
+                model = AutoModelForCausalLM.from_pretrained(model_id, dtype=torch.float32)
+            except SafetensorError as error:  # a truncated or corrupt weights file
+                raise ValueError(f"cannot load the weights in {model_id}: {error}") from None
         if processing_class is None:
             name = model_id or model.config._name_or_path
             processing_class = AutoTokenizer.from_pretrained(name, padding_side="left")

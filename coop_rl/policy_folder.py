@@ -52,6 +52,7 @@ def resolve_model_dir(path: str) -> tuple[Path, Path | None]:
     if not directory.is_dir():
         raise PlayerSpecError(f"model directory not found: {path}")
     if (directory / "config.json").exists():
+        _check_config_file(directory / "config.json")
         return directory.resolve(), None
     adapter_config = directory / "adapter_config.json"
     if adapter_config.exists():
@@ -66,6 +67,19 @@ def resolve_model_dir(path: str) -> tuple[Path, Path | None]:
             raise PlayerSpecError(f"adapter {path} needs base model {base}, which is not a local model directory")
         return base_dir.resolve(), directory.resolve()
     raise PlayerSpecError(f"{path} holds neither a model (config.json) nor a peft adapter (adapter_config.json)")
+
+
+def _check_config_file(path: Path) -> None:
+    """A model's config.json is a JSON object (transformers and vLLM fail with a traceback on anything else)."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise PlayerSpecError(f"cannot read the model config in {path.parent}: {error}".splitlines()[0]) from None
+    if not isinstance(config, dict):
+        kind = type(config).__name__
+        raise PlayerSpecError(
+            f"cannot read the model config in {path.parent}: config.json holds a {kind}, not an object"
+        )
 
 
 class PolicyFolder(NamedTuple):

@@ -179,7 +179,7 @@ def _check_model_config(base: Path) -> None:
 
     try:
         AutoConfig.from_pretrained(base)
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:  # TypeError: JSON not an object
         raise UsageError(f"cannot read the model config in {base}: {str(error).splitlines()[0]}") from None
 
 

@@ -54,11 +54,15 @@ class HFEngine:
         self.model_dir = model_dir
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        from safetensors import SafetensorError
+
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
             model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, TypeError, SafetensorError) as error:  # SafetensorError: a truncated file
             raise PlayerSpecError(f"cannot load model from {model_dir}: {error}".splitlines()[0]) from None
+        if not self.tokenizer.chat_template:  # every prompt is a chat conversation
+            raise PlayerSpecError(f"cannot play {model_dir}: its tokenizer has no chat template")
         self._setup(model.to(self.device).eval(), self.tokenizer, model_dir, self.device)
         # Weights loaded from a folder never change (adapters are added under new names), so the prompt openings'
         # caches are reused for the engine's whole life; an engine over a live model reuses them only when told.

@@ -1,6 +1,7 @@
 """The transformers backend on the embedded tiny model: valid, history-aware play, exact logprobs, adapters."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -198,6 +199,23 @@ def test_adapters_share_one_engine_and_the_base_is_the_adapter_disabled(tiny_mod
     with torch.no_grad():
         reference = torch.log_softmax(fresh(**encoded).logits[0, -1], -1).max().item()
     assert lp_base == pytest.approx(reference, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_a_corrupt_model_folder_is_a_user_error(tmp_path, tiny_model_dir):
+    truncated = tmp_path / "truncated"
+    shutil.copytree(tiny_model_dir, truncated)
+    (truncated / "model.safetensors").write_bytes((truncated / "model.safetensors").read_bytes()[:4])
+    with pytest.raises(PlayerSpecError, match="^cannot load model from .*truncated: Error while deserializing header"):
+        make_player(f"hf:{truncated}", "ipd")
+    no_template = tmp_path / "no-template"
+    shutil.copytree(tiny_model_dir, no_template)
+    config = json.loads((no_template / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (no_template / "tokenizer_config.json").write_text(json.dumps(config))
+    (no_template / "chat_template.jinja").unlink(missing_ok=True)
+    with pytest.raises(PlayerSpecError, match="^cannot play .*no-template: its tokenizer has no chat template$"):
+        make_player(f"hf:{no_template}", "ipd")
 
 
 def test_bad_model_specs_are_user_errors(tmp_path):

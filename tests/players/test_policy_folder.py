@@ -57,6 +57,14 @@ def test_resolve_errors_are_one_line_spec_errors(tmp_path):
         odd.mkdir()
         (odd / "adapter_config.json").write_text(text)
         cases.append((odd, "names no base model (base_model_name_or_path)"))
+    for name, text, message in (
+        ("config-a-list", "[1, 2]", "config.json holds a list, not an object"),
+        ("config-not-json", "{not json", "Expecting property name"),
+    ):
+        odd = tmp_path / name
+        odd.mkdir()
+        (odd / "config.json").write_text(text)
+        cases.append((odd, f"cannot read the model config in {odd}: {message}"))
     remote = make_adapter(tmp_path / "remote", "some-org/some-model")
     cases.append((remote, "needs base model some-org/some-model, which is not a local model directory"))
     for path, message in cases:
