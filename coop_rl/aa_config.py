@@ -387,6 +387,14 @@ _LOWER_BOUNDS = (
     ("play_eval_every", 0, False),
     ("play_eval_matches", 1, False),
     ("max_consecutive_faults", 1, False),
+    # transformers' own settings that it does not check (a negative learning rate failed in the optimizer)
+    ("learning_rate", 0.0, False),
+    ("weight_decay", 0.0, False),
+    ("max_grad_norm", 0.0, False),
+    ("warmup_steps", 0, False),
+    ("gradient_accumulation_steps", 1, False),
+    ("logging_steps", 0, True),
+    ("save_steps", 0, True),
 )
 
 

@@ -78,19 +78,20 @@ def json_ready(value: Any) -> Any:
     return value
 
 
-def check_out_dir(path: str | None) -> str | None:
+def check_out_dir(path: str | None, flag: str = "--out") -> str | None:
     """``path`` if it can become the output directory (it is created when the results are written), checked before
-    any match is played: the nearest existing folder on its way must be a writable directory (a UsageError)."""
+    any match is played: the nearest existing folder on its way must be a writable directory (a UsageError naming
+    ``flag``)."""
     if path is None:
         return None
     if not path.strip():
-        raise UsageError("--out needs a folder path")
+        raise UsageError(f"{flag} needs a folder path")
     target = Path(path)
     existing = next((p for p in (target, *target.parents) if p.exists()), Path("."))
     if not existing.is_dir():
-        raise UsageError(f"cannot use --out {path!r}: {existing} is not a directory")
+        raise UsageError(f"cannot use {flag} {path!r}: {existing} is not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot use --out {path!r}: {existing} is not writable")
+        raise UsageError(f"cannot use {flag} {path!r}: {existing} is not writable")
     return path
 
 
