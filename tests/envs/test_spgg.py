@@ -718,3 +718,8 @@ def test_solve_table_is_the_cli_text():
         "3         0.00          10.000\n"
         "unique: true"
     )
+
+
+def test_the_solver_refuses_a_tree_too_large_to_finish_in_one_line():
+    with pytest.raises(GameConfigError, match=r"^players=8, levels=1000: the exact solver would try 2\.8e\+07 "):
+        solve_spgg(players=8, levels=1000)
