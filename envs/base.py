@@ -97,8 +97,10 @@ class GameParam:
         if self.type is float and converted != converted:  # NaN
             raise GameConfigError(f"{key}={value!r}: expected a number")
         if self.type is float and not -MAX_PARAM_MAGNITUDE <= converted <= MAX_PARAM_MAGNITUDE:
-            bound = f"{MAX_PARAM_MAGNITUDE:,.0f}"
-            raise GameConfigError(f"{key}={value!r}: must be between -{bound} and {bound}")
+            low = -MAX_PARAM_MAGNITUDE if self.low is None else max(self.low, -MAX_PARAM_MAGNITUDE)
+            high = MAX_PARAM_MAGNITUDE if self.high is None else min(self.high, MAX_PARAM_MAGNITUDE)
+            shown = [f"{bound:,.0f}" if float(bound).is_integer() else f"{bound:g}" for bound in (low, high)]
+            raise GameConfigError(f"{key}={value!r}: must be between {shown[0]} and {shown[1]}")
         if self.choices is not None and converted not in self.choices:
             raise GameConfigError(f"{key}={value!r}: expected one of {', '.join(map(str, self.choices))}")
         if self.low is not None and converted < self.low:
