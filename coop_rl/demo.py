@@ -158,11 +158,20 @@ def is_trained(run_dir: Path) -> bool:
     return (run_dir / POLICY_SETTINGS_FILE).exists() and any(run_dir.glob("*.safetensors"))
 
 
+def shipped_recipe(recipe: str) -> str:
+    """``recipe`` as given when it is a file from here, else the repository's own (``coop-rl demo`` run from
+    another folder than the repository root still finds ``recipes/``)."""
+    if Path(recipe).is_file():
+        return recipe
+    shipped = Path(__file__).resolve().parents[1] / recipe
+    return str(shipped) if shipped.is_file() else recipe
+
+
 def train(recipe: str, model_dir: Path, run_dir: Path, max_steps: int | None = None) -> None:
     """``coop-rl train --config RECIPE --model_name_or_path MODEL --output_dir RUN``, through ``coop_rl.train``."""
     from coop_rl import train as training
 
-    argv = ["--config", recipe, "--model_name_or_path", str(model_dir), "--output_dir", str(run_dir)]
+    argv = ["--config", shipped_recipe(recipe), "--model_name_or_path", str(model_dir), "--output_dir", str(run_dir)]
     if max_steps is not None:  # a short run still logs and checkpoints its last step (trainer_state.json)
         argv += ["--max_steps", str(max_steps), "--save_steps", str(max_steps)]
         argv += ["--logging_steps", str(max(1, min(5, max_steps // 4)))]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from coop_rl.cli import main
-from coop_rl.demo import DEMOS, DemoError, model_stage, run_demo
+from coop_rl.demo import DEMOS, DemoError, model_stage, run_demo, shipped_recipe
 from coop_rl.demo_report import (
     crossplay_matrices,
     ipd_bar_checks,
@@ -136,6 +136,15 @@ def test_ipd_bar_checks_name_each_bound_and_fail_a_missing_rate():
     }
     assert ipd_bar_checks("naive", {"self_play": 0.31}) == {"naive defects in self-play (cooperation <= 0.3)": False}
     assert ipd_bar_checks("sum", row) == {}
+
+
+def test_the_demo_finds_its_recipes_from_any_folder(tmp_path, monkeypatch):
+    recipe = DEMOS["ipd"].recipes["aa"]
+    assert shipped_recipe(recipe) == recipe  # from the repository root: as given
+    monkeypatch.chdir(tmp_path)
+    found = Path(shipped_recipe(recipe))
+    assert found.is_absolute() and found.read_text() == (Path(__file__).parents[1] / recipe).read_text()
+    assert shipped_recipe("recipes/no-such.yaml") == "recipes/no-such.yaml"  # train reports it as not found
 
 
 def test_demo_cli_rejects_an_unknown_game(capsys):
