@@ -236,6 +236,29 @@ def _parse_populations(values: Sequence[str]) -> dict[str, tuple[str, ...]]:
     return populations
 
 
+def _check_init_model(
+    args: argparse.Namespace, populations: dict, pretrained: Sequence[str], tiny_games: Sequence[str]
+) -> tuple[str, ...]:
+    """The games of ``--games`` (() when not given), after refusing what the kind asked for would ignore."""
+    if not args.out.strip():
+        raise UsageError("--out needs a folder path")
+    games = tuple(g.strip() for g in args.games.split(",")) if args.games is not None else ()
+    if args.games is not None and not all(games):
+        raise UsageError(f"--games takes comma-separated game names, got {args.games!r}")
+    if args.data_scale is not None and not 0 < args.data_scale <= 100:  # also refuses nan and inf
+        raise UsageError(f"--data-scale must be in (0, 100], got {args.data_scale}")
+    if populations and args.kind != "tiny":
+        raise UsageError("--population applies to init-model tiny only")
+    from coop_rl.warm_start import POPULATIONS  # a game without one is refused by the builder, naming them
+
+    unbuilt = sorted(set(populations) & set(POPULATIONS) - set(games or tiny_games))
+    if unbuilt:
+        raise UsageError(f"--population names {', '.join(unbuilt)}, which the warm start does not imitate: add --games")
+    if args.warm_start and args.kind not in pretrained:
+        raise UsageError(f"--warm-start applies to {', '.join(pretrained)}; init-model tiny is always warm-started")
+    return games
+
+
 def cmd_init_model(args: argparse.Namespace) -> int:
     import logging
 
@@ -243,14 +266,10 @@ def cmd_init_model(args: argparse.Namespace) -> int:
     from coop_rl.tiny_model import RANDOM_MODEL_SIZES, TinyModelConfig, init_random_model, init_tiny_model
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    games = tuple(g.strip() for g in (args.games or "").split(",") if g.strip())
-    if args.data_scale is not None and not 0 < args.data_scale <= 100:  # also refuses nan and inf
-        raise UsageError(f"--data-scale must be in (0, 100], got {args.data_scale}")
+    populations = _parse_populations(args.population or [])
+    games = _check_init_model(args, populations, PRETRAINED, TinyModelConfig.games)
     given = {"data_scale": args.data_scale} if args.data_scale is not None else {}  # the rest: each kind's defaults
     given.update({"games": games} if games else {})
-    populations = _parse_populations(args.population or [])
-    if populations and args.kind != "tiny":
-        raise UsageError("--population applies to init-model tiny only")
     try:
         if args.kind in PRETRAINED:  # a real pretrained model, converted from its installed wheel
             warm = PretrainedWarmStart(seed=args.seed, **given) if args.warm_start else None
