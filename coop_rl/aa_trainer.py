@@ -160,7 +160,7 @@ class AATrainer(Trainer):
         num_groups = args.matches_per_iteration // args.group_size
         if num_groups % world:
             raise ValueError(f"{num_groups} seed groups cannot be split evenly over {world} processes")
-        plan = self.opponents.assign_groups(num_groups)
+        plan = self.opponents.assign_groups(num_groups, self.state.global_step // args.num_iterations)
         live = self._live_player()
         seed = args.seed * 1_000_003 + self.state.global_step * 10_007
         with playing(self.accelerator.unwrap_model(self.model)), self._frozen_weights():

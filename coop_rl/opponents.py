@@ -250,10 +250,12 @@ class Opponents:
         self._vllm_player, self._frozen_players, self._eval_players = None, {}, {}
 
     # ----- who plays whom -----------------------------------------------------------------------------------
-    def assign_groups(self, num_groups: int) -> list[Setting]:
+    def assign_groups(self, num_groups: int, rollout: int = 0) -> list[Setting]:
         """For each seed group: (learner seats, co-player key). Keys: 'live', 'pool:<i>', 'frozen:<spec>'.
 
-        Self-play: every seat is the learner. Otherwise one learner seat per group, alternating across groups;
+        Self-play: every seat is the learner. Otherwise one learner seat per group, alternating across the groups
+        of all rollouts (group g of rollout ``rollout`` is the run's group rollout * num_groups + g, so an odd
+        number of groups, or a single one, still gives every seat its turn);
         the co-player is a past learner with probability ``pool_prob`` (when the pool has one), else the live
         learner (a frozen copy of it: its turns are not trained), or one of the frozen ``opponents`` at random.
         """
@@ -263,7 +265,7 @@ class Opponents:
             if args.opponent == "self_play":
                 plan.append((tuple(range(self.num_seats)), "live"))
                 continue
-            learner_seat = group % self.num_seats
+            learner_seat = (rollout * num_groups + group) % self.num_seats
             if args.opponent == "pool":
                 key = "live"
                 if self.pool and self.rng.random() < args.pool_prob:

@@ -82,6 +82,9 @@ def test_groups_alternate_the_learner_seat_and_draw_co_players_from_the_rng(tmp_
         key = f"pool:{rng.randrange(3)}" if rng.random() < 0.5 else "live"
         expected.append(((group % 2,), key))
     assert pool.assign_groups(6) == expected
+    # One group per rollout (or an odd number): the seat alternates across rollouts.
+    assert [frozen.assign_groups(1, rollout)[0][0] for rollout in range(4)] == [(0,), (1,), (0,), (1,)]
+    assert [frozen.assign_groups(3, rollout)[2][0] for rollout in range(2)] == [(0,), (1,)]
 
 
 def test_pool_entries_under_lora_are_adapters_on_the_live_model(tmp_path):
