@@ -112,9 +112,9 @@ def parse_policy_spec(spec: str, backend: str) -> PolicyFolder:
     adapter folder; giving an adapter after an adapter folder is an error."""
     body = spec.strip()
     body = body[len(backend) + 1 :] if body.startswith(f"{backend}:") else body
-    model_path, _, adapter_path = body.partition("@")
+    model_path, at, adapter_path = body.partition("@")
     model_path = model_path.strip()
-    if not model_path:
+    if not model_path or (at and not adapter_path.strip()):
         raise PlayerSpecError(f"malformed spec {spec!r}: expected {backend}:<model_dir>[@<adapter_dir>]")
     base_dir, adapter_dir = resolve_model_dir(model_path)
     if adapter_path:

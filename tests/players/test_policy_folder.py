@@ -83,6 +83,8 @@ def test_parse_policy_spec(tmp_path, base, backend):
     assert parse_policy_spec(f"{backend}:{base}@{adapter}", backend) == (base.resolve(), adapter.resolve())
     with pytest.raises(PlayerSpecError, match=rf"malformed spec '{backend}:': expected {backend}:<model_dir>"):
         parse_policy_spec(f"{backend}:", backend)
+    with pytest.raises(PlayerSpecError, match=rf"malformed spec '{backend}:.*@ ': expected"):  # '@' and no adapter
+        parse_policy_spec(f"{backend}:{base}@ ", backend)
     with pytest.raises(PlayerSpecError, match=rf"is itself an adapter; give {backend}:<base>@<adapter>"):
         parse_policy_spec(f"{backend}:{adapter}@{adapter}", backend)
     with pytest.raises(PlayerSpecError, match="adapter directory not found or not a peft adapter"):
