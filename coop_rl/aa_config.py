@@ -276,6 +276,7 @@ class AAConfig(TrainingArguments):
             raise ValueError("max_steps (the number of optimizer steps) must be >= 1")
         self._check_combinations()
         self._check_game()
+        _check_trackers(self.report_to)
         if self.ddp_find_unused_parameters is None:
             # Every trainable weight is in every loss (skip DDP's extra pass), except with one adapter per seat,
             # where a micro-batch may hold no turn of some seat.
@@ -396,6 +397,16 @@ _LOWER_BOUNDS = (
     ("logging_steps", 0, True),
     ("save_steps", 0, True),
 )
+
+
+def _check_trackers(report_to: list[str] | str | None) -> None:
+    """Every name of ``report_to`` is a tracker transformers knows (it says so only when the trainer is built)."""
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    unknown = [name for name in names if name not in INTEGRATION_TO_CALLBACK and name not in ("all", "none")]
+    if unknown:
+        raise ValueError(f"report_to={unknown[0]!r}: expected none, all or one of {', '.join(INTEGRATION_TO_CALLBACK)}")
 
 
 def _server_urls(value: object) -> list[str] | None:

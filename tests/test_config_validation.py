@@ -55,6 +55,7 @@ def _train(model_dir, tmp_path, *extra, config=RECIPE):
         (["--group_size", "3"], ["group_size=3", "matches_per_iteration=128"]),
         (["--group_size", "1"], ["baseline loo needs group_size >= 2", "baseline batch or none"]),
         (["--is_clip", "0.5"], ["is_clip", ">= 1"]),
+        (["--report_to", "nosuch"], ["report_to='nosuch': expected none, all or one of", "tensorboard"]),
         (["--learning_rate", "-1"], ["learning_rate=-1.0: must be >= 0.0"]),
         (["--learning_rate", "nan"], ["learning_rate=nan"]),
         (["--gradient_accumulation_steps", "0"], ["gradient_accumulation_steps=0: must be >= 1"]),
