@@ -7,11 +7,11 @@ command line overrides them (``coop-rl train --config recipes/ipd/aa_tiny.yaml -
 from __future__ import annotations
 
 import math
-import types
-import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
+
+from coop_rl.config_checks import LOWER_BOUNDS, check_trackers, check_types, server_urls
 
 CREDIT_METHODS = ("aa", "naive", "sum", "margin")
 BASELINES = ("loo", "batch", "none")
@@ -225,7 +225,7 @@ class AAConfig(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        check_types(self)
         # The trainer's dataset is a list of iteration indices: keep its column (no model-signature filtering).
         self.remove_unused_columns = False
         self.per_device_train_batch_size = 1
@@ -260,7 +260,7 @@ class AAConfig(TrainingArguments):
         for name in ("pool_prob",):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name}={getattr(self, name)}: must be in [0, 1]")
-        for name, low, strict in _LOWER_BOUNDS:
+        for name, low, strict in LOWER_BOUNDS:
             value = getattr(self, name)
             if not math.isfinite(value) or value < low or (strict and value == low):
                 raise ValueError(f"{name}={value}: must be {'>' if strict else '>='} {low}")
@@ -276,7 +276,7 @@ class AAConfig(TrainingArguments):
             raise ValueError("max_steps (the number of optimizer steps) must be >= 1")
         self._check_combinations()
         self._check_game()
-        _check_trackers(self.report_to)
+        check_trackers(self.report_to)
         if self.ddp_find_unused_parameters is None:
             # Every trainable weight is in every loss (skip DDP's extra pass), except with one adapter per seat,
             # where a micro-batch may hold no turn of some seat.
@@ -284,7 +284,7 @@ class AAConfig(TrainingArguments):
 
     def _check_combinations(self) -> None:
         """Settings that need one another."""
-        self.rollout_servers = _server_urls(self.rollout_servers)
+        self.rollout_servers = server_urls(self.rollout_servers)
         if self.seat_adapters and not (self.use_peft and self.opponent == "self_play" and self.rollout_backend == "hf"):
             raise ValueError("seat_adapters needs use_peft true, opponent self_play and rollout_backend hf")
         backend = self.rollout_backend
@@ -366,89 +366,3 @@ class AAConfig(TrainingArguments):
         if not isinstance(params, dict):
             raise ValueError(f"game_params={self.game_params!r}: expected a mapping of game parameters")
         return dict(params)
-
-
-# (field, lower bound, strict): numeric settings outside these are rejected with the field's name.
-_LOWER_BOUNDS = (
-    ("beta", 0.0, False),
-    ("reward_scale", 0.0, True),
-    ("temperature", 0.0, False),
-    ("max_new_tokens", 1, False),
-    ("lora_r", 1, False),
-    ("lora_alpha", 0.0, True),
-    ("lora_dropout", 0.0, False),
-    ("pool_size", 1, False),
-    ("pool_every", 1, False),
-    ("is_clip", 1.0, False),  # below 1 it would scale down even the first pass, where pi_theta / pi_sampler = 1
-    ("ppo_clip", 0.0, True),
-    ("num_iterations", 1, False),
-    ("kl_coef", 0.0, False),
-    ("entropy_coef", 0.0, False),
-    ("invalid_penalty", 0.0, False),
-    ("play_eval_every", 0, False),
-    ("play_eval_matches", 1, False),
-    ("max_consecutive_faults", 1, False),
-    # transformers' own settings that it does not check (a negative learning rate failed in the optimizer)
-    ("learning_rate", 0.0, False),
-    ("weight_decay", 0.0, False),
-    ("max_grad_norm", 0.0, False),
-    ("warmup_steps", 0, False),
-    ("gradient_accumulation_steps", 1, False),
-    ("logging_steps", 0, True),
-    ("save_steps", 0, True),
-)
-
-
-def _check_trackers(report_to: list[str] | str | None) -> None:
-    """Every name of ``report_to`` is a tracker transformers knows (it says so only when the trainer is built)."""
-    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
-
-    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
-    unknown = [name for name in names if name not in INTEGRATION_TO_CALLBACK and name not in ("all", "none")]
-    if unknown:
-        raise ValueError(f"report_to={unknown[0]!r}: expected none, all or one of {', '.join(INTEGRATION_TO_CALLBACK)}")
-
-
-def _server_urls(value: object) -> list[str] | None:
-    """``rollout_servers`` as a list of URLs: a YAML list or a comma-separated string (the command line gives a list
-    of one such string); anything but http(s) URLs is refused."""
-    items = [value] if isinstance(value, str) else value
-    if isinstance(items, list) and all(isinstance(item, str) for item in items):
-        items = [url.strip() for item in items for url in item.split(",") if url.strip()]
-        if all(url.startswith(("http://", "https://")) for url in items):
-            return items or None
-    if value is None:
-        return None
-    raise ValueError(f"rollout_servers={items!r}: expected a list of http:// or https:// URLs")
-
-
-_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-
-
-def _check_types(config: AAConfig) -> None:
-    """YAML values reach the dataclass unconverted: check every field of a plain type (int, float, str, bool).
-
-    Integers are accepted for float fields (and converted); booleans are not accepted as numbers.
-    """
-    hints = typing.get_type_hints(type(config))
-    for item in fields(config):
-        hint = hints.get(item.name)
-        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-        options = [a for a in typing.get_args(hint) if a is not type(None)] if union else [hint]
-        optional = union and type(None) in typing.get_args(hint)
-        if not options or not all(o in _TYPE_NAMES for o in options):
-            continue
-        value = getattr(config, item.name)
-        if value is None and optional:
-            continue
-        if isinstance(value, bool):
-            ok = bool in options
-        elif isinstance(value, int):
-            ok = int in options or float in options
-            if ok and int not in options:
-                setattr(config, item.name, float(value))
-        else:
-            ok = any(isinstance(value, o) for o in options)
-        if not ok:
-            expected = " or ".join(_TYPE_NAMES[o] for o in options) + (" or null" if optional else "")
-            raise ValueError(f"{item.name}={value!r}: expected {expected}, got {type(value).__name__}")

@@ -1,0 +1,95 @@
+"""The checks of a training configuration that read its values alone (:class:`coop_rl.aa_config.AAConfig` calls
+them): types of YAML values, numeric lower bounds, tracker names and vLLM server URLs. Each raises ValueError in
+one line that names the setting."""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import fields
+from typing import Any
+
+# (field, lower bound, strict): numeric settings outside these are rejected with the field's name.
+LOWER_BOUNDS = (
+    ("beta", 0.0, False),
+    ("reward_scale", 0.0, True),
+    ("temperature", 0.0, False),
+    ("max_new_tokens", 1, False),
+    ("lora_r", 1, False),
+    ("lora_alpha", 0.0, True),
+    ("lora_dropout", 0.0, False),
+    ("pool_size", 1, False),
+    ("pool_every", 1, False),
+    ("is_clip", 1.0, False),  # below 1 it would scale down even the first pass, where pi_theta / pi_sampler = 1
+    ("ppo_clip", 0.0, True),
+    ("num_iterations", 1, False),
+    ("kl_coef", 0.0, False),
+    ("entropy_coef", 0.0, False),
+    ("invalid_penalty", 0.0, False),
+    ("play_eval_every", 0, False),
+    ("play_eval_matches", 1, False),
+    ("max_consecutive_faults", 1, False),
+    # transformers' own settings that it does not check (a negative learning rate failed in the optimizer)
+    ("learning_rate", 0.0, False),
+    ("weight_decay", 0.0, False),
+    ("max_grad_norm", 0.0, False),
+    ("warmup_steps", 0, False),
+    ("gradient_accumulation_steps", 1, False),
+    ("logging_steps", 0, True),
+    ("save_steps", 0, True),
+)
+
+
+def check_trackers(report_to: list[str] | str | None) -> None:
+    """Every name of ``report_to`` is a tracker transformers knows (it says so only when the trainer is built)."""
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    unknown = [name for name in names if name not in INTEGRATION_TO_CALLBACK and name not in ("all", "none")]
+    if unknown:
+        raise ValueError(f"report_to={unknown[0]!r}: expected none, all or one of {', '.join(INTEGRATION_TO_CALLBACK)}")
+
+
+def server_urls(value: object) -> list[str] | None:
+    """``rollout_servers`` as a list of URLs: a YAML list or a comma-separated string (the command line gives a list
+    of one such string); anything but http(s) URLs is refused."""
+    items = [value] if isinstance(value, str) else value
+    if isinstance(items, list) and all(isinstance(item, str) for item in items):
+        items = [url.strip() for item in items for url in item.split(",") if url.strip()]
+        if all(url.startswith(("http://", "https://")) for url in items):
+            return items or None
+    if value is None:
+        return None
+    raise ValueError(f"rollout_servers={items!r}: expected a list of http:// or https:// URLs")
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def check_types(config: Any) -> None:
+    """YAML values reach the dataclass unconverted: check every field of a plain type (int, float, str, bool).
+
+    Integers are accepted for float fields (and converted); booleans are not accepted as numbers.
+    """
+    hints = typing.get_type_hints(type(config))
+    for item in fields(config):
+        hint = hints.get(item.name)
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        options = [a for a in typing.get_args(hint) if a is not type(None)] if union else [hint]
+        optional = union and type(None) in typing.get_args(hint)
+        if not options or not all(o in _TYPE_NAMES for o in options):
+            continue
+        value = getattr(config, item.name)
+        if value is None and optional:
+            continue
+        if isinstance(value, bool):
+            ok = bool in options
+        elif isinstance(value, int):
+            ok = int in options or float in options
+            if ok and int not in options:
+                setattr(config, item.name, float(value))
+        else:
+            ok = any(isinstance(value, o) for o in options)
+        if not ok:
+            expected = " or ".join(_TYPE_NAMES[o] for o in options) + (" or null" if optional else "")
+            raise ValueError(f"{item.name}={value!r}: expected {expected}, got {type(value).__name__}")
