@@ -56,6 +56,7 @@ def _train(model_dir, tmp_path, *extra, config=RECIPE):
         (["--group_size", "1"], ["baseline loo needs group_size >= 2", "baseline batch or none"]),
         (["--is_clip", "0.5"], ["is_clip", ">= 1"]),
         (["--report_to", "nosuch"], ["report_to='nosuch': expected none, all or one of", "tensorboard"]),
+        (["--output_dir", "README.md/run"], ["cannot use output_dir 'README.md/run': README.md is not a directory"]),
         (["--learning_rate", "-1"], ["learning_rate=-1.0: must be >= 0.0"]),
         (["--learning_rate", "nan"], ["learning_rate=nan"]),
         (["--gradient_accumulation_steps", "0"], ["gradient_accumulation_steps=0: must be >= 1"]),
@@ -133,11 +134,6 @@ def test_missing_model_and_recipe(tmp_path, capsys, no_weights):
     (tmp_path / "broken" / "config.json").write_text("{not json")
     assert main(["train", "--config", RECIPE, "--model_name_or_path", str(tmp_path / "broken")]) == 2
     assert "cannot read the model config in" in _error_line(capsys)
-    (tmp_path / "a-file").write_text("")
-    assert main(["train", "--config", RECIPE, "--output_dir", str(tmp_path / "a-file" / "run")]) == 2
-    assert f"cannot use output_dir '{tmp_path / 'a-file' / 'run'}': {tmp_path / 'a-file'} is not a directory" in (
-        _error_line(capsys)
-    )
     assert main(["train", f"--config={tmp_path / 'nope.yaml'}"]) == 2  # the --config=FILE form is read too
     assert "recipe not found" in _error_line(capsys)
     recipe = tmp_path / "r.yaml"
