@@ -96,6 +96,15 @@ def _check_out_file(path: str | None, flag: str) -> str | None:
     return path
 
 
+def _is_stdout(path: str) -> bool:
+    """Whether ``path`` is the file standard output writes to (``/dev/stdout``, ``/proc/self/fd/1``, ...)."""
+    try:
+        mine, theirs = os.fstat(sys.stdout.fileno()), os.stat(path)
+    except (OSError, ValueError):  # no such file yet, or a stdout without a descriptor
+        return False
+    return (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino)
+
+
 def _show_progress(args: argparse.Namespace) -> bool:
     """Progress bars on stderr: for a person at a terminal, not under --json or when stderr is a file."""
     return not args.json and sys.stderr.isatty()
@@ -124,6 +133,8 @@ def cmd_play(args: argparse.Namespace) -> int:
     if args.group_size < 1:
         raise UsageError(f"--group-size must be >= 1, got {args.group_size}")
     _check_out_file(args.transcripts, "--transcripts")
+    if args.json and args.transcripts and _is_stdout(args.transcripts):
+        raise UsageError("--json prints one JSON object on stdout: write --transcripts to a file")
     summary = play(
         args.game,
         params,

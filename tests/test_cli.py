@@ -268,3 +268,19 @@ def test_every_subcommand_of_the_parser_runs_a_command():
 
     (subparsers,) = [a for a in build_parser()._actions if a.dest == "command"]
     assert set(subparsers.choices) - {"train"} == set(cli.COMMANDS)
+
+
+def test_json_refuses_transcripts_on_its_own_stdout(tmp_path):
+    out = tmp_path / "stdout.txt"
+    argv = [sys.executable, "-m", "coop_rl", "play", "--game", "ipd", "--players", "tft,alld", "--json"]
+    with out.open("w") as stdout:
+        proc = subprocess.run([*argv, "--transcripts", "/dev/stdout"], stdout=stdout, stderr=subprocess.PIPE,
+                              text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 2 and out.read_text() == ""
+    assert proc.stderr.strip() == (
+        "coop-rl: error: --json prints one JSON object on stdout: write --transcripts to a file"
+    )
+    with out.open("w") as stdout:  # to a file beside it: one JSON object on stdout, the transcripts in the file
+        proc = subprocess.run([*argv, "--transcripts", str(tmp_path / "t.jsonl")], stdout=stdout, timeout=60)
+    assert proc.returncode == 0 and json.loads(out.read_text())["game"] == "ipd"
+    assert (tmp_path / "t.jsonl").read_text().count("\n") == 10
