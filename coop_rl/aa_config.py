@@ -37,7 +37,13 @@ class AAConfig(TrainingArguments):
     use_peft: bool = field(default=False, metadata={"help": "Train a LoRA adapter (peft) instead of all weights."})
     lora_r: int = field(default=32, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=64, metadata={"help": "LoRA alpha."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_dropout: float = field(
+        default=0.0,
+        metadata={
+            "help": "LoRA dropout. Above 0 the loss runs with dropout and the rollouts without, so even the first "
+            "pass's importance weight is not 1 (loss/is_weight and rollout/sampler_logprob_gap show by how much)."
+        },
+    )
     seat_adapters: bool = field(
         default=False,
         metadata={
