@@ -182,7 +182,7 @@ def _check_model_config(base: Path) -> None:
 
     try:
         AutoConfig.from_pretrained(base)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:  # TypeError: JSON not an object
+    except (OSError, ValueError, KeyError) as error:  # a config.json that is no JSON object: resolve_model_dir
         raise UsageError(f"cannot read the model config in {base}: {str(error).splitlines()[0]}") from None
 
 
