@@ -251,8 +251,9 @@ def _check_init_model(
     args: argparse.Namespace, populations: dict, pretrained: Sequence[str], tiny_games: Sequence[str]
 ) -> tuple[str, ...]:
     """The games of ``--games`` (() when not given), after refusing what the kind asked for would ignore."""
-    if not args.out.strip():
-        raise UsageError("--out needs a folder path")
+    from coop_rl.eval.report import check_out_dir
+
+    check_out_dir(args.out)  # a folder path, under a writable folder: before minutes of building
     games = tuple(g.strip() for g in args.games.split(",")) if args.games is not None else ()
     if args.games is not None and not all(games):
         raise UsageError(f"--games takes comma-separated game names, got {args.games!r}")
