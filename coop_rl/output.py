@@ -9,6 +9,8 @@ Two layers, used by ``coop_rl.cli.main``:
 
 - :func:`send_library_logs_to_stderr` sets environment variables, before any library is imported, that send
   vLLM's logging to stderr for every command (with or without ``--json``); child processes inherit them.
+- :func:`bind_deepspeed_logger_to_stderr` imports DeepSpeed's logger with ``sys.stdout`` pointing at stderr, so
+  that its handler (bound to the ``sys.stdout`` of the moment it is built) writes to stderr for the whole process.
 - :func:`json_only_stdout` guards the run of a ``--json`` command: file descriptor 1 and ``sys.stdout`` both point
   at stderr, so nothing a library or a child process writes to "stdout" reaches it; :func:`print_json` writes the
   one JSON value to the original stdout, kept on a duplicate descriptor.
@@ -17,6 +19,7 @@ Two layers, used by ``coop_rl.cli.main``:
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import sys
@@ -38,6 +41,20 @@ def send_library_logs_to_stderr() -> None:
     """
     for name, value in LIBRARY_LOG_SETTINGS.items():
         os.environ.setdefault(name, value)
+
+
+def bind_deepspeed_logger_to_stderr() -> None:
+    """Send DeepSpeed's logs to stderr: call before anything imports DeepSpeed (transformers does, in a training).
+
+    DeepSpeed builds its logger's handler as ``StreamHandler(sys.stdout)`` when ``deepspeed.utils`` is first
+    imported, and that import already logs ("Setting accelerator to CPU ...") on a machine without a GPU. Importing
+    it here with ``sys.stdout`` pointing at stderr binds the handler to stderr for the rest of the process, and the
+    import's own warning goes there too. No-op when DeepSpeed is absent or already imported.
+    """
+    if "deepspeed" in sys.modules or importlib.util.find_spec("deepspeed") is None:
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        import deepspeed.utils  # noqa: F401
 
 
 def _writes_to_fd1(stream: TextIO) -> bool:

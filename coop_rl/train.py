@@ -219,6 +219,9 @@ def train(config: AAConfig) -> Path:
 
     A rank of a multi-process run (``accelerate launch``) ends inside, after saving (``finish_distributed_run``).
     """
+    from coop_rl.output import bind_deepspeed_logger_to_stderr
+
+    bind_deepspeed_logger_to_stderr()  # a library log, not this command's output: before transformers imports it
     from coop_rl.aa_trainer import AATrainer, CheckpointError, NumericalFaultError
     from coop_rl.distributed import finish_distributed_run
 

@@ -67,3 +67,22 @@ def test_main_sends_vllm_logs_to_stderr(monkeypatch, capsys):
     (described,) = json.loads(capsys.readouterr().out)["games"]  # one object, as every --json
     assert described["game"] == "ipd"
     assert os.environ["VLLM_LOGGING_STREAM"] == "ext://sys.stdout"
+
+
+def test_deepspeed_logs_go_to_stderr():
+    # DeepSpeed binds its handler to the sys.stdout of its import and logs on import without a GPU ("Setting
+    # accelerator to CPU"); `coop-rl train` printed that line among its own output before this.
+    code = textwrap.dedent(
+        """
+        from coop_rl.output import bind_deepspeed_logger_to_stderr
+        bind_deepspeed_logger_to_stderr()
+        from deepspeed.utils import logger
+        logger.warning("deepspeed noise")
+        print("own output")
+        """
+    )
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU: the import's own warning is logged too
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "own output\n"
+    assert "deepspeed noise" in proc.stderr and "Setting accelerator to CPU" in proc.stderr
