@@ -62,7 +62,7 @@ def cooperation_curve(run_dir: Path) -> list[list[float]]:
 def early_curve(run_dir: Path, iterations: int = 20) -> list[list[float]]:
     """[iteration, share of C among the learner's sampled actions] for each of the first ``iterations``, counted
     from ``trajectories/iteration-*.jsonl``. The log's curve averages over ``logging_steps``; the naive learner's
-    fork is decided within its first few updates (README), which only the per-iteration counts show."""
+    fork is decided within its first few updates (docs/results.md), which only the per-iteration counts show."""
     curve = []
     for iteration in range(1, iterations + 1):
         path = run_dir / "trajectories" / f"iteration-{iteration:06d}.jsonl"

@@ -8,8 +8,9 @@ Three steps, each with the ecosystem's own tools:
    IPD: allc, alld, tft, stft, wsls, random; similar mixes for the other games), the stand-in for the prior a
    pretrained LLM brings. From random initialisation a model cannot tell game states apart and collapses to
    defection under any credit (docs/algorithm.md); after this warm start it answers validly and reads the history
-   (in the IPD it cooperates 0.93 with tit-for-tat, 0.47 against always-defect and 0.86 with itself: README), which
-   is where Advantage Alignment can start. ``--population`` swaps a game's population (an experimental variable).
+   (in the IPD it cooperates 0.93 with tit-for-tat, 0.47 against always-defect and 0.86 with itself:
+   docs/results.md), which is where Advantage Alignment can start. ``--population`` swaps a game's population (an
+   experimental variable).
 """
 
 from __future__ import annotations
