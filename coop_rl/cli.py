@@ -167,12 +167,12 @@ def cmd_tournament(args: argparse.Namespace) -> int:
 # ----- eval and exploit ---------------------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
     from coop_rl.envs import game_class
-    from coop_rl.eval.report import check_out_dir
+    from coop_rl.eval.report import REPORT_FILES, check_out_dir
     from coop_rl.eval.suites import resolve_opponents
 
     params = _game_params(args, game_class(args.game))
     opponents = resolve_opponents(args.opponents, args.game)  # a SuiteError is a UsageError
-    out = check_out_dir(args.out)
+    out = check_out_dir(args.out, files=REPORT_FILES)
     from coop_rl.eval.evaluate import evaluate
     from coop_rl.eval.markdown import eval_table
 
@@ -196,12 +196,12 @@ def cmd_exploit(args: argparse.Namespace) -> int:
     from coop_rl.eval.exploit import exploit
     from coop_rl.eval.learned_exploit import learn_options, learned_exploit
     from coop_rl.eval.markdown import exploit_table, learned_exploit_table
-    from coop_rl.eval.report import check_out_dir
+    from coop_rl.eval.report import REPORT_FILES, check_out_dir
 
     params = _game_params(args, game_class(args.game))
     if args.candidates_per_run < 1:
         raise UsageError(f"--candidates-per-run must be >= 1, got {args.candidates_per_run}")
-    out = check_out_dir(args.out)
+    out = check_out_dir(args.out, files=REPORT_FILES)
     common = {"matches": args.matches, "seed": args.seed, "game_params": params, "sampling": _sampling(args),
               "candidates_per_run": args.candidates_per_run}  # fmt: skip
     learn = learn_options(args)  # None without --learn

@@ -83,7 +83,7 @@ def bootstrap_ci(
     import numpy as np
 
     data = np.asarray(values, dtype=float)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed % 2**64)  # numpy refuses a negative seed (--seed -1); the rest are unchanged
     means = data[rng.integers(0, len(data), size=(resamples, len(data)))].mean(axis=1)
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(means, [alpha, 1.0 - alpha])

@@ -9,11 +9,14 @@
 
 ``write_exploit(result, out_dir)`` writes ``exploit.json``, ``exploit.png`` (the top exploiters' returns against
 the self-play baseline) and puts an "Exploitability" section into report.md (created if absent; a previous
-exploit section is replaced, the rest of the report is kept). ``write_learned_exploit(result, out_dir)`` (``coop-rl
+exploit section is replaced, the rest of the report is kept when results.json is about the same policy and game:
+a report never shows one policy's exploitability under another's evaluation, and ``write_eval`` keeps an exploit
+section on the same condition). ``write_learned_exploit(result, out_dir)`` (``coop-rl
 exploit --learn``) writes ``exploiter_curve.png``, puts the ``"learned_exploiter"`` entry into results.json (beside
 an evaluation of the same policy and game already there, whose report.md is then written again with it) and its
 "Non-exploitability" section into report.md; a later ``write_eval`` of the same policy and game keeps the entry.
-``check_out_dir(path)`` tells a user, before any match is played, that the output directory could not be written.
+``check_out_dir(path, files=REPORT_FILES)`` tells a user, before any match is played, that the output directory or
+one of the files it will hold could not be written.
 
 The plots and the text live in :mod:`coop_rl.eval.plots` and :mod:`coop_rl.eval.markdown`; their public names are
 re-exported here for the modules that import them from this one.
@@ -42,7 +45,6 @@ from coop_rl.eval.markdown import (
     learned_exploit_markdown,
     markdown_table,
     split_exploit_section,
-    split_section,
     text_table,
 )
 from coop_rl.eval.plots import (
@@ -66,6 +68,10 @@ from coop_rl.eval.plots import (
 )
 from coop_rl.eval.results import ranked_candidates, rows_with_self_play
 
+#: the files ``coop-rl eval`` and ``coop-rl exploit`` write into their output folder
+REPORT_FILES = ("results.json", "exploit.json", "report.md", RETURNS_PNG, COOPERATION_PNG, EXPLOIT_PNG,
+                EXPLOITER_CURVE_PNG)  # fmt: skip
+
 
 def json_ready(value: Any) -> Any:
     """Replace NaN/inf by null so that results.json stays valid JSON."""
@@ -78,10 +84,10 @@ def json_ready(value: Any) -> Any:
     return value
 
 
-def check_out_dir(path: str | None, flag: str = "--out") -> str | None:
+def check_out_dir(path: str | None, flag: str = "--out", files: tuple[str, ...] = ()) -> str | None:
     """``path`` if it can become the output directory (it is created when the results are written), checked before
-    any match is played: the nearest existing folder on its way must be a writable directory (a UsageError naming
-    ``flag``)."""
+    any match is played: the nearest existing folder on its way must be a writable directory, and none of the
+    ``files`` the command writes into it may be a directory (a UsageError naming ``flag``)."""
     if path is None:
         return None
     if not path.strip():
@@ -92,6 +98,9 @@ def check_out_dir(path: str | None, flag: str = "--out") -> str | None:
         raise UsageError(f"cannot use {flag} {path!r}: {existing} is not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"cannot use {flag} {path!r}: {existing} is not writable")
+    blocked = next((target / name for name in files if (target / name).is_dir()), None)
+    if blocked is not None:
+        raise UsageError(f"cannot use {flag} {path!r}: {blocked} is a directory")
     return path
 
 
@@ -116,7 +125,7 @@ def write_eval(results: dict[str, Any], out_dir: str | Path) -> list[str]:
     report = out / "report.md"
     previous_exploit = split_exploit_section(report.read_text(encoding="utf-8"))[1] if report.exists() else ""
     text = eval_markdown(results)
-    if previous_exploit:  # keep an exploit section written earlier into this directory
+    if previous_exploit and _about_the_same(out / "exploit.json", results):  # the same policy's exploit section
         text += "\n" + previous_exploit
     write_text_atomic(report, text)
     return plots
@@ -130,7 +139,8 @@ def write_exploit(result: dict[str, Any], out_dir: str | Path) -> list[str]:
     result["plots"] = [EXPLOIT_PNG]
     write_text_atomic(out / "exploit.json", json.dumps(json_ready(result), indent=1) + "\n")
     report = out / "report.md"
-    rest = split_exploit_section(report.read_text(encoding="utf-8"))[0] if report.exists() else ""
+    same = report.exists() and _about_the_same(out / "results.json", result)  # else another policy's report
+    rest = split_exploit_section(report.read_text(encoding="utf-8"))[0] if same else ""
     section = exploit_markdown(result)
     write_text_atomic(report, (rest.rstrip() + "\n\n" + section) if rest.strip() else section)
     return result["plots"]
@@ -138,10 +148,22 @@ def write_exploit(result: dict[str, Any], out_dir: str | Path) -> list[str]:
 
 def _read_results(out: Path) -> dict[str, Any]:
     """``out``/results.json, or {} when there is none (or it cannot be read)."""
+    return _read_json(out / "results.json")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads((out / "results.json").read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _about_the_same(path: Path, result: dict[str, Any]) -> bool:
+    """Whether the JSON file ``path`` (results.json, exploit.json) is about ``result``'s policy and game: a report
+    keeps another command's section only then, never one policy's exploitability under another's evaluation."""
+    previous = _read_json(path)
+    return (previous.get("policy"), previous.get("game")) == (result["policy"], result["game"])
 
 
 def write_learned_exploit(result: dict[str, Any], out_dir: str | Path) -> list[str]:
@@ -159,7 +181,8 @@ def write_learned_exploit(result: dict[str, Any], out_dir: str | Path) -> list[s
         return learned["plots"]
     write_text_atomic(out / "results.json", json.dumps(json_ready(result), indent=1) + "\n")
     report = out / "report.md"
-    rest = split_section(report.read_text(encoding="utf-8"), LEARNED_START, LEARNED_END)[0] if report.exists() else ""
+    same = report.exists() and _about_the_same(out / "exploit.json", result)  # its search's section, kept
+    rest = split_exploit_section(report.read_text(encoding="utf-8"))[1] if same else ""
     section = learned_exploit_markdown(result)
     write_text_atomic(report, (rest.rstrip() + "\n\n" + section) if rest.strip() else section)
     return learned["plots"]
@@ -179,6 +202,7 @@ __all__ = [
     "RETURNS_PNG",
     "TOP_EXPLOITERS",
     "TOURNAMENT_PNG",
+    "REPORT_FILES",
     "check_out_dir",
     "eval_markdown",
     "eval_table",

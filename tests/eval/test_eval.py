@@ -228,12 +228,32 @@ def test_cli_eval_and_exploit_write_one_report(capsys, tmp_path):
     assert code == 0
     results = json.loads(printed)
     assert [row["policy_mean_return"] for row in results["opponents"]] == [9.0, 30.0]
-    assert main(["exploit", "--policy", "allc", "--game", "ipd", "--matches", "2", "--out", str(out)]) == 0
+    assert main(["exploit", "--policy", "tft", "--game", "ipd", "--matches", "2", "--out", str(out)]) == 0
     table = capsys.readouterr().out
-    assert "gain 20.00" in table and "alld" in table
+    assert "gain 2.00" in table and "m1:CCCCC+endD" in table
     report = (out / "report.md").read_text()
-    assert "# Evaluation of `tft` on ipd" in report and "## Exploitability of `allc` on ipd" in report
+    assert "# Evaluation of `tft` on ipd" in report and "## Exploitability of `tft` on ipd" in report
     assert {p.name for p in out.iterdir()} >= {"results.json", "report.md", "returns.png", "exploit.json"}
+    main(["eval", "--policy", "tft", "--game", "ipd", "--opponents", "alld", "--matches", "2", "--out", str(out)])
+    assert "## Exploitability of `tft` on ipd" in (out / "report.md").read_text()  # the same policy's: kept
+
+
+def test_a_report_never_mixes_two_policies(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert (
+        main(["eval", "--policy", "tft", "--game", "ipd", "--opponents", "alld", "--matches", "2", "--out", str(out)])
+        == 0
+    )
+    assert main(["exploit", "--policy", "allc", "--game", "ipd", "--matches", "2", "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()  # allc's exploitability is not put under tft's evaluation
+    assert "## Exploitability of `allc` on ipd" in report and "Evaluation of `tft`" not in report
+    assert (
+        main(["eval", "--policy", "alld", "--game", "ipd", "--opponents", "allc", "--matches", "2", "--out", str(out)])
+        == 0
+    )
+    report = (out / "report.md").read_text()  # nor under alld's
+    assert "# Evaluation of `alld` on ipd" in report and "Exploitability" not in report
+    capsys.readouterr()
 
 
 def test_suites_expand_and_deduplicate():
@@ -252,6 +272,17 @@ def test_bootstrap_is_seeded_and_exact_for_constants():
     assert bootstrap_ci(values, seed=3) == bootstrap_ci(values, seed=3)
     low, high = bootstrap_ci(values, seed=3)
     assert 1.0 <= low < 4.0 < high <= 10.0
+    # a negative seed (--seed -1: seed * 7919 + index) is numpy's seed modulo 2**64; other seeds are unchanged
+    assert bootstrap_ci(values, seed=-7919) == bootstrap_ci(values, seed=2**64 - 7919)
+
+
+def test_a_negative_seed_evaluates_and_exploits(capsys, tmp_path):
+    # --seed -1 used to play every match, then fail in the bootstrap with a traceback and write nothing
+    assert main(["eval", "--policy", "tft", "--game", "ipd", "--opponents", "random", "--matches", "4",
+                 "--seed", "-1", "--out", str(tmp_path / "e")]) == 0  # fmt: skip
+    assert main(["exploit", "--policy", "random", "--game", "ipd", "--matches", "3", "--seed", "-1"]) == 0
+    assert (tmp_path / "e" / "results.json").exists()
+    capsys.readouterr()
 
 
 @pytest.mark.parametrize(
@@ -289,6 +320,18 @@ def test_an_out_dir_under_a_file_is_refused_before_any_match(capsys, tmp_path):
         out, err = capsys.readouterr()
         target = blocker / "out"
         assert (out, err) == ("", f"coop-rl: error: cannot use --out '{target}': {blocker} is not a directory\n")
+
+
+def test_an_output_file_that_is_a_folder_is_refused_before_any_match(capsys, tmp_path):
+    for name, argv in (
+        ("report.md", ["eval", "--policy", "tft", "--game", "ipd", "--opponents", "alld"]),
+        ("exploit.png", ["exploit", "--policy", "tft", "--game", "ipd"]),
+    ):
+        out = tmp_path / name.replace(".", "-")
+        (out / name).mkdir(parents=True)
+        assert main([*argv, "--out", str(out)]) == 2
+        assert capsys.readouterr() == ("", f"coop-rl: error: cannot use --out '{out}': {out / name} is a directory\n")
+        assert sorted(p.name for p in out.iterdir()) == [name]  # nothing played or written
 
 
 def test_check_out_dir_and_the_user_errors_of_eval():
