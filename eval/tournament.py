@@ -1,7 +1,9 @@
 """Round-robin tournaments: every ordered pair of players meets for a number of matches.
 
 The row player's mean return against each column player makes the table; scripted strategies play instantly,
-model players are built once and reused for every pairing.
+model players are built once and reused for every pairing. In a symmetric game (ipd) the row player sits in seat 0;
+in one whose seats pay differently (bos) a cell is the mean of the row player's two seats, from the ordered pairs
+(row, column) and (column, row), so that no strategy is ranked by one seat alone.
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ from coop_rl.runner import run_matches, summarize
 class TournamentResult:
     game: str
     specs: list[str]
-    #: mean_return[i][j]: mean return of specs[i] (seat 0) against specs[j] (seat 1)
+    #: mean_return[i][j]: mean return of specs[i] against specs[j]: in seat 0 when ``both_seats`` is False (a
+    #: symmetric game), else the mean of its returns in seat 0 and in seat 1
     mean_return: list[list[float]]
-    #: cooperation[i][j]: cooperation rate of specs[i] against specs[j] (matrix games; None otherwise)
+    #: cooperation[i][j]: cooperation rate of specs[i] against specs[j], seats as above (matrix games; else None)
     cooperation: list[list[float | None]]
+    #: whether each cell averages both seats (a game whose seats are not interchangeable)
+    both_seats: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -30,11 +35,13 @@ class TournamentResult:
             "mean_return": self.mean_return,
             "cooperation": self.cooperation,
             "average": [sum(row) / len(row) for row in self.mean_return],
+            "both_seats": self.both_seats,
         }
 
     def table(self) -> str:
         width = max(8, *(len(s) for s in self.specs)) + 2
-        lines = [f"{self.game} round robin: mean return of the row player against the column player"]
+        seats = "mean of both seats" if self.both_seats else "row player in seat 0"
+        lines = [f"{self.game} round robin: mean return of the row player against the column player ({seats})"]
         lines.append("".ljust(width) + "".join(s.rjust(width) for s in self.specs) + "average".rjust(width))
         for spec, row in zip(self.specs, self.mean_return, strict=True):
             cells = "".join(f"{v:.2f}".rjust(width) for v in row)
@@ -50,23 +57,35 @@ def round_robin(
     game_params: dict[str, Any] | None = None,
 ) -> TournamentResult:
     """Play every ordered pair (including self-play) of a two-player game."""
+    from coop_rl.envs import game_class
+
     players: dict[str, Player] = {}
+    seat_stats: dict[tuple[str, str], list[dict[str, Any]]] = {}  # (seat 0, seat 1) -> summarize's two players
     try:
         for spec in specs:
             players.setdefault(spec, make_player(spec, game_name))
-        returns, cooperation = [], []
         for row in specs:
-            return_row, coop_row = [], []
             for column in specs:
-                results = run_matches(
-                    game_name, dict(game_params or {}), [players[row], players[column]], matches=matches, seed=seed
-                )
-                seat0 = summarize(game_name, [row, column], results)["players"][0]
-                return_row.append(seat0["mean_return"])
-                coop_row.append(seat0.get("cooperation_rate"))
-            returns.append(return_row)
-            cooperation.append(coop_row)
+                if (row, column) not in seat_stats:
+                    results = run_matches(
+                        game_name, dict(game_params or {}), [players[row], players[column]], matches=matches, seed=seed
+                    )
+                    seat_stats[row, column] = summarize(game_name, [row, column], results)["players"]
     finally:
         for player in players.values():
             player.close()
-    return TournamentResult(game_name, list(specs), returns, cooperation)
+    both_seats = not game_class(game_name).symmetric
+    returns = [[_cell(seat_stats, row, column, "mean_return", both_seats) for column in specs] for row in specs]
+    cooperation = [
+        [_cell(seat_stats, row, column, "cooperation_rate", both_seats) for column in specs] for row in specs
+    ]
+    return TournamentResult(game_name, list(specs), returns, cooperation, both_seats)
+
+
+def _cell(seat_stats: dict[tuple[str, str], list[dict[str, Any]]], row: str, column: str, key: str,
+          both_seats: bool) -> Any:  # fmt: skip
+    """``row``'s ``key`` against ``column``: in seat 0, or the mean of seat 0 (row, column) and seat 1 (column, row)."""
+    first = seat_stats[row, column][0].get(key)
+    if not both_seats or first is None:
+        return first
+    return (first + seat_stats[column, row][1][key]) / 2
