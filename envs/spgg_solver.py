@@ -145,7 +145,11 @@ class SPNEResult:
 
     def table(self, params: dict) -> str:
         """``coop-rl solve``'s plain text: the game's reward, N and K, a line per position, whether it is unique."""
-        lines = [f"spgg ({params['reward']} reward, N={params['players']}, K={params['levels']})"]
+        task = params.get("mode") == "task"  # q is an answer's correctness: two levels, whatever `levels` says
+        levels = "K=1, task mode: q is 0 or 1" if task else f"K={params['levels']}"
+        lines = [f"spgg ({params['reward']} reward, N={params['players']}, {levels})"]
+        if params.get("rounds", 1) > 1:
+            lines[0] += f"; the stage game: each of the {params['rounds']} rounds is one"
         lines.append("position  contribution  payoff")
         for i, (q, u) in enumerate(zip(self.spne, self.payoffs, strict=True)):
             lines.append(f"{i + 1:<8}  {q:<12.2f}  {u:.3f}")
@@ -293,5 +297,9 @@ def _prefix_counts(n: int, k_max: int) -> list[list[int]]:
 
 def solve_params(params: dict) -> SPNEResult:
     """Solve for a game's parameter dict (e.g. ``SequentialPublicGoods(...).params``), ignoring the keys the
-    stage game does not use."""
-    return solve_spgg(**{key: params[key] for key in SOLVER_KEYS if key in params})
+    stage game does not use. In task mode a player's q is its answer's correctness, 0 or 1, so the stage game is
+    solved with two levels (``levels=1``) whatever ``levels`` says."""
+    solver_params = {key: params[key] for key in SOLVER_KEYS if key in params}
+    if params.get("mode") == "task":
+        solver_params["levels"] = 1
+    return solve_spgg(**solver_params)

@@ -720,6 +720,20 @@ def test_solve_table_is_the_cli_text():
     )
 
 
+def test_task_mode_is_solved_with_two_levels_and_the_table_says_so():
+    # in task mode q is an answer's correctness (0 or 1): the 11-level SPNE (0.6, 1, 1) is not reachable there
+    task = make_game("spgg", mode="task")
+    assert task.solve() == make_game("spgg", levels=1).solve()
+    assert (task.solve().spne, task.solve().payoffs) == ([1.0, 1.0, 1.0], [8.0, 23.0, 23.0])
+    assert (
+        task.solve().table(task.params).splitlines()[0] == "spgg (redesigned reward, N=3, K=1, task mode: q is 0 or 1)"
+    )
+    game = make_game("spgg", reward="classic", rounds=3)
+    assert game.solve().table(game.params).splitlines()[0] == (
+        "spgg (classic reward, N=3, K=10); the stage game: each of the 3 rounds is one"
+    )
+
+
 def test_the_solver_refuses_a_tree_too_large_to_finish_in_one_line():
     with pytest.raises(GameConfigError, match=r"^players=8, levels=1000: the exact solver would try 2\.8e\+07 "):
         solve_spgg(players=8, levels=1000)
