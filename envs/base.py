@@ -91,7 +91,7 @@ class GameParam:
             elif self.type is float and isinstance(value, str):
                 converted = float(value.strip())
             else:
-                converted = self.type(value)
+                converted = self._from_value(value)
         except (TypeError, ValueError):
             raise GameConfigError(f"{key}={value!r}: expected {self.type.__name__}") from None
         if self.type is float and converted != converted:  # NaN
@@ -108,6 +108,21 @@ class GameParam:
         if self.high is not None and converted > self.high:
             raise GameConfigError(f"{key}={value!r}: must be <= {self.high}")
         return converted
+
+    def _from_value(self, value: Any) -> Any:
+        """A value that is no string (a recipe's YAML, JSON, Python) converted without truncating it: 2.5 is no
+        int (``int()`` would make it 2), 0.5 no bool, and a bool no number. A ValueError when it does not fit."""
+        if self.type is bool:
+            if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+                return bool(value)
+            raise ValueError
+        if self.type in (int, float) and isinstance(value, bool):
+            raise ValueError
+        if self.type is int and isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError
+            return int(value)
+        return self.type(value)
 
 
 #: the repeated games' ``show_horizon`` parameter: off by default, the prompts name the round but not how many there
