@@ -50,7 +50,7 @@ from coop_rl.opponents import (
     seat_adapter_name,
 )
 from coop_rl.players import SamplingConfig
-from coop_rl.players.base import Player
+from coop_rl.players.base import Player, check_chat_template
 from coop_rl.policy_folder import write_policy_settings
 from coop_rl.precision import describe_device, precision_record
 from coop_rl.rollout import (
@@ -102,6 +102,7 @@ class AATrainer(Trainer):
         if processing_class is None:
             name = model_id or model.config._name_or_path
             processing_class = AutoTokenizer.from_pretrained(name, padding_side="left")
+        check_chat_template(processing_class, model_id or "the model", "train")  # before any rollout
         self.game_params = args.parsed_game_params
         self.num_seats = make_game(args.game, **self.game_params).num_players
         if args.use_peft:

