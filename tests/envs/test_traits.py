@@ -81,7 +81,7 @@ def test_answer_grammar_follows_the_parameters():
         make_game("split", units=3).answer_pattern("split")
         == "<propose>hats=([0-3]) books=([0-3]) balls=([0-3])</propose>"
     )
-    levels4 = r"<contribute>(0(\.[0-9]{1,6})?|1(\.0{1,6})?)</contribute>"
+    levels4 = r"<contribute>(0(\.[0-9]{1,9})?|1(\.0{1,9})?)</contribute>"
     assert make_game("spgg", levels=4).answer_pattern("contribute") == levels4
 
 
@@ -144,6 +144,8 @@ def test_every_declared_choice_is_a_valid_answer_and_free_text_phases_have_none(
         ("spgg", {}),
         ("spgg", {"levels": 3}),
         ("spgg", {"levels": 1000}),
+        ("spgg", {"levels": 30}),  # 1/30 is 0.0333333: seven decimals
+        ("spgg", {"levels": 997}),  # 1/997 is 0.00100301: eight
         ("spgg", {"mode": "task"}),
     ],
 )
