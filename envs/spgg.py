@@ -348,7 +348,8 @@ class SequentialPublicGoods(TextGame):
 
     def answer_patterns(self) -> dict[str, str]:
         """Contribution mode: ``<contribute>X</contribute>``, X a decimal in [0, 1] (one decimal for K = 10, up to
-        nine otherwise: :func:`format_contribution` writes 6 significant digits, 1/997 as 0.00100301); task mode: ``<answer>N</answer>``."""
+        nine otherwise: :func:`format_contribution` writes 6 significant digits, 1/997 as 0.00100301); task mode:
+        ``<answer>N</answer>``."""
         digits = "" if self.params["levels"] == 10 else "{1,9}"  # how many decimals follow the point
         return {
             "contribute": rf"<contribute>(0(\.[0-9]{digits})?|1(\.0{digits})?)</contribute>",
