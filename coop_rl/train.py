@@ -233,6 +233,8 @@ def train(config: AAConfig) -> Path:
         trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     except (NumericalFaultError, CheckpointError) as error:
         raise UsageError(str(error)) from None
+    finally:  # a crash or Ctrl-C too: shared vLLM servers unregister the learner's adapter (idempotent)
+        trainer.opponents.close()
     trainer.save_model(config.output_dir)
     if trainer.accelerator.is_main_process:
         trainer.processing_class.save_pretrained(config.output_dir)

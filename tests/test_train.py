@@ -126,3 +126,21 @@ def test_a_chat_template_that_refuses_the_games_messages_is_a_usage_error(tiny_m
     with pytest.raises(UsageError, match="^cannot train .*no-system: its chat template refuses the games' system"):
         train(config)  # when the trainer is built, before any rollout
     assert not (tmp_path / "run" / "trajectories").exists()
+
+
+@pytest.mark.slow
+def test_a_run_that_stops_early_still_closes_its_opponents(tiny_model_dir, tmp_path, monkeypatch):
+    # a vLLM server fleet unregisters the learner's adapter in close(); on_train_end never runs on a crash or Ctrl-C
+    from coop_rl.aa_trainer import AATrainer
+    from coop_rl.opponents import Opponents
+
+    closed = []
+    monkeypatch.setattr(Opponents, "close", lambda self: closed.append(self))
+
+    def interrupted(self, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(AATrainer, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(load_recipe(_argv(tiny_model_dir, tmp_path / "run", "--max_steps", "1")))
+    assert len(closed) == 1
