@@ -11,8 +11,10 @@ smollm2``, ``make demo-llm``: the same on SmolLM2-135M-Instruct with LoRA, built
    (from each run's ``trainer_state.json`` ``log_history``), the tournament bars and the cross-play heatmap,
    and ``<out>/demo.json`` with every number of the table (:mod:`coop_rl.demo_report`).
 
-A stage whose output exists is not redone (a trained policy directory, the tiny model), so an interrupted demo
-resumes where it stopped; ``--force`` retrains. ``--max-steps`` shortens the trainings (tests, a quick look).
+A stage whose output exists is not redone (a trained policy directory trained for the same recipe, model and
+``--max-steps``: :data:`TRAINED_WITH_FILE`; the tiny model), so an interrupted demo resumes where it stopped;
+``--force`` retrains. A training starts from an empty run folder. ``--max-steps`` shortens the trainings (tests,
+a quick look).
 A stage that fails raises ``DemoError`` (a ``UsageError``: one line, exit status 2); Ctrl-C is not caught here.
 """
 
@@ -116,7 +118,9 @@ def ensure_tiny_model(spec: DemoSpec, tiny_dir: str | None = None) -> Path:
     if info_file.exists():
         info = json.loads(info_file.read_text(encoding="utf-8"))
         built = (tuple(info.get("games", ())), info.get("data_scale"), info.get("seed"), info.get("populations") or {})
-        same_build = built == (config.games, config.data_scale, config.seed, config.populations)
+        same_build = info.get("kind") == "coop-rl tiny" and built == (
+            config.games, config.data_scale, config.seed, config.populations
+        )  # fmt: skip
         # Only a model built with this demo's settings is checked for staleness; any other (a user's --tiny) is used
         # as it is, never rebuilt in its place.
         if not same_build or info.get("corpus_sha256") == corpus_fingerprint(
@@ -127,6 +131,18 @@ def ensure_tiny_model(spec: DemoSpec, tiny_dir: str | None = None) -> Path:
     elif (path / "config.json").exists():  # a model the user put there: used as it is
         return path
     return init_tiny_model(path, config)
+
+
+def build_model_stage(spec: DemoSpec, tiny_dir: str | None) -> Path:
+    """:func:`ensure_tiny_model`, its failures as one DemoError line (a folder that is not a model, a missing wheel)."""
+    from coop_rl.pretrained import PretrainedSourceError
+
+    try:
+        return ensure_tiny_model(spec, tiny_dir)
+    except (FileExistsError, ValueError, PretrainedSourceError) as error:
+        where = f"--tiny {tiny_dir}" if tiny_dir else spec.tiny_dir
+        reason = str(error).splitlines()[0].removesuffix("; choose another --out")  # init-model's own hint
+        raise DemoError(f"building the model in {where} failed: {reason}") from None
 
 
 def _ensure_pretrained_model(spec: DemoSpec, path: Path) -> Path:
@@ -151,11 +167,56 @@ def model_stage(spec: DemoSpec) -> str:
     return f"{spec.model} warm start" if spec.tiny_games else f"{spec.model} model"
 
 
-def is_trained(run_dir: Path) -> bool:
-    """A finished ``coop-rl train`` run: the saved policy and its settings file."""
+#: what the demo trained a run folder with (:func:`training_request`): a resumed demo reuses only that training
+TRAINED_WITH_FILE = "coop_rl_demo_training.json"
+
+
+def training_request(recipe: str, model_dir: Path, max_steps: int | None) -> dict[str, Any]:
+    """What a demo training is asked for: the recipe (its path and bytes), the model (its folder and its weights'
+    sizes and times, which a rebuild changes) and ``--max-steps``."""
+    import hashlib
+
+    recipe_file = Path(shipped_recipe(recipe))
+    weights = sorted(model_dir.glob("*.safetensors"))
+    return {
+        "recipe": recipe,
+        "recipe_sha256": hashlib.sha256(recipe_file.read_bytes()).hexdigest() if recipe_file.is_file() else None,
+        "model": str(model_dir.resolve()),
+        "model_weights": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in weights],
+        "max_steps": max_steps,
+    }
+
+
+def is_trained(run_dir: Path, request: dict[str, Any] | None = None) -> bool:
+    """A finished ``coop-rl train`` run (the saved policy and its settings file) and, given ``request``, one the
+    demo trained for that same request (not a 1-step look, another recipe or a rebuilt model)."""
     from coop_rl.policy_folder import POLICY_SETTINGS_FILE
 
-    return (run_dir / POLICY_SETTINGS_FILE).exists() and any(run_dir.glob("*.safetensors"))
+    if not (run_dir / POLICY_SETTINGS_FILE).exists() or not any(run_dir.glob("*.safetensors")):
+        return False
+    if request is None:
+        return True
+    try:
+        return json.loads((run_dir / TRAINED_WITH_FILE).read_text(encoding="utf-8")) == request
+    except (OSError, ValueError):
+        return False
+
+
+def train_stage(recipe: str, model_dir: Path, run_dir: Path, max_steps: int | None, force: bool) -> None:
+    """Train ``run_dir`` unless it holds this very training: a retraining starts from an empty folder, so that no
+    checkpoint, curve or policy of an earlier run is read as this one's."""
+    import shutil
+
+    from coop_rl.atomic_files import write_text_atomic
+
+    request = training_request(recipe, model_dir, max_steps)
+    if not force and is_trained(run_dir, request):
+        return
+    if run_dir.exists():
+        logger.warning("training %s again (%s)", run_dir, "--force" if force else "it holds another training")
+        shutil.rmtree(run_dir)
+    train(recipe, model_dir, run_dir, max_steps)
+    write_text_atomic(run_dir / TRAINED_WITH_FILE, json.dumps(request, indent=1) + "\n")
 
 
 def shipped_recipe(recipe: str) -> str:
@@ -232,14 +293,13 @@ def run_demo(
             bar.update(1)
 
         started = stage(model_stage(spec))
-        model_dir = ensure_tiny_model(spec, tiny_dir)
+        model_dir = build_model_stage(spec, tiny_dir)
         done(model_stage(spec), started)
 
         for method in methods:
             run_dir = out_dir / method
             started = stage(f"train {method}")
-            if force or not is_trained(run_dir):
-                train(spec.recipes[method], model_dir, run_dir, max_steps)
+            train_stage(spec.recipes[method], model_dir, run_dir, max_steps, force)
             done(f"train {method}", started)
 
         evals: dict[str, dict[str, Any]] = {}

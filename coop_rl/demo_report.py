@@ -154,7 +154,12 @@ def _verdict(spec: ReportSpec, rows: dict[str, dict[str, Any]]) -> str:
             "Compare the methods' returns against the scripted opponents and in self-play."
         )
     checks = {**ipd_bar_checks("aa", rows["aa"]), **ipd_bar_checks("naive", rows["naive"])}
-    lines = [f"- {'yes' if ok else 'NO'}: {name}" for name, ok in checks.items()]
+    # the measured rate, unrounded: the table's two decimals show 0.795 as 0.80, which fails ">= 0.8"
+    measured = [rows[method].get(key) for method in ("aa", "naive") for _, key, _, _ in IPD_BAR[method]]
+    lines = [
+        f"- {'yes' if ok else 'NO'}: {name}: {'missing' if value is None else f'{value:.4g}'}"
+        for (name, ok), value in zip(checks.items(), measured, strict=True)
+    ]
     head = (
         "Advantage Alignment learned reciprocity and the naive learner defected:"
         if all(checks.values())

@@ -4,13 +4,23 @@ model with two training iterations per method (slow)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 
 from coop_rl.cli import main
-from coop_rl.demo import DEMOS, DemoError, model_stage, run_demo, shipped_recipe
+from coop_rl.demo import (
+    DEMOS,
+    TRAINED_WITH_FILE,
+    DemoError,
+    is_trained,
+    model_stage,
+    run_demo,
+    shipped_recipe,
+    training_request,
+)
 from coop_rl.demo_report import (
     crossplay_matrices,
     ipd_bar_checks,
@@ -127,6 +137,18 @@ def test_the_model_stage_is_named_for_what_it_builds():
     assert model_stage(dataclasses.replace(DEMOS["ipd-smollm2"], tiny_games=())) == "smollm2 model"
 
 
+def test_the_verdict_shows_each_measured_rate_unrounded(tmp_path):
+    spec = DEMOS["ipd"]
+    evals = {"aa": _eval(0.795, 0.9, 0.1, 25.0), "naive": _eval(0.0, 0.0, 0.0, 11.0)}
+    rows = {m: summarize_method(e, spec.key_opponents) for m, e in evals.items()}
+    cross = {("aa", "naive"): _row("hf:naive", 9.0, 0.1, opp_ret=14.0, opp_coop=0.0)}
+    settings = {"model": "runs/tiny", "max_steps": None, "matches": 20, "seed": 0}
+    text = write_report(spec, tmp_path, rows, evals, cross, {"aa": [], "naive": []}, {}, settings).read_text()
+    assert "| aa | 0.80 |" in text  # the table's two decimals
+    assert "- NO: AA cooperates in self-play (cooperation >= 0.8): 0.795\n" in text
+    assert "- yes: naive defects in self-play (cooperation <= 0.3): 0\n" in text
+
+
 def test_ipd_bar_checks_name_each_bound_and_fail_a_missing_rate():
     row = {"self_play": 0.8, "vs_tft": None, "vs_alld": 0.2}
     assert ipd_bar_checks("aa", row) == {
@@ -165,6 +187,35 @@ def test_demo_cli_rejects_bad_numbers_before_any_stage(tmp_path):
 
 def _error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if "error" in line.lower() or "Traceback" in line]
+
+
+def test_a_run_folder_is_reused_only_for_the_training_it_holds(tmp_path):
+    model, run = tmp_path / "model", tmp_path / "run"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights")
+    request = training_request(DEMOS["ipd"].recipes["aa"], model, None)
+    assert request["recipe_sha256"] == hashlib.sha256(Path(DEMOS["ipd"].recipes["aa"]).read_bytes()).hexdigest()
+    run.mkdir()
+    (run / "coop_rl_policy.json").write_text("{}")
+    (run / "model.safetensors").write_bytes(b"trained")
+    assert is_trained(run) and not is_trained(run, request)  # a policy, but no record of what it was trained for
+    (run / TRAINED_WITH_FILE).write_text(json.dumps(request))
+    assert is_trained(run, request)
+    assert not is_trained(run, training_request(DEMOS["ipd"].recipes["aa"], model, 1))  # --max-steps 1
+    assert not is_trained(run, training_request(DEMOS["ipd"].recipes["naive"], model, None))  # another recipe
+    (model / "model.safetensors").write_bytes(b"rebuilt weights")
+    assert not is_trained(run, training_request(DEMOS["ipd"].recipes["aa"], model, None))  # a rebuilt model
+
+
+def test_a_tiny_folder_that_is_no_model_is_one_error_line(tmp_path, capsys):
+    folder = tmp_path / "not-a-model"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    assert main(["demo", "--tiny", str(folder), "--out", str(tmp_path / "demo"), "--max-steps", "1"]) == 2
+    lines = _error_lines(capsys.readouterr().err)
+    assert lines == [f"coop-rl: error: building the model in --tiny {folder} failed: {folder} exists and is not a "
+                     "tiny model built by coop-rl"]  # fmt: skip
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
 
 
 def test_a_failed_demo_training_is_one_error_line_exit_2(model_config_dir, tmp_path, capsys, monkeypatch):
@@ -215,6 +266,13 @@ def test_demo_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_path, capsys):
     result = run_demo(tiny_dir=str(tiny_model_dir), out=str(out), max_steps=2, matches=2)
     assert {m: (out / m / "model.safetensors").stat().st_mtime_ns for m in ("aa", "naive")} == written
     assert Path(result["report"]).exists()
+    # another request (here --max-steps 1) trains again, from an empty folder: no checkpoint of the earlier run is
+    # left for the report's learning curves to read
+    run_demo(tiny_dir=str(tiny_model_dir), out=str(out), max_steps=1, matches=2)
+    for method in ("aa", "naive"):
+        assert sorted(p.name for p in (out / method).glob("checkpoint-*")) == ["checkpoint-1"]
+        assert json.loads((out / method / TRAINED_WITH_FILE).read_text())["max_steps"] == 1
+    assert json.loads((out / "demo.json").read_text())["settings"]["max_steps"] == 1
 
 
 @pytest.mark.slow
