@@ -270,8 +270,15 @@ def _reusable(
     constrain_answers: bool,
     warm_start: PretrainedWarmStart | None,
 ) -> bool:
-    """Whether the folder's earlier build is what this call would build: same file, settings and warm start."""
+    """Whether the folder's earlier build is what this call would build: same file, settings and warm start, the
+    warm start on today's game texts (a prompt change makes the corpus, and so its fingerprint, another one)."""
     wanted_warm_start = json.loads(json.dumps(asdict(warm_start))) if warm_start is not None else None
+    if warm_start is not None:
+        from coop_rl.warm_start import collect_examples, corpus_fingerprint
+
+        corpus = corpus_fingerprint(collect_examples(warm_start.seed, warm_start.data_scale, warm_start.games))
+        if (previous.get("warm_start") or {}).get("corpus_sha256") != corpus:
+            return False
     return (
         previous.get("kind") == f"coop-rl pretrained {kind}"
         and previous.get("source", {}).get("sha256") == digest

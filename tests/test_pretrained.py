@@ -239,6 +239,23 @@ def test_rerun_reuses_and_changed_settings_rebuild(tmp_path, on_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 
+def test_a_warm_start_on_older_game_texts_is_built_again(tmp_path):
+    """A warm start is reused only when its corpus is today's: a prompt change makes the same settings another one."""
+    from dataclasses import asdict
+
+    from coop_rl.warm_start import collect_examples, corpus_fingerprint
+
+    settings = PretrainedWarmStart(data_scale=0.02)
+    corpus = corpus_fingerprint(collect_examples(settings.seed, settings.data_scale, settings.games))
+    (tmp_path / "config.json").write_text("{}")
+    warm = {"settings": json.loads(json.dumps(asdict(settings))), "corpus_sha256": corpus}
+    previous = {"kind": "coop-rl pretrained smollm2", "source": {"sha256": "d"}, "dtype": "float32",
+                "constrain_answers": True, "warm_start": warm}  # fmt: skip
+    assert pretrained._reusable(previous, tmp_path, "smollm2", "d", "auto", True, settings)
+    previous["warm_start"]["corpus_sha256"] = "the corpus of an older prompt format"
+    assert not pretrained._reusable(previous, tmp_path, "smollm2", "d", "auto", True, settings)
+
+
 def test_interrupted_save_leaves_nothing(tmp_path, on_path, monkeypatch):
     from transformers import PreTrainedModel
 
