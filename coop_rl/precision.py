@@ -134,7 +134,11 @@ def choose_precision(device: str = "cpu", requested: str = "auto", width: int = 
     """Resolve ``requested`` (auto, float32, bfloat16) for ``device`` ("cpu" or "cuda[:k]"): see the module doc."""
     if requested == "auto" and os.environ.get(PRECISION_ENV):
         requested = os.environ[PRECISION_ENV]
-        if requested in PRECISIONS and requested != "auto":
+        if requested not in PRECISIONS:  # a user error wherever a model loads (play, eval, train): one line
+            from coop_rl.errors import UsageError
+
+            raise UsageError(f"{PRECISION_ENV} must be one of {', '.join(PRECISIONS)}, not {requested!r}")
+        if requested != "auto":
             return Precision(requested, f"set by {PRECISION_ENV}")
     if requested not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {requested!r}")

@@ -2,6 +2,7 @@
 
 import pytest
 
+from coop_rl.errors import UsageError
 from coop_rl.precision import (
     BF16_MIN_SPEEDUP,
     Precision,
@@ -59,6 +60,9 @@ def test_environment_pins_every_auto_and_the_suite_runs_in_float32(monkeypatch):
     assert choose_precision("cpu", "auto") == Precision("float32", "set by COOP_RL_PRECISION")  # conftest's pin
     monkeypatch.setenv("COOP_RL_PRECISION", "bfloat16")
     assert choose_precision("cpu", "auto").bf16 and not choose_precision("cpu", "float32").bf16
+    monkeypatch.setenv("COOP_RL_PRECISION", "bf16")  # a user error, named: it was a traceback in play and eval
+    with pytest.raises(UsageError, match="^COOP_RL_PRECISION must be one of auto, float32, bfloat16, not 'bf16'$"):
+        choose_precision("cpu", "auto")
 
 
 def test_auto_on_this_cpu_follows_the_rule(monkeypatch):
