@@ -216,7 +216,12 @@ def save_model_atomically(
     except BaseException:  # interrupted or failed (disk full): no half-saved copy left beside ``out`` either
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    # The old build is renamed aside before it is removed: a crash in between leaves it whole under another name,
+    # never a half-deleted folder whose info file still reads as a finished build.
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    shutil.rmtree(old, ignore_errors=True)
     if out.exists():
-        shutil.rmtree(out)
+        os.replace(out, old)
     os.replace(partial, out)
+    shutil.rmtree(old, ignore_errors=True)
     return out
