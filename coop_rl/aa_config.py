@@ -372,3 +372,8 @@ class AAConfig(TrainingArguments):
         if not isinstance(params, dict):
             raise ValueError(f"game_params={self.game_params!r}: expected a mapping of game parameters")
         return dict(params)
+
+    def policy_settings(self) -> dict:
+        """What a saved policy's ``coop_rl_policy.json`` records (:mod:`coop_rl.policy_folder`): how it answers, so
+        that ``hf:<output_dir>`` plays the policy that was trained (constrained or not, at its answer length)."""
+        return {"constrain_answers": self.constrain_answers, "game": self.game, "max_new_tokens": self.max_new_tokens}

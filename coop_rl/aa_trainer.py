@@ -93,6 +93,8 @@ class AATrainer(Trainer):
         if model is None or isinstance(model, str):
             if not model_id:
                 raise ValueError("no model: set model_name_or_path")
+            # absolute: peft records it as a saved adapter's base, which hf:<output_dir> must find from any folder
+            model_id = os.path.abspath(model_id) if os.path.isdir(model_id) else model_id
             from safetensors import SafetensorError
 
             try:
@@ -209,6 +211,7 @@ class AATrainer(Trainer):
         turns = learner_turns(played, scored["turn_credit"], args.group_size, self.opponents.adapter_of)
         ppo = args.loss_type == "ppo"  # the clipped surrogate is linear in credit only within one sign
         rows = merge_identical_turns([t.loss_turn() for t in turns if t.completion_ids], by_sign=ppo)
+        self._metrics["loss/unique_rows"].append(float(len(rows)))  # the rollout's, not each micro-batch's share
         local_tokens = torch.tensor(float(sum(len(r["completion_ids"]) * r["count"] for r in rows)), device=args.device)
         total_tokens = self.accelerator.reduce(local_tokens, reduction="sum").item()
         gas = args.gradient_accumulation_steps
@@ -288,7 +291,6 @@ class AATrainer(Trainer):
         per_token = token_loss(*terms, **clips, entropy_coef=args.entropy_coef, kl_coef=args.kl_coef)
         for key, value in loss_metrics(*terms, **clips).items():
             self._metrics[key].append(value)
-        self._metrics["loss/unique_rows"].append(float(len(rows)))
         if inputs.get("first_micro_batch"):  # weights not yet updated by this rollout: the sampler's weights
             with torch.no_grad():
                 gap = ((logprobs - batch["sampler_logprobs"]).abs() * mask).sum() / mask.sum().clamp(min=1)
@@ -371,17 +373,24 @@ class AATrainer(Trainer):
         if self.args.use_peft:  # peft saves every adapter the model holds: the pool's are not the policy
             self.opponents.release_adapters(self.accelerator.unwrap_model(self.model))
         super()._save(output_dir, state_dict)
+        # every saved policy, a checkpoint's too (before its trainer_state.json): hf:<checkpoint> plays it as trained
+        self.save_policy_settings(output_dir or self.args.output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         if self.args.seat_adapters:
             load_seat_adapters(Path(resume_from_checkpoint), model or self.model, self.num_seats)
-        if (Path(resume_from_checkpoint) / POOL_FILE).exists():
-            self.opponents.load(Path(resume_from_checkpoint) / POOL_FILE)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        # The pool is restored here, which every resume calls: under DeepSpeed transformers loads the weights with
+        # deepspeed_load_checkpoint and never calls _load_from_checkpoint (a ZeRO-2 resume started with no pool).
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None and (Path(checkpoint) / POOL_FILE).exists():
+            self.opponents.load(Path(checkpoint) / POOL_FILE)
 
     def save_policy_settings(self, output_dir: str) -> None:
         """Record how the policy answers, so that ``hf:<output_dir>`` plays exactly the policy that was trained."""
-        settings = {"constrain_answers": self.args.constrain_answers, "game": self.args.game}
+        settings = self.args.policy_settings()
         folders = [Path(output_dir)]
         if self.args.seat_adapters:  # peft saves adapter k > 0 in output_dir/seat<k>: each plays as hf:<that dir>
             folders += [Path(output_dir) / seat_adapter_name(seat) for seat in range(1, self.num_seats)]

@@ -26,7 +26,10 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model players (hf:, vllm:, openai:)")
     group.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
     group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
-    group.add_argument("--max-new-tokens", type=int, default=128, help="longest answer in tokens")
+    group.add_argument(
+        "--max-new-tokens", type=int, default=None,
+        help="longest answer in tokens (default: a trained policy's own, from its folder; else 128)",
+    )  # fmt: skip
 
 
 def _add_match_arguments(parser: argparse.ArgumentParser, matches: int, matches_help: str) -> None:

@@ -106,6 +106,9 @@ class AdapterPlayer(Player):
         with active_adapter(self.model, self.adapter):
             return self.live.act(requests)
 
+    def reseed(self, seed: int) -> None:
+        self.live.reseed(seed)
+
 
 def add_lora(model: torch.nn.Module, args: Any, num_seats: int) -> torch.nn.Module:
     """The model wrapped in LoRA (``lora_r``, ``lora_alpha``, ...); with ``seat_adapters`` one adapter per seat, all
@@ -169,6 +172,7 @@ class Opponents:
     ) -> None:
         self.args, self.num_seats, self.model, self.tokenizer = args, num_seats, model, tokenizer
         self.sampling, self.seed_of, self.rank, self.world_size = sampling, seed_of, rank, world_size
+        self._rollout_seed = seed_of(0)  # the sampling seed of the rollout under way (live_player sets it)
         self.pool: list[dict[str, torch.Tensor]] = []  # past learners' trainable weights (on CPU)
         self.rng = random.Random(args.seed)  # which co-player each group meets; restored on resume
         self._engine: HFEngine | None = None  # the transformers engine over the live model (made on first use)
@@ -187,7 +191,12 @@ class Opponents:
         return self._engine
 
     def live_player(self, step: int) -> Player:
-        """The learner at optimizer step ``step``, on the rollout backend (``rollout_backend``)."""
+        """The learner at optimizer step ``step``, on the rollout backend (``rollout_backend``). The opponents kept
+        from rollout to rollout (frozen specs, pool copies) restart their sampling from the step too: a resumed run,
+        which builds them afresh, then samples as the unbroken run did."""
+        self._rollout_seed = self.seed_of(step)  # also for the opponents built during this rollout
+        for player in [*self._frozen_players.values(), *self._pool_players.values()]:
+            player.reseed(self._rollout_seed)
         if self.args.rollout_backend == "hf":
             return LivePolicyPlayer(
                 self.engine(), self.sampling, self.seed_of(step), constrain=self.args.constrain_answers
@@ -307,6 +316,8 @@ class Opponents:
             raise UsageError(f"{spec}: vllm: opponents need one process; under several, serve them as openai: specs")
         if spec not in players:
             players[spec] = make_player(spec, self.args.game, sampling=self.sampling, seed=self.seed_of(0))
+            if not for_eval:
+                players[spec].reseed(self._rollout_seed)
         return players[spec]
 
     # ----- the pool -----------------------------------------------------------------------------------------
@@ -330,6 +341,7 @@ class Opponents:
                 copy_engine = HFEngine.from_model(frozen, engine.tokenizer)
                 player = LivePolicyPlayer(copy_engine, self.sampling, self.seed_of(index), f"pool[{index}]", constrain)
                 self._pool_players[index] = player
+            self._pool_players[index].reseed(self._rollout_seed)
         return self._pool_players[index]
 
     def _load_pool_adapter(self, model: Any, index: int) -> str:

@@ -7,8 +7,9 @@ A policy folder is either
   and the adapter weights, as a LoRA run saves it;
 
 and, beside either, optionally the policy settings file :data:`POLICY_SETTINGS_FILE` (``coop_rl_policy.json``):
-how the policy must be played to be the policy it was trained as, e.g. ``{"constrain_answers": true}`` (answers
-restricted to the game's declared choices). A folder without it is played with the defaults.
+how the policy must be played to be the policy it was trained as, e.g. ``{"constrain_answers": true, "game": "ipd",
+"max_new_tokens": 4}`` (answers restricted to the game's declared choices, at most 4 tokens unless the caller says
+otherwise). A folder without it is played with the defaults.
 
 A local model spec names a policy as ``<backend>:<model_dir>[@<adapter_dir>]`` (``hf:``, ``vllm:``): the model
 directory may itself be an adapter folder (its base is then read from its config), or a base model with an
@@ -103,6 +104,12 @@ class PolicyFolder(NamedTuple):
     def constrain_answers(self) -> bool:
         """Whether the policy was trained (or marked) to answer only the game's declared choices."""
         return bool(self.settings().get("constrain_answers", False))
+
+    @property
+    def max_new_tokens(self) -> int | None:
+        """The longest answer the policy was trained to give (None: not recorded)."""
+        value = self.settings().get("max_new_tokens")
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def parse_policy_spec(spec: str, backend: str) -> PolicyFolder:

@@ -153,7 +153,23 @@ def load_recipe(argv: Sequence[str]) -> AAConfig:
     from coop_rl.eval.report import check_out_dir
 
     check_out_dir(config.output_dir, "output_dir")  # before any weights load, not when the first save fails
+    if not config.resume_from_checkpoint:
+        _check_no_earlier_run(Path(config.output_dir))
     return config
+
+
+def _check_no_earlier_run(out: Path) -> None:
+    """A new run does not write over an earlier one: its checkpoints, trajectories and policy would be mixed with
+    this run's (an earlier full model beside a new LoRA adapter plays as the old policy) or lost."""
+    if not out.is_dir():
+        return
+    names = ("coop_rl_policy.json", "model.safetensors", "adapter_model.safetensors", "trajectories")
+    found = sorted(p.name for p in out.iterdir() if p.name in names or p.name.startswith("checkpoint-"))
+    if found:
+        raise UsageError(
+            f"output_dir {out} holds an earlier run ({', '.join(found[:3])}{', ...' if len(found) > 3 else ''}): "
+            "resume it with --resume_from_checkpoint, or choose another output_dir, or remove it"
+        )
 
 
 def _check_model(config: AAConfig) -> None:
@@ -237,8 +253,7 @@ def train(config: AAConfig) -> Path:
         trainer.opponents.close()
     trainer.save_model(config.output_dir)
     if trainer.accelerator.is_main_process:
-        trainer.processing_class.save_pretrained(config.output_dir)
-        trainer.save_policy_settings(config.output_dir)
+        trainer.processing_class.save_pretrained(config.output_dir)  # save_model wrote the policy settings
         print(f"saved the trained policy to {config.output_dir} (play it as hf:{config.output_dir})")
     finish_distributed_run(trainer.accelerator)  # a rank of a multi-process run ends here (see its docstring)
     return Path(config.output_dir)

@@ -154,6 +154,20 @@ def test_accelerate_launch_deepspeed_trains_on_cpu(tmp_path, tiny_model_dir, sta
 
 
 @pytest.mark.slow
+def test_a_zero2_resume_brings_the_opponent_pool_back(tmp_path, tiny_model_dir):
+    # DeepSpeed loads a checkpoint's weights without transformers' _load_from_checkpoint, where the pool was
+    # restored: a ZeRO-2 resume started with an empty pool (pool size 1 at step 2, where an unbroken run has 2)
+    out = tmp_path / "run"
+    pool = ["--opponent", "pool", "--pool_every", "1", "--pool_prob", "1.0", "--save_steps", "1"]
+    _run(_launch("recipes/accelerate/zero2.yaml", *_train(tiny_model_dir, out, *pool, "--max_steps", "1")))
+    resume = ["--max_steps", "2", "--resume_from_checkpoint", str(out / "checkpoint-1")]
+    _run(_launch("recipes/accelerate/zero2.yaml", *_train(tiny_model_dir, out, *pool, *resume)))
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    sizes = [entry["rollout/pool_size"] for entry in state["log_history"] if "rollout/pool_size" in entry]
+    assert sizes == [1, 2]  # with pool_every 1 each iteration adds the learner before its rollout
+
+
+@pytest.mark.slow
 def test_zero3_with_a_vllm_backend_is_refused_in_one_line(tmp_path, tiny_model_dir):
     # The adapter the engine loads would be saved from ZeRO-3's empty shards: refused when the trainer is built.
     train = _train(tiny_model_dir, tmp_path / "run", "--max_steps", "1", "--use_peft", "true", "--lora_r", "8",

@@ -62,6 +62,21 @@ def test_load_recipe_raises_one_usage_error_per_problem(extra, message, model_co
     assert "\n" not in str(caught.value)
 
 
+def test_a_new_run_into_an_earlier_runs_folder_is_refused(model_config_dir, tmp_path, no_weights):
+    out = tmp_path / "out"
+    (out / "checkpoint-2").mkdir(parents=True)
+    (out / "trajectories").mkdir()
+    (out / "notes.txt").write_text("a user's file is no run")
+    refusal = rf"^output_dir {out} holds an earlier run \(checkpoint-2, trajectories\): resume it with "
+    with pytest.raises(
+        UsageError, match=refusal + "--resume_from_checkpoint, or choose another output_dir, or remove it$"
+    ):
+        load_recipe(_argv(model_config_dir, out))
+    resumed = load_recipe(_argv(model_config_dir, out, "--resume_from_checkpoint", str(out / "checkpoint-2")))
+    assert resumed.resume_from_checkpoint == str(out / "checkpoint-2")
+    assert load_recipe(_argv(model_config_dir, tmp_path / "fresh")).output_dir == str(tmp_path / "fresh")
+
+
 def test_load_recipe_checks_the_file_before_parsing_it(tmp_path):
     with pytest.raises(UsageError, match=r"^--config needs a recipe file$"):
         load_recipe(["--config"])
@@ -109,6 +124,8 @@ def test_train_saves_the_policy_folder_and_returns_it(tiny_model_dir, tmp_path, 
     assert f"saved the trained policy to {out} (play it as hf:{out})" in capsys.readouterr().out
     settings = json.loads((out / "coop_rl_policy.json").read_text())
     assert (settings["constrain_answers"], settings["game"]) == (True, "ipd")  # the recipe's, kept with the policy
+    # a checkpoint is a policy folder too: hf:<run>/checkpoint-1 plays constrained, as trained
+    assert json.loads((out / "checkpoint-1" / "coop_rl_policy.json").read_text()) == settings
     assert (out / "model.safetensors").exists() and (out / "tokenizer_config.json").exists()
     assert json.loads((out / "coop_rl_run.json").read_text())["device"] == "cpu"  # the demo's report reads it
     history = json.loads((out / "checkpoint-1" / "trainer_state.json").read_text())["log_history"]
@@ -144,3 +161,21 @@ def test_a_run_that_stops_early_still_closes_its_opponents(tiny_model_dir, tmp_p
     with pytest.raises(KeyboardInterrupt):
         train(load_recipe(_argv(tiny_model_dir, tmp_path / "run", "--max_steps", "1")))
     assert len(closed) == 1
+
+
+@pytest.mark.slow
+def test_a_lora_policy_names_its_base_model_by_an_absolute_path(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    # trained from the model's parent folder with a relative path, then played from elsewhere: peft wrote the
+    # relative path as the adapter's base, and hf:<output_dir> worked only from the folder training ran in
+    from coop_rl.cli import main
+
+    recipe = Path(__file__).resolve().parents[1] / RECIPE
+    monkeypatch.chdir(tiny_model_dir.parent)
+    out = tmp_path / "lora"
+    lora = ["--max_steps", "1", "--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8"]
+    train(load_recipe(_argv(tiny_model_dir.name, out, *lora, recipe=recipe)))
+    base = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert base == str(tiny_model_dir.absolute())
+    monkeypatch.chdir(tmp_path)
+    assert main(["play", "--game", "ipd", "--players", f"hf:{out},tft", "--matches", "2", "--rounds", "2"]) == 0
+    capsys.readouterr()

@@ -173,6 +173,41 @@ def test_resume_continues_at_the_saved_step_with_the_pool(tmp_path, tiny_model_d
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("opponent", ["frozen", "pool"])
+def test_a_resume_samples_the_opponents_as_the_unbroken_run(tmp_path, tiny_model_dir, opponent):
+    # a model opponent kept from rollout to rollout (a frozen hf: spec, a full-weight pool copy) drew its sampling
+    # seeds from a generator a resume rebuilt afresh: the resumed run's rollouts differed from the unbroken run's
+    settings = {"frozen": ["--opponents", f"hf:{tiny_model_dir}"], "pool": ["--pool_every", "2", "--pool_prob", "1"]}
+    extra = [
+        "--opponent",
+        opponent,
+        *settings[opponent],
+        "--save_steps",
+        "1",
+        "--save_total_limit",
+        "5",
+        "--max_steps",
+        "3",
+    ]
+    extra += ["--game_params", '{"rounds": 3}']
+    out = _train(tmp_path, tiny_model_dir, *extra)
+    resumed = _train(tmp_path / "again", tiny_model_dir, *extra, "--resume_from_checkpoint", str(out / "checkpoint-1"))
+    for step in (2, 3):
+        name = f"trajectories/iteration-{step:06d}.jsonl"
+        assert (resumed / name).read_text() == (out / name).read_text(), name
+
+
+@pytest.mark.slow
+def test_unique_rows_counts_the_rollouts_rows_under_gradient_accumulation(tmp_path, tiny_model_dir):
+    # it was logged per micro-batch and averaged: with 2 micro-batches, half the rows the rollout merged to
+    one = _train(tmp_path / "one", tiny_model_dir, "--max_steps", "1", "--save_steps", "1")
+    two = _train(tmp_path / "two", tiny_model_dir, "--max_steps", "1", "--save_steps", "1",
+                 "--gradient_accumulation_steps", "2")  # fmt: skip
+    rows = [[h["loss/unique_rows"] for h in _log_history(run) if "loss/unique_rows" in h] for run in (one, two)]
+    assert rows[0] == rows[1] and rows[0][0] > 1  # the same rollout (same seed), merged to the same rows
+
+
+@pytest.mark.slow
 def test_ppo_passes_over_one_rollout_until_the_clip_binds(tmp_path, tiny_model_dir):
     """num_iterations 4: one rollout feeds four optimizer steps (max_steps counts optimizer steps); the first pass
     runs at the sampler's weights (ratio 1, nothing clipped), the later ones at moved weights, where the clip binds."""

@@ -33,6 +33,8 @@ def make_player(
     """
     spec = spec.strip()
     backend = _backend(spec)
+    if sampling is not None and sampling.max_new_tokens is None:
+        sampling = _with_answer_length(spec, backend, sampling)
     if backend == "openai":
         return _make_openai_player(spec, sampling)
     if backend == "hf":
@@ -44,6 +46,20 @@ def make_player(
 
         return VLLMPlayer(spec, sampling=sampling, seed=seed, constrain=constrain)
     return ScriptedPlayer(spec, game_name)
+
+
+def _with_answer_length(spec: str, backend: str | None, sampling: SamplingConfig) -> SamplingConfig:
+    """``sampling`` with the answer length a local policy was trained with (its folder says), else the default."""
+    import dataclasses
+
+    from coop_rl.players.sampling import DEFAULT_MAX_NEW_TOKENS
+
+    length = None
+    if backend in ("hf", "vllm"):
+        from coop_rl.policy_folder import parse_policy_spec
+
+        length = parse_policy_spec(spec, backend).max_new_tokens
+    return dataclasses.replace(sampling, max_new_tokens=length or DEFAULT_MAX_NEW_TOKENS)
 
 
 def check_player_spec(spec: str, game_name: str) -> None:

@@ -69,5 +69,9 @@ class Player(ABC):
     def act(self, requests: list[TurnRequest]) -> list[Action]:
         """Answer every request, in order."""
 
+    def reseed(self, seed: int) -> None:  # noqa: B027 - optional hook
+        """Restart the sampling randomness a model player keeps across calls from ``seed`` (the trainer does so
+        every rollout, so that a resumed run samples as the unbroken one did)."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release engines and servers."""

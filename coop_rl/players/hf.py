@@ -425,7 +425,10 @@ class HFPlayer(Player):
         self.adapter = self.engine.adapter_name(implied_adapter) if implied_adapter else None
         self.sampling = sampling or SamplingConfig()
         self.max_batch_size = max_batch_size
-        self._rng = random.Random(f"hf:{seed}:{spec}")
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        self._rng = random.Random(f"hf:{seed}:{self.spec}")
 
     def act(self, requests: list[TurnRequest]) -> list[Action]:
         if not requests:

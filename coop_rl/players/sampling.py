@@ -5,14 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+#: the longest answer when neither the caller nor the policy folder (what it was trained with) says otherwise
+DEFAULT_MAX_NEW_TOKENS = 128
+
 
 @dataclass
 class SamplingConfig:
-    """How model players sample."""
+    """How model players sample. ``max_new_tokens`` None: each local policy's own training length (its folder's
+    ``coop_rl_policy.json``), else :data:`DEFAULT_MAX_NEW_TOKENS`, resolved by ``make_player``."""
 
     temperature: float = 1.0
     top_p: float = 1.0
-    max_new_tokens: int = 128
+    max_new_tokens: int | None = DEFAULT_MAX_NEW_TOKENS
 
 
 #: named in every transformers generate() call (coop_rl.players.hf): transformers fills any generation setting

@@ -87,7 +87,10 @@ class VLLMPlayer(Player):
         # with hf: guided decoding to exactly one of the game's declared answers, free text elsewhere.
         self.constrain = (folder.constrain_answers if constrain is None else constrain) and guided_after is None
         self.tries: list[int] = []  # per answered turn of the last act() call: how many generations it took
-        self._rng = random.Random(f"vllm:{seed}:{spec}")
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        self._rng = random.Random(f"vllm:{seed}:{self.spec}")
 
     def sync_adapter(self, path: str | Path) -> None:
         """Serve the adapter now saved in ``path`` (the trainer's new weights) from the next call on."""

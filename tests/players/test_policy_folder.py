@@ -131,3 +131,17 @@ def test_the_old_import_path_still_names_the_same_objects():
     assert hf.POLICY_SETTINGS_FILE is policy_folder.POLICY_SETTINGS_FILE
     assert hf.read_policy_settings is policy_folder.read_policy_settings
     assert hf.resolve_model_dir is policy_folder.resolve_model_dir
+
+
+def test_a_policy_is_played_at_its_training_answer_length_unless_told(tmp_path):
+    from coop_rl.players import SamplingConfig, _with_answer_length
+    from coop_rl.policy_folder import write_policy_settings
+
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    (policy / "config.json").write_text("{}")
+    unset = SamplingConfig(temperature=0.5, max_new_tokens=None)  # the command line without --max-new-tokens
+    assert _with_answer_length(f"hf:{policy}", "hf", unset) == SamplingConfig(0.5, 1.0, 128)  # nothing recorded
+    write_policy_settings(policy, {"constrain_answers": False, "max_new_tokens": 400})
+    assert _with_answer_length(f"vllm:{policy}", "vllm", unset).max_new_tokens == 400  # as it was trained
+    assert _with_answer_length("openai:m@http://127.0.0.1:1/v1", "openai", unset).max_new_tokens == 128
