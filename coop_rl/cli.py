@@ -307,9 +307,10 @@ def cmd_train(argv: Sequence[str]) -> int:
     """``coop-rl train --config RECIPE.yaml [--key value ...]`` (also under ``accelerate launch``): coop_rl.train."""
     import logging
 
-    from coop_rl.train import load_recipe, train
+    from coop_rl.train import check_no_earlier_run, load_recipe, train
 
     config = load_recipe(argv)  # every check, before any weights load
+    check_no_earlier_run(config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     train(config)
     return 0

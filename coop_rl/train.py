@@ -153,15 +153,15 @@ def load_recipe(argv: Sequence[str]) -> AAConfig:
     from coop_rl.eval.report import check_out_dir
 
     check_out_dir(config.output_dir, "output_dir")  # before any weights load, not when the first save fails
-    if not config.resume_from_checkpoint:
-        _check_no_earlier_run(Path(config.output_dir))
     return config
 
 
-def _check_no_earlier_run(out: Path) -> None:
-    """A new run does not write over an earlier one: its checkpoints, trajectories and policy would be mixed with
-    this run's (an earlier full model beside a new LoRA adapter plays as the old policy) or lost."""
-    if not out.is_dir():
+def check_no_earlier_run(config: AAConfig) -> None:
+    """``coop-rl train``: a new run does not write over an earlier one in its output_dir (a resume continues it).
+    Its checkpoints, trajectories and policy would be mixed with this run's (an earlier full model beside a new
+    LoRA adapter plays as the old policy) or lost. The demo and the exploiter manage their own folders."""
+    out = Path(config.output_dir)
+    if config.resume_from_checkpoint or not out.is_dir():
         return
     names = ("coop_rl_policy.json", "model.safetensors", "adapter_model.safetensors", "trajectories")
     found = sorted(p.name for p in out.iterdir() if p.name in names or p.name.startswith("checkpoint-"))
@@ -259,4 +259,4 @@ def train(config: AAConfig) -> Path:
     return Path(config.output_dir)
 
 
-__all__ = ["check_lora_targets", "check_recipe", "load_recipe", "print_recipe_help", "train"]
+__all__ = ["check_lora_targets", "check_no_earlier_run", "check_recipe", "load_recipe", "print_recipe_help", "train"]

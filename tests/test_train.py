@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from coop_rl.cli import main
 from coop_rl.errors import UsageError
-from coop_rl.train import load_recipe, train
+from coop_rl.train import check_no_earlier_run, load_recipe, train
 
 RECIPE = "recipes/ipd/aa_tiny.yaml"
 
@@ -66,15 +67,20 @@ def test_a_new_run_into_an_earlier_runs_folder_is_refused(model_config_dir, tmp_
     out = tmp_path / "out"
     (out / "checkpoint-2").mkdir(parents=True)
     (out / "trajectories").mkdir()
-    (out / "notes.txt").write_text("a user's file is no run")
     refusal = rf"^output_dir {out} holds an earlier run \(checkpoint-2, trajectories\): resume it with "
     with pytest.raises(
         UsageError, match=refusal + "--resume_from_checkpoint, or choose another output_dir, or remove it$"
     ):
-        load_recipe(_argv(model_config_dir, out))
-    resumed = load_recipe(_argv(model_config_dir, out, "--resume_from_checkpoint", str(out / "checkpoint-2")))
-    assert resumed.resume_from_checkpoint == str(out / "checkpoint-2")
-    assert load_recipe(_argv(model_config_dir, tmp_path / "fresh")).output_dir == str(tmp_path / "fresh")
+        check_no_earlier_run(load_recipe(_argv(model_config_dir, out)))
+    check_no_earlier_run(
+        load_recipe(_argv(model_config_dir, out, "--resume_from_checkpoint", str(out / "checkpoint-2")))
+    )
+    check_no_earlier_run(load_recipe(_argv(model_config_dir, tmp_path / "fresh")))
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "fresh" / "notes.txt").write_text("a user's file is no run")
+    check_no_earlier_run(load_recipe(_argv(model_config_dir, tmp_path / "fresh")))
+    # the command: one line, exit 2, before any weights load
+    assert main(["train", *_argv(model_config_dir, out)]) == 2
 
 
 def test_load_recipe_checks_the_file_before_parsing_it(tmp_path):
