@@ -205,7 +205,7 @@ def section_aa_iteration(args, accumulation: int = 4, **overrides: Any) -> dict[
         "split_s": {
             p: round(statistics.median(s.get(p, 0.0) for s in steps), 3) for p in ("rollout", "credit", "update")
         },
-        "unique_rows_per_microbatch": next(
+        "unique_rows_per_rollout": next(
             (e["loss/unique_rows"] for e in reversed(trainer.state.log_history) if "loss/unique_rows" in e), None
         ),
         "peak_gpu_mb": cuda_peak_mb(),

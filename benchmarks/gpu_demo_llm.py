@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     for method, recipe in SPEC.recipes.items():
         run_dir = args.runs / method
+        shutil.rmtree(run_dir, ignore_errors=True)  # this script's own earlier run: coop-rl train refuses to mix them
         train = ["train", "--config", recipe, "--model_name_or_path", str(model)]
         train += ["--output_dir", str(run_dir)]
         if args.max_steps is not None:  # a short run still checkpoints its last step (its log), as the demo's do

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -74,7 +75,10 @@ def early_curve(run_dir: Path, iterations: int = 20) -> list[list[float]]:
 
 
 def train(recipe: str, seed: int, run_dir: Path, overrides: dict[str, str]) -> float:
-    """Train one run in a child process; its seconds. The child's output goes to ``<run_dir>.log``."""
+    """Train one run in a child process; its seconds. The child's output goes to ``<run_dir>.log``. A run folder
+    of an earlier call (this script's own, under ``--work``) is removed first: ``coop-rl train`` refuses to write a
+    new run over it."""
+    shutil.rmtree(run_dir, ignore_errors=True)
     argv = [sys.executable, "-m", "coop_rl", "train", "--config", recipe, "--seed", str(seed)]
     argv += ["--output_dir", str(run_dir)]
     for key, value in overrides.items():

@@ -188,8 +188,8 @@ def training_request(recipe: str, model_dir: Path, max_steps: int | None) -> dic
 
 
 def is_trained(run_dir: Path, request: dict[str, Any] | None = None) -> bool:
-    """A finished ``coop-rl train`` run (the saved policy and its settings file) and, given ``request``, one the
-    demo trained for that same request (not a 1-step look, another recipe or a rebuilt model)."""
+    """A finished ``coop-rl train`` run (the saved policy and its settings file, written last) and, given
+    ``request``, one the demo trained for that same request (not a 1-step look, another recipe or a rebuilt model)."""
     from coop_rl.policy_folder import POLICY_SETTINGS_FILE
 
     if not (run_dir / POLICY_SETTINGS_FILE).exists() or not any(run_dir.glob("*.safetensors")):
@@ -203,8 +203,10 @@ def is_trained(run_dir: Path, request: dict[str, Any] | None = None) -> bool:
 
 
 def train_stage(recipe: str, model_dir: Path, run_dir: Path, max_steps: int | None, force: bool) -> None:
-    """Train ``run_dir`` unless it holds this very training: a retraining starts from an empty folder, so that no
-    checkpoint, curve or policy of an earlier run is read as this one's."""
+    """Train ``run_dir`` unless it holds this very training. The demo marks a run folder as its own
+    (:data:`TRAINED_WITH_FILE`, written before training) and starts a retraining from an empty folder, so that no
+    checkpoint, curve or policy of an earlier run is read as this one's; a folder it did not mark is never removed
+    without ``--force``."""
     import shutil
 
     from coop_rl.atomic_files import write_text_atomic
@@ -212,11 +214,19 @@ def train_stage(recipe: str, model_dir: Path, run_dir: Path, max_steps: int | No
     request = training_request(recipe, model_dir, max_steps)
     if not force and is_trained(run_dir, request):
         return
-    if run_dir.exists():
+    if run_dir.is_symlink() or run_dir.is_file():
+        raise DemoError(f"{run_dir} is not a folder the demo made; choose another --out")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not force and not (run_dir / TRAINED_WITH_FILE).exists():
+            raise DemoError(
+                f"{run_dir} holds a training the demo did not record (another's, or an older coop-rl's): "
+                "--force trains it again, or choose another --out"
+            )
         logger.warning("training %s again (%s)", run_dir, "--force" if force else "it holds another training")
         shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / TRAINED_WITH_FILE, json.dumps(request, indent=1) + "\n")  # the folder is the demo's
     train(recipe, model_dir, run_dir, max_steps)
-    write_text_atomic(run_dir / TRAINED_WITH_FILE, json.dumps(request, indent=1) + "\n")
 
 
 def shipped_recipe(recipe: str) -> str:

@@ -205,8 +205,9 @@ def save_model_atomically(
 
     ``info`` goes to ``info_file`` (JSON) and each of ``extra_files`` (name -> JSON object) beside the weights.
     """
+    for leftover in out.parent.glob(f".{out.name}.partial-*"):  # of a build killed before it could clean up
+        shutil.rmtree(leftover, ignore_errors=True)
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
     try:
         model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
@@ -216,9 +217,9 @@ def save_model_atomically(
     except BaseException:  # interrupted or failed (disk full): no half-saved copy left beside ``out`` either
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    # The old build is renamed aside before it is removed: a crash in between leaves it whole under another name,
-    # never a half-deleted folder whose info file still reads as a finished build.
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    # The old build is renamed aside before it is removed: a crash in between leaves no half-deleted folder whose
+    # info file still reads as a finished build (the aside copy is removed by the next build).
+    old = out.parent / f".{out.name}.old"
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():
         os.replace(out, old)

@@ -19,6 +19,7 @@ from coop_rl.demo import (
     model_stage,
     run_demo,
     shipped_recipe,
+    train_stage,
     training_request,
 )
 from coop_rl.demo_report import (
@@ -205,6 +206,16 @@ def test_a_run_folder_is_reused_only_for_the_training_it_holds(tmp_path):
     assert not is_trained(run, training_request(DEMOS["ipd"].recipes["naive"], model, None))  # another recipe
     (model / "model.safetensors").write_bytes(b"rebuilt weights")
     assert not is_trained(run, training_request(DEMOS["ipd"].recipes["aa"], model, None))  # a rebuilt model
+
+
+def test_a_folder_the_demo_did_not_make_is_not_removed_without_force(tmp_path):
+    theirs = tmp_path / "aa"
+    theirs.mkdir()
+    (theirs / "coop_rl_policy.json").write_text("{}")
+    (theirs / "model.safetensors").write_bytes(b"someone's training")
+    with pytest.raises(DemoError, match=f"^{theirs} holds a training the demo did not record .*--force trains it"):
+        train_stage(DEMOS["ipd"].recipes["aa"], tmp_path, theirs, 1, force=False)
+    assert (theirs / "model.safetensors").read_bytes() == b"someone's training"
 
 
 def test_a_tiny_folder_that_is_no_model_is_one_error_line(tmp_path, capsys):

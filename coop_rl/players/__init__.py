@@ -30,11 +30,15 @@ def make_player(
 
     ``sampling`` (temperature, top_p, max_new_tokens) and ``seed`` apply to model players; ``constrain`` to local
     models (hf, vllm): True restricts answers to the game's declared answer sets, None follows the policy folder.
+    A local policy whose ``sampling`` is None or names no ``max_new_tokens`` answers at the length it was trained
+    with on this game (:class:`~coop_rl.policy_folder.PolicyFolder`), else at ``DEFAULT_MAX_NEW_TOKENS``.
     """
     spec = spec.strip()
     backend = _backend(spec)
+    if sampling is None and backend in ("hf", "vllm"):  # a local policy: at the length it was trained with
+        sampling = SamplingConfig(max_new_tokens=None)
     if sampling is not None and sampling.max_new_tokens is None:
-        sampling = _with_answer_length(spec, backend, sampling)
+        sampling = _with_answer_length(spec, backend, sampling, game_name)
     if backend == "openai":
         return _make_openai_player(spec, sampling)
     if backend == "hf":
@@ -48,8 +52,9 @@ def make_player(
     return ScriptedPlayer(spec, game_name)
 
 
-def _with_answer_length(spec: str, backend: str | None, sampling: SamplingConfig) -> SamplingConfig:
-    """``sampling`` with the answer length a local policy was trained with (its folder says), else the default."""
+def _with_answer_length(spec: str, backend: str | None, sampling: SamplingConfig, game: str) -> SamplingConfig:
+    """``sampling`` with the answer length a local policy was trained with on ``game`` (its folder says; another
+    game's answers are another length), else the default."""
     import dataclasses
 
     from coop_rl.players.sampling import DEFAULT_MAX_NEW_TOKENS
@@ -58,7 +63,8 @@ def _with_answer_length(spec: str, backend: str | None, sampling: SamplingConfig
     if backend in ("hf", "vllm"):
         from coop_rl.policy_folder import parse_policy_spec
 
-        length = parse_policy_spec(spec, backend).max_new_tokens
+        folder = parse_policy_spec(spec, backend)
+        length = folder.max_new_tokens if folder.settings().get("game") == game else None
     return dataclasses.replace(sampling, max_new_tokens=length or DEFAULT_MAX_NEW_TOKENS)
 
 

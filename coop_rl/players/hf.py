@@ -59,8 +59,7 @@ class HFEngine:
             raise PlayerSpecError(f"cannot load model from {model_dir}: {error}".splitlines()[0]) from None
         check_chat_template(self.tokenizer, model_dir)
         self._setup(model.to(self.device).eval(), self.tokenizer, model_dir, self.device)
-        # Weights loaded from a folder never change (adapters are added under new names), so the prompt openings'
-        # caches are reused for the engine's whole life; an engine over a live model reuses them only when told.
+        # A folder's weights never change (adapters get new names): its prompt caches live as long as the engine.
         self.prefix_memo = PrefixMemo()
 
     def _setup(self, model: Any, tokenizer: Any, model_dir: Path | None, device: str) -> None:
@@ -77,11 +76,9 @@ class HFEngine:
         self.lock = threading.Lock()
         self._prompt_cache: dict[tuple, list[int]] = {}
         self._decoded: dict[tuple[int, ...], str] = {}
-        #: constrained batches sampled by walking the choice trie (_choose_batch); False routes them through
-        #: generate() with a logits processor, the same distribution ~5x slower (kept as the benchmarks' reference)
+        #: constrained batches walk the choice trie (_choose_batch); False: generate() with a logits processor
         self.choice_sampler = True
-        #: the prompt openings' caches reused across batches (None: off; see frozen_weights)
-        self.prefix_memo: PrefixMemo | None = None
+        self.prefix_memo: PrefixMemo | None = None  # prompt openings' caches across batches (see frozen_weights)
 
     def adapter_name(self, adapter_dir: Path) -> str:
         """Load ``adapter_dir`` (once) and return its name in the multi-adapter model."""
@@ -97,7 +94,9 @@ class HFEngine:
                 self.model.load_adapter(str(adapter_dir), adapter_name=name)
         except (OSError, ValueError, KeyError) as error:
             raise PlayerSpecError(f"cannot load adapter {adapter_dir}: {error}".splitlines()[0]) from None
-        except RuntimeError as error:  # torch's size mismatch: an adapter trained on another base model
+        except RuntimeError as error:  # a size mismatch (another base model's adapter), but never out of memory
+            if "size mismatch" not in str(error):
+                raise
             reason = f"does not fit the model {self.model_dir} ({str(error).splitlines()[0].rstrip(':')})"
             raise PlayerSpecError(f"cannot load adapter {adapter_dir}: it {reason}") from None
         self.adapters[adapter_dir] = name
