@@ -18,7 +18,7 @@ from typing import Any
 
 from coop_rl.players.base import Action, Player, PlayerSpecError, TurnRequest, check_chat_template
 from coop_rl.players.constraints import ChoiceConstraint, ConstrainedLogitsProcessor, sample_choices
-from coop_rl.players.prefix_memo import PrefixMemo, weights_state
+from coop_rl.players.prefix_memo import PrefixMemo, shared_prefix_batch, weights_state
 from coop_rl.players.sampling import NEUTRAL_GENERATION, SamplingConfig
 
 # The policy folder's format lives in coop_rl.policy_folder; the other names are re-exported for older imports.
@@ -92,13 +92,14 @@ class HFEngine:
                 self.model = PeftModel.from_pretrained(self.model, str(adapter_dir), adapter_name=name).eval()
             else:
                 self.model.load_adapter(str(adapter_dir), adapter_name=name)
-        except (OSError, ValueError, KeyError) as error:
-            raise PlayerSpecError(f"cannot load adapter {adapter_dir}: {error}".splitlines()[0]) from None
-        except RuntimeError as error:  # a size mismatch (another base model's adapter), but never out of memory
-            if "size mismatch" not in str(error):
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            # a failed load can leave LoRA layers injected in the shared model: the next player gets a fresh engine
+            forget_engine(self)
+            if isinstance(error, RuntimeError) and "size mismatch" not in str(error):  # out of memory and the like
                 raise
-            reason = f"does not fit the model {self.model_dir} ({str(error).splitlines()[0].rstrip(':')})"
-            raise PlayerSpecError(f"cannot load adapter {adapter_dir}: it {reason}") from None
+            fit = f"it does not fit the model {self.model_dir} (" if isinstance(error, RuntimeError) else ""
+            reason = f"{fit}{str(error).splitlines()[0].rstrip(':')}{')' if fit else ''}"
+            raise PlayerSpecError(f"cannot load adapter {adapter_dir}: {reason}") from None
         self.adapters[adapter_dir] = name
         return name
 
@@ -360,47 +361,20 @@ class HFEngine:
         return self._decoded[key]
 
 
-def shared_prefix_batch(
-    prompts: list[list[int]], pad_id: int, min_prefix: int = 8, max_prefix: int | None = None
-) -> dict[str, Any]:
-    """Batch token-id prompts as ``prefix + padding + suffix`` rows around their longest common prefix.
-
-    Padding sits between the shared prefix and each row's own suffix (masked out; positions follow the mask), so
-    the prefix occupies the same positions in every row and its key/value cache can be computed once. Every row
-    keeps at least one token of its own after the prefix. Without a useful common prefix (shorter than
-    ``min_prefix``) this is plain left padding and ``prefix_length`` is 0. ``max_prefix`` caps the prefix (the
-    trainer keeps every completion, and the token before it, out of the shared part).
-    """
-    import os
-
-    import torch
-
-    shortest = min(len(p) for p in prompts)
-    prefix = min(len(os.path.commonprefix(prompts)), shortest - 1)  # commonprefix compares lists element-wise
-    if max_prefix is not None:
-        prefix = min(prefix, max_prefix)
-    if prefix < min_prefix or len(prompts) == 1:
-        prefix = 0
-    width = max(len(p) for p in prompts) - prefix
-    rows, masks = [], []
-    for prompt in prompts:
-        gap = width - (len(prompt) - prefix)
-        rows.append(prompt[:prefix] + [pad_id] * gap + prompt[prefix:])
-        masks.append([1] * prefix + [0] * gap + [1] * (len(prompt) - prefix))
-    input_ids = torch.tensor(rows, dtype=torch.long)
-    attention_mask = torch.tensor(masks, dtype=torch.long)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "prefix_length": prefix}
-
-
 _ENGINES: dict[tuple[Path, str | None], HFEngine] = {}
 
 
 def get_engine(model_dir: Path, device: str | None = None) -> HFEngine:
     """The shared engine of a base model: seats served by one base model share its weights."""
-    key = (model_dir, device)
-    if key not in _ENGINES:
-        _ENGINES[key] = HFEngine(model_dir, device)
-    return _ENGINES[key]
+    if (model_dir, device) not in _ENGINES:
+        _ENGINES[model_dir, device] = HFEngine(model_dir, device)
+    return _ENGINES[model_dir, device]
+
+
+def forget_engine(engine: HFEngine) -> None:
+    """Drop ``engine`` from the shared ones: the next :func:`get_engine` of its model builds a fresh one."""
+    for key in [key for key, shared in _ENGINES.items() if shared is engine]:
+        del _ENGINES[key]
 
 
 class HFPlayer(Player):

@@ -239,6 +239,15 @@ def test_an_adapter_of_another_base_model_is_a_user_error(tmp_path, tiny_model_d
     with pytest.raises(PlayerSpecError, match=r"^cannot load adapter .*adapter: it does not fit the model .*"
                        r"\(Error\(s\) in loading state_dict for PeftModel\w*\)$"):  # fmt: skip
         make_player(f"hf:{tiny_model_dir}@{tmp_path / 'adapter'}", "ipd")
+    # the failed load injected LoRA layers into the shared engine's model: the next player gets a fresh engine
+    from transformers import AutoModelForCausalLM
+
+    assert not hasattr(get_engine(tiny_model_dir.resolve()).model, "peft_config")
+
+    fitting = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    get_peft_model(fitting, LoraConfig(r=8, target_modules=["q_proj"])).save_pretrained(tmp_path / "fitting")
+    player = make_player(f"hf:{tiny_model_dir}@{tmp_path / 'fitting'}", "ipd")
+    assert player.adapter == "adapter0"
 
 
 def test_bad_model_specs_are_user_errors(tmp_path):
