@@ -56,6 +56,19 @@ def run_play_json(game: str, specs: list[str], *options: str, env: dict | None =
 VLLM_SERVER_START_TIMEOUT_S = 480.0  # generous: under `make test` another worker shares the cores
 
 
+def copy_without_chat_template(model_dir: Path, out: Path) -> Path:
+    """A copy of a model folder whose tokenizer has no chat template (every prompt the games send is a chat)."""
+    import json
+    import shutil
+
+    shutil.copytree(model_dir, out)
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+    (out / "chat_template.jinja").unlink(missing_ok=True)
+    return out
+
+
 def free_port() -> int:
     import socket
 

@@ -15,7 +15,7 @@ from coop_rl.players.hf import HFPlayer, get_engine
 from coop_rl.players.scripted import ScriptedPlayer
 from coop_rl.rollout import COLUMNS, collect_rollout
 
-from helpers import run_play_json
+from helpers import copy_without_chat_template, run_play_json
 
 # Tests on the tiny model are slow: it is built once per session (a few minutes on 2 cores).
 
@@ -208,12 +208,7 @@ def test_a_corrupt_model_folder_is_a_user_error(tmp_path, tiny_model_dir):
     (truncated / "model.safetensors").write_bytes((truncated / "model.safetensors").read_bytes()[:4])
     with pytest.raises(PlayerSpecError, match="^cannot load model from .*truncated: Error while deserializing header"):
         make_player(f"hf:{truncated}", "ipd")
-    no_template = tmp_path / "no-template"
-    shutil.copytree(tiny_model_dir, no_template)
-    config = json.loads((no_template / "tokenizer_config.json").read_text())
-    config.pop("chat_template", None)
-    (no_template / "tokenizer_config.json").write_text(json.dumps(config))
-    (no_template / "chat_template.jinja").unlink(missing_ok=True)
+    no_template = copy_without_chat_template(tiny_model_dir, tmp_path / "no-template")
     with pytest.raises(PlayerSpecError, match="^cannot play .*no-template: its tokenizer has no chat template$"):
         make_player(f"hf:{no_template}", "ipd")
     # a template that refuses a system message (Gemma's does): one line when the model loads, not mid-match

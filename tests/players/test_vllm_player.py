@@ -7,10 +7,8 @@ forward pass, LoRA hot-swap without an engine restart, and constrained decoding.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
 import sys
 import time
 from dataclasses import replace
@@ -24,7 +22,7 @@ from coop_rl.players.vllm_player import answer_pattern
 from coop_rl.policy_folder import parse_policy_spec
 from coop_rl.runner import run_matches, summarize
 
-from helpers import run_play_json
+from helpers import copy_without_chat_template, run_play_json
 
 # -- fast: no engine -----------------------------------------------------------------------------------------------
 
@@ -157,12 +155,7 @@ def sample_requests(count: int = 8) -> list[TurnRequest]:
 
 @pytest.mark.slow
 def test_a_model_without_a_chat_template_is_refused_before_the_engine_starts(tiny_model_dir, tmp_path):
-    no_template = tmp_path / "no-template"
-    shutil.copytree(tiny_model_dir, no_template)
-    config = json.loads((no_template / "tokenizer_config.json").read_text())
-    config.pop("chat_template", None)
-    (no_template / "tokenizer_config.json").write_text(json.dumps(config))
-    (no_template / "chat_template.jinja").unlink(missing_ok=True)
+    no_template = copy_without_chat_template(tiny_model_dir, tmp_path / "no-template")
     # refused when the spec is made, before the engine starts: without the check the engine started and the
     # first match failed with a traceback
     with pytest.raises(PlayerSpecError, match="^cannot play .*no-template: its tokenizer has no chat template$"):
