@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -84,7 +84,8 @@ class VLLMServerFleet:
         self.backoff_s = 1.0
         self.max_model_len = min(self._max_model_len(url) for url in self.urls)  # every server reachable first
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.prefix = f"{prefix}-{os.getpid()}"  # names unique per process: several fleets may share a server
+        # unique per fleet: several fleets (processes, machines, a crashed run's last adapter) may share a server
+        self.prefix = f"{prefix}-{uuid.uuid4().hex[:8]}"
         self._names = (f"{self.prefix}-{n}" for n in itertools.count(1))
         self.adapter: str | None = None
         self._pool = ThreadPoolExecutor(max_workers=len(self.urls), thread_name_prefix="vllm-server")
@@ -111,7 +112,10 @@ class VLLMServerFleet:
         if response.status_code != 200:
             detail = " ".join(response.text.split())[:300]
             raise VLLMServerError(f"{where}: HTTP {response.status_code}: {detail}")
-        return response.json() if "json" in response.headers.get("content-type", "") else response.text
+        try:
+            return response.json() if "json" in response.headers.get("content-type", "") else response.text
+        except ValueError:  # a proxy's or a crashed server's page under a JSON content type
+            raise VLLMServerError(f"{where}: not JSON: {' '.join(response.text.split())[:200]}") from None
 
     def _max_model_len(self, url: str) -> int:
         import httpx
@@ -130,7 +134,7 @@ class VLLMServerFleet:
         name, previous = next(self._names), self.adapter
         body = {"lora_name": name, "lora_path": str(Path(path).resolve())}
         try:
-            list(self._pool.map(lambda url: self._post(url, "/v1/load_lora_adapter", body), self.urls))
+            list(self._pool.map(lambda url: self._load_on(url, body), self.urls))
         except VLLMServerError as error:
             if previous is None and ("HTTP 404" in str(error) or "HTTP 400" in str(error)):
                 raise PlayerSpecError(f"{error}; the server needs {SERVER_FLAGS}") from None
@@ -139,6 +143,13 @@ class VLLMServerFleet:
         if previous is not None:
             self._unload(previous)
         return name
+
+    def _load_on(self, url: str, body: dict[str, Any]) -> None:
+        try:
+            self._post(url, "/v1/load_lora_adapter", body)
+        except VLLMServerError as error:  # a retry after a load whose reply was lost: the name is this fleet's own
+            if "already been loaded" not in str(error):
+                raise
 
     def _unload(self, name: str) -> None:
         for url in self.urls:  # the name only: vLLM keeps the weights in its LRU cache (--max-cpu-loras)
@@ -178,13 +189,19 @@ class VLLMServerFleet:
             "logprobs": 0,  # the sampled token's logprob only
             "return_token_ids": True,
         }
-        choices = sorted(self._post(url, "/v1/completions", body)["choices"], key=lambda choice: choice["index"])
-        if len(choices) != len(prompts):
-            raise VLLMServerError(f"vLLM server {redact_url(url)}: {len(choices)} answers to {len(prompts)} prompts")
+        response = self._post(url, "/v1/completions", body)
+        try:
+            choices = sorted(response["choices"], key=lambda choice: choice["index"])
+            answers = [
+                ([int(t) for t in c["token_ids"]], [float(v) for v in c["logprobs"]["token_logprobs"]]) for c in choices
+            ]
+        except (KeyError, TypeError, ValueError) as error:  # not a completions response with token ids and logprobs
+            detail = f"{type(error).__name__}: {error}"
+            raise VLLMServerError(f"vLLM server {redact_url(url)}: malformed completions response ({detail})") from None
+        if len(answers) != len(prompts):
+            raise VLLMServerError(f"vLLM server {redact_url(url)}: {len(answers)} answers to {len(prompts)} prompts")
         actions = []
-        for prompt, choice in zip(prompts, choices, strict=True):
-            ids = [int(token) for token in choice.get("token_ids") or []]
-            logprobs = [float(value) for value in (choice.get("logprobs") or {}).get("token_logprobs") or []]
+        for prompt, (ids, logprobs) in zip(prompts, answers, strict=True):
             if len(logprobs) != len(ids):
                 raise VLLMServerError(f"vLLM server {redact_url(url)}: {len(logprobs)} logprobs for {len(ids)} tokens")
             text = self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -21,22 +21,25 @@ EOS = 1
 
 class FakeVLLM:
     """One fake server: answers each prompt with (its last token + 10, EOS), logprobs -0.5 each; records requests.
-    ``fail_next`` 5xx answers are given first; ``refuse_load`` makes /v1/load_lora_adapter answer 404."""
+    ``fail_next`` 5xx answers are given first; ``refuse_load`` makes /v1/load_lora_adapter answer 404;
+    ``lose_load_reply`` loads the adapter but answers 503 (a reply lost on the way); ``completion`` replaces the
+    completions answer by a raw body (a malformed server)."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict]] = []
         self.adapters: set[str] = set()
-        self.fail_next, self.refuse_load = 0, False
+        self.fail_next, self.refuse_load, self.lose_load_reply, self.completion = 0, False, 0, None
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):  # quiet
                 pass
 
-            def _answer(self, status: int, body) -> None:
+            def _answer(self, status: int, body, content_type: str | None = None) -> None:
                 data = json.dumps(body).encode() if not isinstance(body, str) else body.encode()
                 self.send_response(status)
-                self.send_header("content-type", "application/json" if not isinstance(body, str) else "text/plain")
+                plain = "application/json" if not isinstance(body, str) else "text/plain"
+                self.send_header("content-type", content_type or plain)
                 self.send_header("content-length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -53,11 +56,19 @@ class FakeVLLM:
                 if self.path == "/v1/load_lora_adapter":
                     if fake.refuse_load:
                         return self._answer(404, {"detail": "Not Found"})
+                    if body["lora_name"] in fake.adapters:  # vLLM 0.32's answer
+                        detail = f"The lora adapter '{body['lora_name']}' has already been loaded."
+                        return self._answer(400, {"error": {"message": detail}})
                     fake.adapters.add(body["lora_name"])
+                    if fake.lose_load_reply:
+                        fake.lose_load_reply -= 1
+                        return self._answer(503, {"error": "reply lost"})
                     return self._answer(200, f"Success: LoRA adapter '{body['lora_name']}' added successfully.")
                 if self.path == "/v1/unload_lora_adapter":
                     fake.adapters.discard(body["lora_name"])
                     return self._answer(200, "Success")
+                if fake.completion is not None:
+                    return self._answer(200, *fake.completion)
                 choices = [
                     {"index": i, "text": "x", "token_ids": [prompt[-1] + 10, EOS],
                      "logprobs": {"token_logprobs": [-0.5, -0.5]}}
@@ -146,6 +157,37 @@ def test_a_server_without_runtime_lora_loading_is_one_line_naming_what_it_needs(
     message = str(refused.value)
     assert "/v1/load_lora_adapter: HTTP 404" in message and "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True" in message
     assert "\n" not in message
+
+
+def test_a_load_whose_reply_was_lost_is_not_a_failure(servers, model_dir, tmp_path):
+    fleet = VLLMServerFleet([servers[0].url], model_dir)
+    fleet.backoff_s = 0.0
+    servers[0].lose_load_reply = 1  # loaded, but the answer is a 503: the retry finds the name already loaded
+    name = fleet.load_adapter(tmp_path)
+    assert servers[0].adapters == {name}
+    assert [body["lora_name"] for path, body in servers[0].requests] == [name, name]
+    other = VLLMServerFleet([servers[0].url], model_dir)
+    assert other.prefix != fleet.prefix  # two fleets of one process (or of a restarted one) never share a name
+
+
+@pytest.mark.parametrize(
+    "completion,detail",
+    [
+        (("<html>502 Bad Gateway</html>",), "malformed completions response (TypeError: string indices must be"),
+        (("{oops", "application/json"), "/v1/completions: not JSON: {oops"),
+        (({"error": "x"},), "malformed completions response (KeyError: 'choices')"),
+        (({"choices": [{"index": 0, "text": "C"}]},), "malformed completions response (KeyError: 'token_ids')"),
+    ],
+)
+def test_a_malformed_server_answer_is_one_line(servers, model_dir, tmp_path, completion, detail):
+    # a traceback before, and an answer without token ids was taken as an empty answer
+    fleet = VLLMServerFleet([servers[0].url], model_dir)
+    fleet.load_adapter(tmp_path)
+    servers[0].completion = completion
+    with pytest.raises(VLLMServerError) as failure:
+        fleet.generate(_conversations(1), SamplingConfig())
+    assert str(failure.value).startswith(f"vLLM server {servers[0].url}") and detail in str(failure.value)
+    assert "\n" not in str(failure.value)
 
 
 def test_server_urls():
