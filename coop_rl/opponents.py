@@ -218,10 +218,11 @@ class Opponents:
 
             fleet = VLLMServerFleet(args.rollout_servers, args.model_name_or_path, prefix=f"rank{self.rank}")
             return VLLMServerPlayer(fleet, self.sampling, spec="learner")
+        from coop_rl.players.vllm_engine import vllm_lora_rank
         from coop_rl.players.vllm_player import VLLMPlayer
 
         options: dict[str, Any] = {
-            "max_lora_rank": max(8, args.lora_r),
+            "max_lora_rank": vllm_lora_rank(args.lora_r),
             # the trainer holds its own share of the GPU (ignored on CPU); TRL's colocated default
             "gpu_memory_utilization": args.vllm_gpu_memory_utilization or 0.3,
         }

@@ -68,6 +68,15 @@ def _on_cpu() -> bool:
         return not torch.cuda.is_available()
 
 
+#: the LoRA ranks vLLM's engine accepts as ``max_lora_rank`` (its LoRAConfig refuses any other)
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_lora_rank(lora_r: int) -> int:
+    """The engine's ``max_lora_rank`` for adapters of rank ``lora_r``: the next rank vLLM accepts (at least 8)."""
+    return next((rank for rank in VLLM_LORA_RANKS if rank >= max(8, lora_r)), lora_r)
+
+
 def encode_chat_prompts(
     tokenizer: Any, conversations: list[list[dict[str, str]]], max_model_len: int, max_new_tokens: int
 ) -> tuple[list[list[int]], int]:
@@ -153,8 +162,9 @@ class VLLMEngine:
         started = time.perf_counter()
         try:
             self.llm: Any = vllm.LLM(**options)
-        except (OSError, ValueError) as error:
-            raise PlayerSpecError(f"vllm cannot load {self.model_dir}: {error}".splitlines()[0]) from None
+        except (OSError, ValueError) as error:  # pydantic's errors put the reason on later lines: keep them
+            reason = " ".join(str(error).split())[:400]
+            raise PlayerSpecError(f"vllm cannot load {self.model_dir}: {reason}") from None
         self.start_seconds = time.perf_counter() - started
         logger.info("vLLM engine for %s started in %.1f s", self.model_dir, self.start_seconds)
         self.adapters: dict[str, _Adapter] = {}

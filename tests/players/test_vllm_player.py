@@ -333,3 +333,21 @@ def test_play_json_alone_on_stdout(tiny_model_dir):
     # vLLM's own output (its engine core's, a child process's) landed on stderr; which lines it writes depends on
     # its log level in this environment (its INFO lines were absent in one full-suite run), its loader's are not
     assert "Loading safetensors checkpoint shards" in proc.stderr
+
+
+def test_the_engine_lora_rank_is_one_vllm_accepts():
+    # vLLM refuses any max_lora_rank outside its list: lora_r 12 failed at the first rollout, after the model loaded
+    from coop_rl.players.vllm_engine import vllm_lora_rank
+
+    assert [vllm_lora_rank(r) for r in (1, 4, 8, 12, 24, 32, 300, 512)] == [8, 8, 8, 16, 32, 32, 320, 512]
+
+
+@pytest.mark.slow
+def test_the_lora_ranks_are_vllms_own():
+    import typing
+
+    from vllm.config.lora import MaxLoRARanks
+
+    from coop_rl.players.vllm_engine import VLLM_LORA_RANKS
+
+    assert typing.get_args(MaxLoRARanks) == VLLM_LORA_RANKS
