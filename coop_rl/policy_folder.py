@@ -133,9 +133,42 @@ def parse_policy_spec(spec: str, backend: str) -> PolicyFolder:
     return PolicyFolder(base_dir, adapter_dir)
 
 
+def _tensor_shapes(path: Path) -> dict[str, list[int]]:
+    """Every tensor's shape in a safetensors file, from its header alone (8 bytes of length, then JSON)."""
+    import struct
+
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+    return {name: entry["shape"] for name, entry in header.items() if name != "__metadata__"}
+
+
+def adapter_misfit(adapter_dir: Path, base_dir: Path) -> str | None:
+    """The first LoRA weight of ``adapter_dir`` whose shape does not fit ``base_dir``'s layer (an adapter of another
+    base model), as ``"<layer>: lora_A [4, 64] against [128, 128]"``; None when all fit. Read from the safetensors
+    headers: no weights load. vLLM pads a smaller adapter with zeros and serves it without a word."""
+    import re
+
+    adapter_file = Path(adapter_dir) / "adapter_model.safetensors"
+    if not adapter_file.exists():
+        return None
+    base: dict[str, list[int]] = {}
+    for weights in sorted(Path(base_dir).glob("*.safetensors")):
+        base.update(_tensor_shapes(weights))
+    for name, shape in _tensor_shapes(adapter_file).items():
+        match = re.fullmatch(r"base_model\.model\.(.+)\.(lora_[AB])\.weight", name)
+        layer = base.get(f"{match[1]}.weight") if match else None
+        if layer is None or len(shape) != 2 or len(layer) != 2:  # not a LoRA matrix of a known layer
+            continue
+        if (match[2] == "lora_A" and shape[1] != layer[1]) or (match[2] == "lora_B" and shape[0] != layer[0]):
+            return f"{match[1]}: {match[2]} {shape} against {layer}"
+    return None
+
+
 __all__ = [
     "POLICY_SETTINGS_FILE",
     "PolicyFolder",
+    "adapter_misfit",
     "parse_policy_spec",
     "read_policy_settings",
     "resolve_model_dir",

@@ -38,6 +38,7 @@ from typing import Any
 
 from coop_rl.players.base import Action, PlayerSpecError, check_chat_template
 from coop_rl.players.sampling import SamplingConfig
+from coop_rl.policy_folder import adapter_misfit
 
 logger = logging.getLogger("coop_rl.players.vllm")
 
@@ -194,6 +195,9 @@ class VLLMEngine:
             raise PlayerSpecError(f"{config_file} is not a valid peft adapter config") from None
         if rank > self.max_lora_rank:
             raise PlayerSpecError(f"adapter {path} has LoRA rank {rank} > max_lora_rank {self.max_lora_rank}")
+        misfit = adapter_misfit(path, self.model_dir)  # vLLM would pad it with zeros and serve it
+        if misfit is not None:
+            raise PlayerSpecError(f"cannot load adapter {path}: it does not fit the model {self.model_dir} ({misfit})")
         return path.resolve()
 
     def _register(self, name: str, path: Path) -> _Adapter:

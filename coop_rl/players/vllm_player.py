@@ -11,7 +11,10 @@ vLLM structured outputs with that regex (``guided_after=0``: the first try is gu
 constrained (its folder's settings, or ``constrain=True``) is guided to exactly one of the turn's declared answers
 (``TextGame.answer_choices``) instead. Only the final try's tokens are returned. The logprobs of a guided try are
 those of the distribution the sampler drew from: vLLM applies the grammar mask before it computes even "raw"
-logprobs.
+logprobs. The answer set is the transformers backend's, but not the distribution over it where a choice is longer
+than one token: the grammar admits every tokenization of a choice, the transformers backend (and the loss) only
+its own (43 of 64 constrained Trust-and-Split proposals came out in other tokens). Single-token choices, the
+matrix games', are the same policy; trainings with ``constrain_answers`` sample with the transformers backend.
 """
 
 from __future__ import annotations

@@ -146,3 +146,27 @@ def test_a_policy_is_played_at_its_training_answer_length_unless_told(tmp_path):
     assert _with_answer_length(f"vllm:{policy}", "vllm", unset, "tas").max_new_tokens == 400  # as it was trained
     assert _with_answer_length(f"hf:{policy}", "hf", unset, "ipd").max_new_tokens == 128  # another game's length
     assert _with_answer_length("openai:m@http://127.0.0.1:1/v1", "openai", unset, "tas").max_new_tokens == 128
+
+
+def test_an_adapter_of_another_base_model_is_told_from_the_file_headers(tmp_path):
+    # vLLM pads a smaller adapter with zeros and serves it without a word: the shapes are checked first
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from coop_rl.policy_folder import adapter_misfit
+
+    def model(hidden: int):
+        torch.manual_seed(0)
+        config = Qwen2Config(vocab_size=64, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
+                             num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)  # fmt: skip
+        return Qwen2ForCausalLM(config)
+
+    model(32).save_pretrained(tmp_path / "base")
+    for name, hidden in (("fits", 32), ("narrower", 16)):
+        get_peft_model(model(hidden), LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(tmp_path / name)
+    assert adapter_misfit(tmp_path / "fits", tmp_path / "base") is None
+    assert adapter_misfit(tmp_path / "narrower", tmp_path / "base") == (
+        "model.layers.0.self_attn.q_proj: lora_A [4, 16] against [32, 32]"
+    )
+    assert adapter_misfit(tmp_path / "no-adapter", tmp_path / "base") is None  # the loader says what is missing
