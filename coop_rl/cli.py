@@ -356,6 +356,13 @@ def _command(argv: list[str]) -> tuple[Callable[[], int], bool]:
     return lambda: COMMANDS[args.command](args), getattr(args, "json", False)
 
 
+def _say(line: str) -> None:
+    """One line on stderr in one write: print() writes the text and its newline apart, so the ranks of an
+    ``accelerate launch`` refusing at once interleaved their lines into one."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def _run(run: Callable[[], int], json_mode: bool, is_program: bool) -> int:
     """Run a command; a user error is one line on stderr and exit status 2 (an API player's failure: 1)."""
     from coop_rl.envs import GameConfigError, UnknownGameError
@@ -366,10 +373,10 @@ def _run(run: Callable[[], int], json_mode: bool, is_program: bool) -> int:
         with json_only_stdout(enabled=json_mode, until_exit=is_program):  # --json: stdout holds the JSON alone
             return run()
     except (UsageError, GameConfigError, UnknownGameError, PlayerSpecError, FileNotFoundError) as error:
-        print(f"coop-rl: error: {error}", file=sys.stderr)
+        _say(f"coop-rl: error: {error}")
         return 2
     except OpenAIPlayerError as error:  # an API opponent failed after its retries: one line, no traceback
-        print(f"coop-rl: error: {error}", file=sys.stderr)
+        _say(f"coop-rl: error: {error}")
         return 1
     except BrokenPipeError:  # output piped into `head` and the like: not an error of ours
         sys.stderr.close()
@@ -383,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(*_command(argv), is_program)
     except KeyboardInterrupt:  # Ctrl-C in any command, a training included: one line, the shell's status for SIGINT
-        print("coop-rl: interrupted", file=sys.stderr)
+        _say("coop-rl: interrupted")
         return 130
 
 

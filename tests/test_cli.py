@@ -1,5 +1,6 @@
 """The command-line contract of architecture.md, run as a user runs it."""
 
+import io
 import json
 import subprocess
 import sys
@@ -284,3 +285,18 @@ def test_json_refuses_transcripts_on_its_own_stdout(tmp_path):
         proc = subprocess.run([*argv, "--transcripts", str(tmp_path / "t.jsonl")], stdout=stdout, timeout=60)
     assert proc.returncode == 0 and json.loads(out.read_text())["game"] == "ipd"
     assert (tmp_path / "t.jsonl").read_text().count("\n") == 10
+
+
+def test_an_error_line_is_one_write(monkeypatch):
+    # print() wrote the text and its newline apart: two ranks of an accelerate launch refusing at once interleaved
+    # their lines into one
+    writes = []
+
+    class Recorder(io.StringIO):
+        def write(self, text):
+            writes.append(text)
+            return len(text)
+
+    monkeypatch.setattr(sys, "stderr", Recorder())
+    assert main(["play", "--game", "nope", "--players", "a,b"]) == 2
+    assert writes == ["coop-rl: error: unknown game 'nope'; known: ipd, bos, tas, split, spgg\n"]
