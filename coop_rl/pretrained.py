@@ -273,12 +273,6 @@ def _reusable(
     """Whether the folder's earlier build is what this call would build: same file, settings and warm start, the
     warm start on today's game texts (a prompt change makes the corpus, and so its fingerprint, another one)."""
     wanted_warm_start = json.loads(json.dumps(asdict(warm_start))) if warm_start is not None else None
-    if warm_start is not None:
-        from coop_rl.warm_start import collect_examples, corpus_fingerprint
-
-        corpus = corpus_fingerprint(collect_examples(warm_start.seed, warm_start.data_scale, warm_start.games))
-        if (previous.get("warm_start") or {}).get("corpus_sha256") != corpus:
-            return False
     return (
         previous.get("kind") == f"coop-rl pretrained {kind}"
         and previous.get("source", {}).get("sha256") == digest
@@ -288,7 +282,16 @@ def _reusable(
         and previous.get("constrain_answers") == constrain_answers
         and wanted_warm_start == (previous.get("warm_start") or {}).get("settings")
         and (out / "config.json").exists()
+        and (warm_start is None or _same_corpus(previous, warm_start))  # last: it plays the population's matches
     )
+
+
+def _same_corpus(previous: dict[str, Any], warm_start: PretrainedWarmStart) -> bool:
+    """Whether the earlier warm start imitated today's game texts (a prompt change makes another corpus)."""
+    from coop_rl.warm_start import collect_examples, corpus_fingerprint
+
+    corpus = corpus_fingerprint(collect_examples(warm_start.seed, warm_start.data_scale, warm_start.games))
+    return (previous.get("warm_start") or {}).get("corpus_sha256") == corpus
 
 
 def _provenance(

@@ -118,14 +118,15 @@ def write_eval(results: dict[str, Any], out_dir: str | Path) -> list[str]:
         plots.append(COOPERATION_PNG)
     results["plots"] = plots
     previous = _read_results(out)
-    same = (previous.get("policy"), previous.get("game")) == (results["policy"], results["game"])
-    if same and "learned_exploiter" in previous and "learned_exploiter" not in results:
+    if _about_the_same(previous, results) and "learned_exploiter" in previous and "learned_exploiter" not in results:
         results["learned_exploiter"] = previous["learned_exploiter"]  # a learned exploiter of this policy: kept
     write_text_atomic(out / "results.json", json.dumps(json_ready(results), indent=1) + "\n")
     report = out / "report.md"
     previous_exploit = split_exploit_section(report.read_text(encoding="utf-8"))[1] if report.exists() else ""
     text = eval_markdown(results)
-    if previous_exploit and _about_the_same(out / "exploit.json", results):  # the same policy's exploit section
+    if previous_exploit and _about_the_same(
+        _read_json(out / "exploit.json"), results
+    ):  # the same policy's exploit section
         text += "\n" + previous_exploit
     write_text_atomic(report, text)
     return plots
@@ -139,7 +140,7 @@ def write_exploit(result: dict[str, Any], out_dir: str | Path) -> list[str]:
     result["plots"] = [EXPLOIT_PNG]
     write_text_atomic(out / "exploit.json", json.dumps(json_ready(result), indent=1) + "\n")
     report = out / "report.md"
-    same = report.exists() and _about_the_same(out / "results.json", result)  # else another policy's report
+    same = report.exists() and _about_the_same(_read_results(out), result)  # else another policy's report
     rest = split_exploit_section(report.read_text(encoding="utf-8"))[0] if same else ""
     section = exploit_markdown(result)
     write_text_atomic(report, (rest.rstrip() + "\n\n" + section) if rest.strip() else section)
@@ -159,10 +160,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _about_the_same(path: Path, result: dict[str, Any]) -> bool:
-    """Whether the JSON file ``path`` (results.json, exploit.json) is about ``result``'s policy and game: a report
-    keeps another command's section only then, never one policy's exploitability under another's evaluation."""
-    previous = _read_json(path)
+def _about_the_same(previous: dict[str, Any], result: dict[str, Any]) -> bool:
+    """Whether an earlier results.json or exploit.json object is about ``result``'s policy and game: a report keeps
+    another command's section only then, never one policy's exploitability under another's evaluation."""
     return (previous.get("policy"), previous.get("game")) == (result["policy"], result["game"])
 
 
@@ -175,13 +175,13 @@ def write_learned_exploit(result: dict[str, Any], out_dir: str | Path) -> list[s
     plot_exploiter_curve(result, out / EXPLOITER_CURVE_PNG)
     learned["plots"] = [EXPLOITER_CURVE_PNG]
     previous = _read_results(out)
-    if "opponents" in previous and (previous["policy"], previous["game"]) == (result["policy"], result["game"]):
+    if "opponents" in previous and _about_the_same(previous, result):
         previous["learned_exploiter"] = learned  # an evaluation of the same policy: its report gains the section
         write_eval(previous, out)
         return learned["plots"]
     write_text_atomic(out / "results.json", json.dumps(json_ready(result), indent=1) + "\n")
     report = out / "report.md"
-    same = report.exists() and _about_the_same(out / "exploit.json", result)  # its search's section, kept
+    same = report.exists() and _about_the_same(_read_json(out / "exploit.json"), result)  # its search's section
     rest = split_exploit_section(report.read_text(encoding="utf-8"))[1] if same else ""
     section = learned_exploit_markdown(result)
     write_text_atomic(report, (rest.rstrip() + "\n\n" + section) if rest.strip() else section)

@@ -97,8 +97,9 @@ class HFEngine:
             forget_engine(self)
             if isinstance(error, RuntimeError) and "size mismatch" not in str(error):  # out of memory and the like
                 raise
-            fit = f"it does not fit the model {self.model_dir} (" if isinstance(error, RuntimeError) else ""
-            reason = f"{fit}{str(error).splitlines()[0].rstrip(':')}{')' if fit else ''}"
+            reason = str(error).splitlines()[0].rstrip(":")
+            if isinstance(error, RuntimeError):
+                reason = f"it does not fit the model {self.model_dir} ({reason})"
             raise PlayerSpecError(f"cannot load adapter {adapter_dir}: {reason}") from None
         self.adapters[adapter_dir] = name
         return name
