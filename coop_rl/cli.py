@@ -160,7 +160,15 @@ def cmd_tournament(args: argparse.Namespace) -> int:
     if cls.max_players != 2:
         raise UsageError(f"tournaments are round robins of two-player games, not {args.game!r}")
     params = _game_params(args, cls)
-    result = round_robin(args.game, specs, matches=args.matches, seed=args.seed, game_params=params)
+    result = round_robin(
+        args.game,
+        specs,
+        matches=args.matches,
+        seed=args.seed,
+        game_params=params,
+        sampling=_sampling(args),
+        constrain=True if args.constrain_answers else None,
+    )
     return _print_result(args, result.to_dict(), result.table)
 
 

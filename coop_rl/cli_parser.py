@@ -32,6 +32,15 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _add_constrain_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--constrain-answers",
+        action="store_true",
+        help="hf/vllm players answer one of the game's declared answers where a phase has them (as a policy trained "
+        "with constrain_answers does; without this flag, each policy folder's own setting applies)",
+    )
+
+
 def _add_match_arguments(parser: argparse.ArgumentParser, matches: int, matches_help: str) -> None:
     """--matches, --rounds, --seed and --set: how many matches of which game settings."""
     parser.add_argument("--matches", type=int, default=matches, help=f"{matches_help} (default {matches})")
@@ -59,12 +68,7 @@ def _add_match_commands(sub: Any) -> None:
     play.add_argument("--group-size", type=int, default=1, help="consecutive matches sharing one game seed")
     play.add_argument("--transcripts", metavar="FILE", help="write every match's transcript as JSON lines")
     play.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    play.add_argument(
-        "--constrain-answers",
-        action="store_true",
-        help="hf/vllm players answer one of the game's declared answers where a phase has them (as a policy trained "
-        "with constrain_answers does; without this flag, each policy folder's own setting applies)",
-    )
+    _add_constrain_argument(play)
     _add_sampling_arguments(play)
 
     tournament = sub.add_parser("tournament", help="round robin of two-player matches, printed as a table")
@@ -72,6 +76,8 @@ def _add_match_commands(sub: Any) -> None:
     tournament.add_argument("--players", required=True, help="comma-separated player specs")
     _add_match_arguments(tournament, 10, "matches per ordered pair")
     tournament.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_constrain_argument(tournament)
+    _add_sampling_arguments(tournament)
 
     evaluation = sub.add_parser("eval", help="evaluate a policy against frozen opponents; write results and a report")
     evaluation.add_argument("--policy", required=True, help="the player spec to evaluate (tft, hf:DIR, vllm:DIR, ...)")

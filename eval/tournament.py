@@ -1,7 +1,9 @@
 """Round-robin tournaments: every ordered pair of players meets for a number of matches.
 
 The row player's mean return against each column player makes the table; scripted strategies play instantly,
-model players are built once and reused for every pairing. In a symmetric game (ipd) the row player sits in seat 0;
+model players are built once and reused for every pairing, their sampling restarted from ``seed`` before each, so
+that a cell is what ``coop-rl play --players ROW,COLUMN --seed SEED`` plays. In a symmetric game (ipd) the row
+player sits in seat 0;
 in one whose seats pay differently (bos) a cell is the mean of the row player's two seats, from the ordered pairs
 (row, column) and (column, row), so that no strategy is ranked by one seat alone.
 """
@@ -12,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from coop_rl.players import Player, make_player
+from coop_rl.players import Player, SamplingConfig, make_player
 from coop_rl.runner import run_matches, summarize
 
 
@@ -55,18 +57,27 @@ def round_robin(
     matches: int = 10,
     seed: int = 0,
     game_params: dict[str, Any] | None = None,
+    sampling: SamplingConfig | None = None,
+    constrain: bool | None = None,
 ) -> TournamentResult:
-    """Play every ordered pair (including self-play) of a two-player game."""
+    """Play every ordered pair (including self-play) of a two-player game.
+
+    ``sampling``, ``seed`` and ``constrain`` apply to model players as in :func:`~coop_rl.runner.play`; each pairing
+    starts their sampling from ``seed``, so no cell depends on the pairings played before it.
+    """
     from coop_rl.envs import game_class
 
     players: dict[str, Player] = {}
     seat_stats: dict[tuple[str, str], list[dict[str, Any]]] = {}  # (seat 0, seat 1) -> summarize's two players
     try:
         for spec in specs:
-            players.setdefault(spec, make_player(spec, game_name))
+            if spec not in players:
+                players[spec] = make_player(spec, game_name, sampling=sampling, seed=seed, constrain=constrain)
         for row in specs:
             for column in specs:
                 if (row, column) not in seat_stats:
+                    for player in {id(players[row]): players[row], id(players[column]): players[column]}.values():
+                        player.reseed(seed)
                     results = run_matches(
                         game_name, dict(game_params or {}), [players[row], players[column]], matches=matches, seed=seed
                     )

@@ -1,8 +1,10 @@
 """eval/tournament.py: every ordered pair plays; a game whose seats pay differently is scored over both seats."""
 
+import pytest
+
 from coop_rl.eval.tournament import round_robin
-from coop_rl.players import make_player
-from coop_rl.runner import run_matches, summarize
+from coop_rl.players import SamplingConfig, make_player
+from coop_rl.runner import play, run_matches, summarize
 
 
 def _seat_returns(game: str, specs: list[str]) -> list[float]:
@@ -28,3 +30,19 @@ def test_an_asymmetric_game_averages_the_row_players_two_seats():
     assert result.mean_return[0][1] == (allc_first + allc_second) / 2
     assert result.mean_return[1][0] == (alld_first + alld_second) / 2
     assert result.to_dict()["both_seats"] is True and "(mean of both seats)" in result.table().splitlines()[0]
+
+
+@pytest.mark.slow
+def test_a_model_players_cell_is_what_play_plays_whatever_came_before(tiny_model_dir):
+    # each pairing restarts the model's sampling from the seed: a cell does not depend on the table's order
+    policy = f"hf:{tiny_model_dir}"
+    sampling = SamplingConfig(temperature=1.5, max_new_tokens=8)
+    played = play("ipd", {}, [policy, "tft"], matches=4, seed=3, sampling=sampling)["players"][0]["mean_return"]
+    for specs in ([policy, "tft"], ["alld", "tft", policy], ["tft", policy, "allc"]):
+        result = round_robin("ipd", specs, matches=4, seed=3, sampling=sampling)
+        assert result.mean_return[specs.index(policy)][specs.index("tft")] == played
+    other_seed = round_robin("ipd", [policy, "tft"], matches=4, seed=4, sampling=sampling)
+    assert (
+        other_seed.mean_return[0][1]
+        == play("ipd", {}, [policy, "tft"], matches=4, seed=4, sampling=sampling)["players"][0]["mean_return"]
+    )
