@@ -142,8 +142,11 @@ class AATrainer(Trainer):
         self._faults = FaultGuard(args.max_consecutive_faults, self.is_deepspeed_enabled, self._on_any_process)
         # The loss runs the rows' shared prompt prefix once, then each distinct prompt once (exact; see
         # loss_batch.token_logprobs). One process only: a second forward call before backward is outside what DDP
-        # and DeepSpeed's engines are tested for. _share_stems False runs the prefix only (the benchmarks' reference).
-        self._share_prefix = self.accelerator.num_processes == 1 and not self.is_deepspeed_enabled
+        # and DeepSpeed's engines are tested for. Not under gradient checkpointing either: its layers drop the cache
+        # in training, which the later calls read. _share_stems False runs the prefix only (the benchmarks' reference).
+        self._share_prefix = (
+            self.accelerator.num_processes == 1 and not self.is_deepspeed_enabled and not args.gradient_checkpointing
+        )
         self._share_stems = True
         self.add_callback(_IterationHooks(self))
 
