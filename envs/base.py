@@ -66,6 +66,10 @@ class Event:
 #: rounds, and far beyond this they overflow to inf (a summary that is no JSON) or lose every unit of precision
 MAX_PARAM_MAGNITUDE = 1e6
 
+#: the most answers a phase enumerates for constrained decoding (TextGame.answer_choices): Split-no-comm has
+#: (units + 1)**3 of them, and a million strings (units 99) would take the players' token tries minutes to build
+MAX_ANSWER_CHOICES = 10_000
+
 
 @dataclass
 class GameParam:
@@ -92,7 +96,7 @@ class GameParam:
                 converted = float(value.strip())
             else:
                 converted = self._from_value(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an int too large for a float
             raise GameConfigError(f"{key}={value!r}: expected {self.type.__name__}") from None
         if self.type is float and converted != converted:  # NaN
             raise GameConfigError(f"{key}={value!r}: expected a number")
@@ -255,8 +259,9 @@ class TextGame(ABC):
 
     def answer_choices(self, turn: Turn) -> list[str] | None:
         """Every valid answer of ``turn`` where its phase has a finite set of them (constrained decoding samples
-        among these exact strings), or None where answers are free text. Games with such phases override this.
-        Each choice fully matches the phase's :meth:`answer_pattern`."""
+        among these exact strings), or None where answers are free text. Games with such phases override this,
+        returning None too where the set would exceed ``MAX_ANSWER_CHOICES`` (its answers are then free text under
+        the phase's :meth:`answer_pattern`). Each choice fully matches the phase's :meth:`answer_pattern`."""
         return None
 
     def answer_patterns(self) -> dict[str, str]:

@@ -4,8 +4,9 @@ Both players move simultaneously each round. Each sees the rules with the payoff
 history (the last round or the whole history) and, right before the question, what happened last round.
 The prompt names the current round ("Round 3.") but not how many there are: with a known last round, defection
 there goes unpunished and backward induction unravels cooperation (and under ``continuation < 1`` a stated total
-would be false). ``show_horizon=true`` states it ("Round 3 of 10."); the scripted strategies (and the axelrod
-library's, which read the match length) know ``rounds`` either way.
+would be false, so ``show_horizon`` is refused there). ``show_horizon=true`` states it ("Round 3 of 10."); the
+scripted strategies know ``rounds`` either way, and the axelrod library's read the match length as axelrod's Match
+tells it (``rounds``, or infinite under ``continuation < 1``).
 
 Answer format (documented to players in the prompt): the option's label, alone or wrapped as
 ``<action>C</action>``. The parser takes the text inside the last complete ``<action>`` tag when there is one,
@@ -51,6 +52,10 @@ def parse_option(text: str, labels: tuple[str, str]) -> int | None:
     return found.pop() if len(found) == 1 else None
 
 
+def _social_cot_answer(prediction: str, action: str) -> str:
+    return f"<prediction>{prediction}</prediction> <action>{action}</action>"
+
+
 class IteratedMatrixGame(TextGame):
     """Shared logic of the iterated 2x2 games; subclasses fix the payoff table, labels and the invalid default."""
 
@@ -74,8 +79,12 @@ class IteratedMatrixGame(TextGame):
 
     def validate(self) -> None:
         history = self.params["history"]
-        if history not in {"last", "full"} and not (history.isdecimal() and int(history) >= 1):
+        # ASCII digits, at most as many as the most rounds has (int() of 5,000 digits raises; "٣" is a digit too)
+        digits = history.isascii() and history.isdigit() and len(history) <= 6
+        if history not in {"last", "full"} and not (digits and int(history) >= 1):
             raise GameConfigError(f"history={history!r}: expected 'last', 'full' or a positive integer")
+        if self.params["show_horizon"] and self.params["continuation"] < 1:
+            raise GameConfigError("show_horizon=true states a number of rounds that continuation < 1 makes false")
 
     # --- traits (a subclass whose seats are interchangeable sets symmetric) ----------------------------------
     #: the fraction of rounds a seat chose option 0 (cooperate in the PD, J in BoS)
@@ -198,12 +207,21 @@ class IteratedMatrixGame(TextGame):
         return self.labels[option]
 
     def answer_choices(self, turn: Turn) -> list[str] | None:
-        """The option labels (e.g. C and D) in the action phase."""
-        return list(self.labels) if turn.phase == "action" else None
+        """The option labels (e.g. C and D) in the action phase; with ``social_cot``, each prediction and action
+        pair as the prompt asks for it (``<prediction>C</prediction> <action>D</action>``)."""
+        if turn.phase != "action":
+            return None
+        if self.params["social_cot"]:
+            return [_social_cot_answer(guess, move) for guess in self.labels for move in self.labels]
+        return list(self.labels)
 
     def answer_patterns(self) -> dict[str, str]:
-        """The action phase: one option label alone, whitespace around it allowed (``\\s*(C|D)\\s*``)."""
-        return {"action": r"\s*(" + "|".join(re.escape(label) for label in self.labels) + r")\s*"}
+        """The action phase: one option label alone, whitespace around it allowed (``\\s*(C|D)\\s*``); with
+        ``social_cot``, a ``<prediction>`` then an ``<action>``, each holding one label."""
+        label = "(" + "|".join(re.escape(label) for label in self.labels) + ")"
+        if self.params["social_cot"]:
+            return {"action": rf"\s*<prediction>\s*{label}\s*</prediction>\s*<action>\s*{label}\s*</action>\s*"}
+        return {"action": rf"\s*{label}\s*"}
 
     def metrics(self) -> dict[str, Any]:
         """Cooperation counts what the players chose (``intended``), before any noise flipped it."""
@@ -396,10 +414,12 @@ class AxelrodStrategy(ScriptedStrategy):
         view = game.view(turn.seat)
         axl_action = self._axl.Action
         to_axl = [axl_action.C, axl_action.D]
-        # The match length is the strategy's information (axelrod's Match tells its players), whatever the
-        # prompt says: show_horizon only changes what model players are told.
+        # The match length and noise are the strategy's information (axelrod's Match tells its players), whatever
+        # the prompt says: show_horizon only changes what model players are told. A match that may end after any
+        # round (continuation < 1) has no known length: axelrod's Match with prob_end says inf.
         if self._synced == 0 and "rounds" in game.params:
-            self._player.set_match_attributes(length=game.params["rounds"])
+            length = game.params["rounds"] if game.params.get("continuation", 1.0) == 1.0 else float("inf")
+            self._player.set_match_attributes(length=length, noise=game.params.get("noise", 0.0))
         # Feed the rounds played since the last call into both histories, as axelrod's Match does after each
         # turn; the player object persists through the match, so strategies that keep internal state work.
         for mine, theirs in list(zip(view["my_moves"], view["their_moves"], strict=True))[self._synced :]:

@@ -58,6 +58,7 @@ from typing import Any
 from coop_rl.envs.base import GameConfigError, GameParam, TextGame, Turn, clean_text
 from coop_rl.envs.spgg_solver import FIRST_MOVER_MEAN, REDESIGNED_KEYS, SPNEResult, exact, solve_params, stage_utilities
 from coop_rl.envs.spgg_text import (
+    MAX_MESSAGE_CHARS,
     evaluate_expression,
     format_answer,
     format_contribution,
@@ -349,11 +350,14 @@ class SequentialPublicGoods(TextGame):
     def answer_patterns(self) -> dict[str, str]:
         """Contribution mode: ``<contribute>X</contribute>``, X a decimal in [0, 1] (one decimal for K = 10, up to
         nine otherwise: :func:`format_contribution` writes 6 significant digits, 1/997 as 0.00100301); task mode:
-        ``<answer>N</answer>``."""
+        ``<answer>N</answer>``, N as long as a task's value can be (``task_digits`` + 2 digits). Either may be
+        followed by the optional ``<message>`` the prompt offers (at most 300 characters)."""
         digits = "" if self.params["levels"] == 10 else "{1,9}"  # how many decimals follow the point
+        message = rf"(\s*<message>[^<]{{0,{MAX_MESSAGE_CHARS}}}</message>)?"
+        answer_digits = self.params["task_digits"] + 2  # the largest task, (a + b) * 9, is below 18 * 10**digits
         return {
-            "contribute": rf"<contribute>(0(\.[0-9]{digits})?|1(\.0{digits})?)</contribute>",
-            "answer": r"<answer>-?[0-9]{1,6}</answer>",
+            "contribute": rf"<contribute>(0(\.[0-9]{digits})?|1(\.0{digits})?)</contribute>{message}",
+            "answer": rf"<answer>-?[0-9]{{1,{answer_digits}}}</answer>{message}",
         }
 
     def metrics(self) -> dict[str, Any]:

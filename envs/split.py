@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from coop_rl.envs.base import SHOW_HORIZON, GameParam, TextGame, Turn, clean_text, round_line
+from coop_rl.envs.base import MAX_ANSWER_CHOICES, SHOW_HORIZON, GameParam, TextGame, Turn, clean_text, round_line
 from coop_rl.envs.parsing import integer_pattern
 from coop_rl.envs.strategies import ScriptedStrategy, register
 from coop_rl.envs.tas import ITEMS, SPLIT_VALUES, horizon_text, parse_split_proposal, points_text, split_amounts
@@ -131,8 +131,11 @@ class SplitNoComm(TextGame):
             self._start_round()
 
     def answer_choices(self, turn: Turn) -> list[str] | None:
-        """Every per-item proposal ``<propose>hats=H books=B balls=L</propose>`` (units + 1 cubed of them)."""
+        """Every per-item proposal ``<propose>hats=H books=B balls=L</propose>`` (units + 1 cubed of them), or None
+        above ``MAX_ANSWER_CHOICES`` (units over 20)."""
         units = range(self.params["units"] + 1)
+        if len(units) ** len(ITEMS) > MAX_ANSWER_CHOICES:
+            return None
         return [_propose_items(dict(zip(ITEMS, c, strict=True))) for c in itertools.product(units, repeat=len(ITEMS))]
 
     def answer_patterns(self) -> dict[str, str]:

@@ -51,7 +51,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from coop_rl.envs.base import SHOW_HORIZON, GameConfigError, GameParam, TextGame, Turn, clean_text, round_line
+from coop_rl.envs.base import (
+    MAX_ANSWER_CHOICES,
+    SHOW_HORIZON,
+    GameConfigError,
+    GameParam,
+    TextGame,
+    Turn,
+    clean_text,
+    round_line,
+)
 from coop_rl.envs.parsing import integer_pattern, last_tag_content
 from coop_rl.envs.strategies import ScriptedStrategy, register
 
@@ -308,13 +317,17 @@ class TrustAndSplit(TextGame):
 
     # --- structured state ---------------------------------------------------------------------------------
     def answer_choices(self, turn: Turn) -> list[str] | None:
-        """The split phase: ``<propose>N</propose>`` for N = 0..coins; the chat is free text."""
-        return [_propose(n) for n in range(self.params["coins"] + 1)] if turn.phase == "split" else None
+        """The split phase: ``<propose>N</propose>`` for N = 0..coins (None above ``MAX_ANSWER_CHOICES``); the chat
+        is free text."""
+        if turn.phase != "split" or self.params["coins"] + 1 > MAX_ANSWER_CHOICES:
+            return None
+        return [_propose(n) for n in range(self.params["coins"] + 1)]
 
     def answer_patterns(self) -> dict[str, str]:
-        """The chat: one ``<message>`` of at most 200 characters without '<'; the split: ``<propose>N</propose>``."""
+        """The chat: one ``<message>`` of at most ``max_message_chars`` characters without '<'; the split:
+        ``<propose>N</propose>``."""
         return {
-            "chat": r"<message>[^<]{0,200}</message>",
+            "chat": rf"<message>[^<]{{0,{self.params['max_message_chars']}}}</message>",
             "split": "<propose>" + integer_pattern(self.params["coins"]) + "</propose>",
         }
 

@@ -30,6 +30,12 @@ def test_values_that_fit_are_converted(params, expected):
         ({"show_horizon": 0.5}, "show_horizon=0.5: expected bool"),  # bool() made it True
         ({"show_horizon": 2}, "show_horizon=2: expected bool"),
         ({"noise": True}, "noise=True: expected float"),
+        ({"noise": 10**400}, f"noise={10**400}: expected float"),  # float() overflows: an error, not a traceback
+        ({"history": "9" * 5000}, f"history='{'9' * 5000}': expected 'last', 'full' or a positive integer"),
+        ({"history": "\u0663"}, "history='\u0663': expected 'last', 'full' or a positive integer"),  # Arabic 3
+        ({"history": "0"}, "history='0': expected 'last', 'full' or a positive integer"),
+        ({"show_horizon": True, "continuation": 0.9}, "show_horizon=true states a number of rounds that "
+         "continuation < 1 makes false"),  # fmt: skip
     ],
 )
 def test_values_that_do_not_fit_are_refused_not_truncated(params, message):

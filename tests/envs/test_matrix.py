@@ -72,6 +72,24 @@ def test_axelrod_strategies_know_the_match_length_when_the_prompt_hides_it():
         assert game.returns() == [float(x) for x in expected.final_score()]
 
 
+def test_axelrod_strategies_are_told_no_length_when_the_match_may_end_any_round():
+    # under continuation < 1 axelrod's Match (prob_end) tells its players the length is inf: BackStabber, which
+    # defects in the last two rounds of a known length, then cooperates throughout, as it does under axelrod
+    expected = axelrod.Match((axelrod.BackStabber(), axelrod.Cooperator()), turns=10, prob_end=0.01, seed=0)
+    expected.play()
+    assert expected.players[0].match_attributes["length"] == float("inf")
+    game = make_game("ipd", rounds=10, continuation=0.999, noise=0.0)
+    backstabber, cooperator = AxelrodStrategy("BackStabber"), AxelrodStrategy("Cooperator")
+    backstabber.reset(random.Random(0))
+    cooperator.reset(random.Random(1))
+    game.reset(0)
+    while not game.done:
+        turns = game.pending_turns()
+        game.step({0: backstabber.act(game, turns[0]), 1: cooperator.act(game, turns[1])})
+    assert game.round == 10 and game.moves[0] == [COOPERATE] * 10
+    assert backstabber._player.match_attributes["length"] == float("inf")
+
+
 def _user_prompts(game_name: str, rounds: int = 3, **params) -> list[str]:
     """Seat 0's user message in every round of a match where both seats play option 0."""
     game = make_game(game_name, rounds=rounds, **params)

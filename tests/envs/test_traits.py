@@ -9,6 +9,7 @@ import re
 import pytest
 
 from coop_rl.envs import GAMES, make_game, matrix_game_names
+from coop_rl.envs.base import MAX_ANSWER_CHOICES
 from coop_rl.envs.parsing import integer_pattern
 
 # game: (symmetric, cooperation_metric, cooperation_label)
@@ -24,11 +25,11 @@ TRAITS = {
 PATTERNS = {
     "ipd": {"action": r"\s*(C|D)\s*"},
     "bos": {"action": r"\s*(J|F)\s*"},
-    "tas": {"chat": "<message>[^<]{0,200}</message>", "split": "<propose>(10|[0-9])</propose>"},
+    "tas": {"chat": "<message>[^<]{0,500}</message>", "split": "<propose>(10|[0-9])</propose>"},
     "split": {"split": "<propose>hats=(10|[0-9]) books=(10|[0-9]) balls=(10|[0-9])</propose>"},
     "spgg": {
-        "contribute": r"<contribute>(0(\.[0-9])?|1(\.0)?)</contribute>",
-        "answer": "<answer>-?[0-9]{1,6}</answer>",
+        "contribute": r"<contribute>(0(\.[0-9])?|1(\.0)?)</contribute>(\s*<message>[^<]{0,300}</message>)?",
+        "answer": r"<answer>-?[0-9]{1,4}</answer>(\s*<message>[^<]{0,300}</message>)?",
     },
 }
 
@@ -81,8 +82,53 @@ def test_answer_grammar_follows_the_parameters():
         make_game("split", units=3).answer_pattern("split")
         == "<propose>hats=([0-3]) books=([0-3]) balls=([0-3])</propose>"
     )
-    levels4 = r"<contribute>(0(\.[0-9]{1,9})?|1(\.0{1,9})?)</contribute>"
+    levels4 = r"<contribute>(0(\.[0-9]{1,9})?|1(\.0{1,9})?)</contribute>(\s*<message>[^<]{0,300}</message>)?"
     assert make_game("spgg", levels=4).answer_pattern("contribute") == levels4
+
+
+def test_answer_grammar_admits_every_answer_the_prompts_ask_for():
+    """What a prompt asks for fully matches the grammar (a guided retry resamples any answer that does not)."""
+    cot = make_game("ipd", social_cot=True)
+    cot.reset(0)
+    assert (
+        "<prediction>X</prediction>, then answer <action>X</action>" in cot.pending_turns()[0].messages[-1]["content"]
+    )
+    assert re.fullmatch(cot.answer_pattern("action"), "<prediction>D</prediction>\n<action> C </action>")
+    assert not re.fullmatch(cot.answer_pattern("action"), "C")
+    assert cot.answer_choices(cot.pending_turns()[0]) == [
+        f"<prediction>{guess}</prediction> <action>{move}</action>" for guess in "CD" for move in "CD"
+    ]
+    spgg = make_game("spgg", players=2)
+    spgg.reset(0)
+    assert "<message>...</message>" in spgg.pending_turns()[0].messages[-1]["content"]
+    assert re.fullmatch(spgg.answer_pattern("contribute"), "<contribute>0.7</contribute> <message>Match me.</message>")
+    assert not re.fullmatch(
+        spgg.answer_pattern("contribute"), f"<contribute>1</contribute><message>{'x' * 301}</message>"
+    )
+    # a task's value has up to task_digits + 2 digits: (99,999 + 99,999) * 9 = 1,799,982 at five
+    task = make_game("spgg", mode="task", task_digits=5)
+    assert re.fullmatch(task.answer_pattern("answer"), "<answer>1799982</answer>")
+    assert not re.fullmatch(task.answer_pattern("answer"), "<answer>17999820</answer>")
+    tas = make_game("tas", max_message_chars=40)
+    assert tas.answer_pattern("chat") == "<message>[^<]{0,40}</message>"
+
+
+def test_answer_sets_too_large_to_enumerate_are_free_text():
+    """Split-no-comm enumerates (units + 1)**3 proposals: at most MAX_ANSWER_CHOICES, units 20, else None."""
+    assert MAX_ANSWER_CHOICES == 10_000
+    for game_name, params, expected in [
+        ("split", {"units": 20}, 21**3),
+        ("split", {"units": 21}, None),
+        ("split", {"units": 1_000_000}, None),  # 10**18 strings were built before
+        ("tas", {"coins": 9_999}, 10_000),
+        ("tas", {"coins": 10_000}, None),
+    ]:
+        game = make_game(game_name, **params)
+        game.reset(0)
+        while game.pending_turns()[0].phase != "split":
+            game.step({turn.seat: "<message>hi</message>" for turn in game.pending_turns()})
+        choices = game.answer_choices(game.pending_turns()[0])
+        assert (None if choices is None else len(choices)) == expected, (game_name, params)
 
 
 def test_integer_pattern():
