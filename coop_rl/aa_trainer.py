@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from coop_rl.envs import make_game
 from coop_rl.fault_guard import FaultGuard, NumericalFaultError
 from coop_rl.loss import loss_metrics, merge_identical_turns, token_loss
 from coop_rl.loss_batch import batch_rows, token_logprobs
+from coop_rl.metric_log import MetricLog, over_processes
 from coop_rl.opponents import (
     POOL_FILE,
     CheckpointError,
@@ -70,11 +70,6 @@ logger = logging.getLogger("coop_rl.trainer")
 
 TRAJECTORY_DIR = "trajectories"
 RUN_INFO_FILE = "coop_rl_run.json"
-
-
-def _reduce_metric(key: str, values: list[float]) -> float:
-    """A logged metric over micro-steps or processes: the maximum for ``*_max`` metrics, else the mean."""
-    return max(values) if key.endswith("_max") else sum(values) / len(values)
 
 
 class AATrainer(Trainer):
@@ -136,7 +131,7 @@ class AATrainer(Trainer):
         )  # fmt: skip
         self._buffer, self._buffer_pass = [], 0  # the rollout's micro-batches, the pass over them (< num_iterations)
         self._micro_step = 0
-        self._metrics: dict[str, list[float]] = defaultdict(list)
+        self._metrics = MetricLog()
         self._iteration_started, self._iteration_scoring_s = 0.0, 0.0
         self._run_info_written = self._trajectory_dir_clean = False
         self._faults = FaultGuard(args.max_consecutive_faults, self.is_deepspeed_enabled, self._on_any_process)
@@ -204,17 +199,17 @@ class AATrainer(Trainer):
         credit_seconds = time.perf_counter() - started - rollout_seconds
         generated = sum(len(r.action.completion_ids) for r in played.records)
         for key, value in rollout_metrics(played, scored, self.num_seats).items():
-            self._metrics[key].append(value)
-        self._metrics["rollout/pool_size"].append(float(len(self.opponents.pool)))
-        self._metrics["time/rollout_s"].append(rollout_seconds)
-        self._metrics["time/credit_s"].append(credit_seconds)
-        self._metrics["perf/learner_tokens_per_s"].append(generated / max(rollout_seconds, 1e-9))
+            self._metrics.add(key, value)
+        self._metrics.add("rollout/pool_size", float(len(self.opponents.pool)))
+        self._metrics.add("time/rollout_s", rollout_seconds)
+        self._metrics.add("time/credit_s", credit_seconds)
+        self._metrics.add("perf/learner_tokens_per_s", generated / max(rollout_seconds, 1e-9))
         self._iteration_started, self._iteration_scoring_s = started, rollout_seconds + credit_seconds
         self._write_trajectories(played.records, played.results, played.groups, scored["turn_credit"])
         turns = learner_turns(played, scored["turn_credit"], args.group_size, self.opponents.adapter_of)
         ppo = args.loss_type == "ppo"  # the clipped surrogate is linear in credit only within one sign
         rows = merge_identical_turns([t.loss_turn() for t in turns if t.completion_ids], by_sign=ppo)
-        self._metrics["loss/unique_rows"].append(float(len(rows)))  # the rollout's, not each micro-batch's share
+        self._metrics.add("loss/unique_rows", float(len(rows)))  # the rollout's, not each micro-batch's share
         local_tokens = torch.tensor(float(sum(len(r["completion_ids"]) * r["count"] for r in rows)), device=args.device)
         total_tokens = self.accelerator.reduce(local_tokens, reduction="sum").item()
         gas = args.gradient_accumulation_steps
@@ -292,13 +287,13 @@ class AATrainer(Trainer):
         terms = (logprobs, batch["sampler_logprobs"], batch["credit"], batch["count"], mask, entropy, reference)
         clips = {"loss_type": args.loss_type, "is_clip": args.is_clip, "ppo_clip": args.ppo_clip}
         per_token = token_loss(*terms, **clips, entropy_coef=args.entropy_coef, kl_coef=args.kl_coef)
-        for key, value in loss_metrics(*terms, **clips).items():
-            self._metrics[key].append(value)
+        tokens = float((mask * batch["count"].reshape(-1, 1)).sum())  # real tokens, a merged row's once per turn
+        self._metrics.add_token_means(loss_metrics(*terms, **clips), tokens)
         if inputs.get("first_micro_batch"):  # weights not yet updated by this rollout: the sampler's weights
             with torch.no_grad():
                 gap = ((logprobs - batch["sampler_logprobs"]).abs() * mask).sum() / mask.sum().clamp(min=1)
-            self._metrics["rollout/sampler_logprob_gap"].append(gap.item())
-            self._metrics["rollout/sampler_logprob_gap_max"].append(gap.item())  # the worst process and iteration
+            self._metrics.add("rollout/sampler_logprob_gap", gap.item())
+            self._metrics.add("rollout/sampler_logprob_gap_max", gap.item())  # the worst process and iteration
         return per_token.sum() * inputs["scale"]
 
     # ----- numerical faults ---------------------------------------------------------------------------------
@@ -309,7 +304,7 @@ class AATrainer(Trainer):
         self._faults.note_loss(loss)
         if self.accelerator.gradient_state.sync_gradients:  # the last micro-batch: the optimizer steps next
             self._faults.check_step(model, self.state.global_step + 1)
-            self._metrics["fault/skipped_steps"] = [float(self._faults.skipped_steps)]
+            self._metrics.set("fault/skipped_steps", float(self._faults.skipped_steps))
         return loss
 
     def _on_any_process(self, faulty: bool) -> bool:
@@ -338,28 +333,25 @@ class AATrainer(Trainer):
                 logs[f"eval/{spec}/return"] = row["policy_mean_return"]
                 if row["policy_cooperation_rate"] is not None:
                     logs[f"eval/{spec}/cooperation_rate"] = row["policy_cooperation_rate"]
-        logs, should_log = self._mean_over_processes(logs), self.control.should_log
+        logs, should_log = self._over_processes(logs), self.control.should_log
         Trainer.log(self, dict(logs))  # its own line in log_history, apart from the step's training metrics
         self.control.should_log = should_log  # (on_log clears it: the step's own line must still be written)
         return logs
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        means = {key: _reduce_metric(key, values) for key, values in self._metrics.items() if values}
-        self._metrics.clear()
-        logs.update(self._mean_over_processes(means))
+        logs.update(self._over_processes(*self._metrics.take()))
         super().log(logs, start_time)
 
-    def _mean_over_processes(self, means: dict[str, float]) -> dict[str, float]:
-        """Every process played its own matches: the mean over processes, not process 0's share alone (the
-        maximum for metrics named ``*_max``). (Every process calls this at the same step, as transformers gathers
-        the loss there too.)"""
-        if self.accelerator.num_processes == 1:
-            return means
-        from accelerate.utils import gather_object
+    def _over_processes(self, means: dict[str, float], weighted: dict | None = None) -> dict[str, float]:
+        """Every process played its own matches: the metrics over all processes, not process 0's share alone
+        (:func:`~coop_rl.metric_log.over_processes`). Every process calls this at the same step, as transformers
+        gathers the loss there too."""
+        gathered = [(means, weighted or {})]
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
 
-        gathered = gather_object([means])
-        keys = sorted({key for process_means in gathered for key in process_means})
-        return {k: _reduce_metric(k, [m[k] for m in gathered if k in m]) for k in keys}
+            gathered = gather_object(gathered)
+        return over_processes(gathered)
 
     # ----- checkpoints and saving ---------------------------------------------------------------------------
     def _save_checkpoint(self, model, trial) -> None:
@@ -443,8 +435,8 @@ class _IterationHooks(TrainerCallback):
         trainer = self.trainer
         if trainer._iteration_started:  # before the step is logged: the metrics join this step's log line
             total = time.perf_counter() - trainer._iteration_started
-            trainer._metrics["time/update_s"].append(max(0.0, total - trainer._iteration_scoring_s))
-            trainer._metrics["time/iteration_s"].append(total)
+            trainer._metrics.add("time/update_s", max(0.0, total - trainer._iteration_scoring_s))
+            trainer._metrics.add("time/iteration_s", total)
         if args.play_eval_every and state.global_step % args.play_eval_every == 0:
             trainer.play_eval()
         return control

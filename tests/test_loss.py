@@ -205,14 +205,20 @@ def test_masked_token_mean_weights_rows_and_ignores_padding():
 def test_token_loss_adds_entropy_and_kl_per_count():
     lp = logprobs()
     entropy = torch.tensor([[0.5, 1.0], [math.nan, 2.0]])
-    ref = torch.tensor([[-1.0, -1.0], [math.nan, -2.0]])
+    ref = torch.tensor([[-1.0, -1.0], [math.nan, -3.0]])
     count = torch.tensor([1.0, 3.0])
     loss = token_loss(lp, SAMPLER, CREDIT, count, MASK, entropy, ref, loss_type="reinforce", is_clip=2.0,
                       entropy_coef=0.1, kl_coef=0.5)  # fmt: skip
     k3 = math.exp(-0.5) - 1 + 0.5  # (0,1): d = -1 - (-0.5) = -0.5
-    expected = [2.0 - 0.1 * 0.5, 2.0 - 0.1 * 1.0 + 0.5 * k3, 0.0, -2 * math.exp(-0.1) - 0.1 * 3 * 2.0 + 0.0]
+    k3_merged = math.exp(-1) - 1 + 1  # (1,1): d = -3 - (-2) = -1, a row standing for 3 turns: counted 3 times
+    expected = [
+        2.0 - 0.1 * 0.5,
+        2.0 - 0.1 * 1.0 + 0.5 * k3,
+        0.0,
+        -2 * math.exp(-0.1) - 0.1 * 3 * 2.0 + 0.5 * 3 * k3_merged,
+    ]
     assert flat(loss) == approx(expected)
-    assert flat(loss) == approx([1.95, 1.9532653, 0.0, -2.4096748])
+    assert flat(loss) == approx([1.95, 1.9532653, 0.0, -1.8578557])
     with pytest.raises(ValueError, match="ref_logprobs"):
         token_loss(lp, SAMPLER, CREDIT, count, MASK, entropy, None, kl_coef=0.5)
     with pytest.raises(ValueError, match="loss_type"):

@@ -34,8 +34,10 @@ def test_values_that_fit_are_converted(params, expected):
         ({"history": "9" * 5000}, f"history='{'9' * 5000}': expected 'last', 'full' or a positive integer"),
         ({"history": "\u0663"}, "history='\u0663': expected 'last', 'full' or a positive integer"),  # Arabic 3
         ({"history": "0"}, "history='0': expected 'last', 'full' or a positive integer"),
-        ({"show_horizon": True, "continuation": 0.9}, "show_horizon=true states a number of rounds that "
-         "continuation < 1 makes false"),  # fmt: skip
+        (
+            {"show_horizon": True, "continuation": 0.9},
+            "show_horizon=true states a number of rounds that continuation < 1 makes false",
+        ),  # fmt: skip
     ],
 )
 def test_values_that_do_not_fit_are_refused_not_truncated(params, message):
