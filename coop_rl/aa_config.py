@@ -97,9 +97,11 @@ class AAConfig(TrainingArguments):
         default=None,
         metadata={
             "help": "rollout_backend vllm_server: the URLs of the running vLLM servers (a list, or comma-separated), "
-            "each started with --enable-lora, --logprobs-mode raw_logprobs and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, "
-            "serving model_name_or_path; the adapter is saved under output_dir, which every server must be able to "
-            "read. Each iteration's matches are split evenly across them."
+            "each started as VLLM_ALLOW_RUNTIME_LORA_UPDATING=True vllm serve BASE_MODEL --enable-lora "
+            "--max-lora-rank R --max-loras P --max-cpu-loras 2P --logprobs-mode raw_logprobs --generation-config vllm "
+            "(BASE_MODEL: model_name_or_path; R >= lora_r; P >= the training processes; on CPU add --dtype float32); "
+            "the adapter is saved under output_dir, which every server must be able to read. Each iteration's "
+            "matches are split evenly across them."
         },
     )
     vllm_gpu_memory_utilization: float | None = field(

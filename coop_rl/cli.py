@@ -256,27 +256,59 @@ def _parse_populations(values: Sequence[str]) -> dict[str, tuple[str, ...]]:
 
 
 def _check_init_model(
-    args: argparse.Namespace, populations: dict, pretrained: Sequence[str], tiny_games: Sequence[str]
+    args: argparse.Namespace,
+    populations: dict,
+    pretrained: Sequence[str],
+    tiny_games: Sequence[str],
+    random_kinds: Sequence[str],
 ) -> tuple[str, ...]:
     """The games of ``--games`` (() when not given), after refusing what the kind asked for would ignore."""
     from coop_rl.eval.report import check_out_dir
 
+    if args.kind not in ("tiny", *pretrained, *random_kinds):
+        raise UsageError(f"unknown model kind {args.kind!r}; known: {', '.join(['tiny', *pretrained, *random_kinds])}")
     check_out_dir(args.out)  # a folder path, under a writable folder: before minutes of building
+    _refuse_ignored_init_options(args, populations, pretrained)
     games = tuple(g.strip() for g in args.games.split(",")) if args.games is not None else ()
     if args.games is not None and not all(games):
         raise UsageError(f"--games takes comma-separated game names, got {args.games!r}")
     if args.data_scale is not None and not 0 < args.data_scale <= 100:  # also refuses nan and inf
         raise UsageError(f"--data-scale must be in (0, 100], got {args.data_scale}")
-    if populations and args.kind != "tiny":
-        raise UsageError("--population applies to init-model tiny only")
     from coop_rl.warm_start import POPULATIONS  # a game without one is refused by the builder, naming them
 
     unbuilt = sorted(set(populations) & set(POPULATIONS) - set(games or tiny_games))
     if unbuilt:
         raise UsageError(f"--population names {', '.join(unbuilt)}, which the warm start does not imitate: add --games")
-    if args.warm_start and args.kind not in pretrained:
-        raise UsageError(f"--warm-start applies to {', '.join(pretrained)}; init-model tiny is always warm-started")
     return games
+
+
+def _refuse_ignored_init_options(args: argparse.Namespace, populations: dict, pretrained: Sequence[str]) -> None:
+    """Refuse, in one line, an option the kind would ignore. The options default to None or False (cli_parser), so
+    only a given one counts: tiny reads --seed, --data-scale, --games, --population and --precision; a pretrained
+    kind --precision, --unconstrained and --warm-start, and with --warm-start --seed, --data-scale and --games; a
+    random-* kind --seed only (random weights saved in bfloat16, no warm start, no answer marking)."""
+    pre = ", ".join(pretrained)
+    applies = {  # option: (given, the kinds that read it)
+        "--seed": (args.seed is not None, f"tiny, random-* and {pre} --warm-start"),
+        "--data-scale": (args.data_scale is not None, f"tiny and {pre} --warm-start"),
+        "--games": (args.games is not None, f"tiny and {pre} --warm-start"),
+        "--population": (bool(populations), "init-model tiny only"),
+        "--precision": (args.precision is not None, f"tiny and {pre}"),
+        "--unconstrained": (args.unconstrained, pre),
+        "--warm-start": (args.warm_start, pre),
+    }
+    if args.kind == "tiny":
+        read = {"--seed", "--data-scale", "--games", "--population", "--precision"}
+    elif args.kind in pretrained:
+        read = {"--precision", "--unconstrained", "--warm-start"}
+        read |= {"--seed", "--data-scale", "--games"} if args.warm_start else set()
+    else:  # random-*
+        read = {"--seed"}
+    for option, (given, kinds) in applies.items():
+        if given and option not in read:
+            without = " without --warm-start" if args.kind in pretrained and kinds.endswith("--warm-start") else ""
+            note = " (it is always warm-started)" if (option, args.kind) == ("--warm-start", "tiny") else ""
+            raise UsageError(f"{option} applies to {kinds}; init-model {args.kind}{without} would ignore it{note}")
 
 
 def cmd_init_model(args: argparse.Namespace) -> int:
@@ -287,23 +319,21 @@ def cmd_init_model(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     populations = _parse_populations(args.population or [])
-    games = _check_init_model(args, populations, PRETRAINED, TinyModelConfig.games)
+    games = _check_init_model(args, populations, PRETRAINED, TinyModelConfig.games, tuple(RANDOM_MODEL_SIZES))
     given = {"data_scale": args.data_scale} if args.data_scale is not None else {}  # the rest: each kind's defaults
     given.update({"games": games} if games else {})
+    seed, precision = (0 if args.seed is None else args.seed), (args.precision or "auto")
     try:
         if args.kind in PRETRAINED:  # a real pretrained model, converted from its installed wheel
-            warm = PretrainedWarmStart(seed=args.seed, **given) if args.warm_start else None
+            warm = PretrainedWarmStart(seed=seed, **given) if args.warm_start else None
             out = init_pretrained_model(
-                args.out, args.kind, precision=args.precision, constrain_answers=not args.unconstrained, warm_start=warm
+                args.out, args.kind, precision=precision, constrain_answers=not args.unconstrained, warm_start=warm
             )
         elif args.kind in RANDOM_MODEL_SIZES:  # random initialisation, no warm start (benchmarks; no TRL needed)
-            out = init_random_model(args.out, args.kind, seed=args.seed)
-        elif args.kind == "tiny":
-            config = TinyModelConfig(seed=args.seed, precision=args.precision, populations=populations, **given)
+            out = init_random_model(args.out, args.kind, seed=seed)
+        else:  # tiny (_check_init_model refused any other kind)
+            config = TinyModelConfig(seed=seed, precision=precision, populations=populations, **given)
             out = init_tiny_model(args.out, config)
-        else:
-            known = ", ".join(["tiny", *PRETRAINED, *RANDOM_MODEL_SIZES])
-            raise UsageError(f"unknown model kind {args.kind!r}; known: {known}")
     except (FileExistsError, ValueError, PretrainedSourceError) as error:
         raise UsageError(str(error)) from None
     print(out)

@@ -121,6 +121,32 @@ def _add_other_commands(sub: Any) -> None:
     solve.add_argument("--game", required=True, help="spgg")
     solve.add_argument("--set", action="append", metavar="KEY=VALUE", help="a game parameter (repeatable)")
     solve.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_init_model_command(sub)
+
+    demo = sub.add_parser(
+        "demo", help="the main job: train AA and naive on the tiny model, evaluate both, write a report"
+    )
+    demo.add_argument("--game", default="ipd", help="ipd (default) or tas")
+    demo.add_argument("--out", default=None, help="output directory (default runs/demo, runs/demo-tas for tas)")
+    demo.add_argument("--tiny", default=None, help="tiny model directory, built if missing (default runs/tiny[-tas])")
+    demo.add_argument("--max-steps", type=int, default=None, help="override the recipes' training iterations")
+    demo.add_argument("--matches", type=int, default=None, help="evaluation matches per opponent")
+    demo.add_argument("--seed", type=int, default=0, help="evaluation seed (default 0)")
+    demo.add_argument("--force", action="store_true", help="retrain even when a finished run is found")
+    demo.add_argument(
+        "--model",
+        default="tiny",
+        help="tiny (default) or smollm2 (SmolLM2-135M-Instruct with LoRA, ipd only: runs/demo-smollm2, ~30 min on CPU)",
+    )
+
+    sub.add_parser(
+        "train",
+        help="train with Advantage Alignment: coop-rl train --config RECIPE.yaml [--key value ...] (see train --help)",
+    )
+
+
+def _add_init_model_command(sub: Any) -> None:
+    """init-model: its options default to None (or False), so that one given to a kind that ignores it is refused."""
     init_model = sub.add_parser(
         "init-model", help="build a model offline (tiny: the embedded default model; smollm2: a real pretrained LLM)"
     )
@@ -131,7 +157,9 @@ def _add_other_commands(sub: Any) -> None:
         "the tiny tokenizer)",
     )
     init_model.add_argument("--out", required=True, help="directory to save the model and tokenizer into")
-    init_model.add_argument("--seed", type=int, default=0, help="seed of the data, initialisation and training")
+    init_model.add_argument(
+        "--seed", type=int, default=None, help="seed of the data, initialisation and training (default 0)"
+    )
     init_model.add_argument(
         "--data-scale",
         type=float,
@@ -159,32 +187,12 @@ def _add_other_commands(sub: Any) -> None:
     init_model.add_argument(
         "--precision",
         choices=("auto", "float32", "bfloat16"),
-        default="auto",
-        help="tiny: warm-start precision; smollm2: the saved dtype (auto: the machine's choice, coop_rl.precision)",
+        default=None,
+        help="tiny: warm-start precision; smollm2: the saved dtype (default auto: the machine's choice, "
+        "coop_rl.precision)",
     )
     init_model.add_argument(
         "--unconstrained",
         action="store_true",
         help="smollm2: do not mark the folder's answers as constrained (hf: then answers in free text everywhere)",
-    )
-
-    demo = sub.add_parser(
-        "demo", help="the main job: train AA and naive on the tiny model, evaluate both, write a report"
-    )
-    demo.add_argument("--game", default="ipd", help="ipd (default) or tas")
-    demo.add_argument("--out", default=None, help="output directory (default runs/demo, runs/demo-tas for tas)")
-    demo.add_argument("--tiny", default=None, help="tiny model directory, built if missing (default runs/tiny[-tas])")
-    demo.add_argument("--max-steps", type=int, default=None, help="override the recipes' training iterations")
-    demo.add_argument("--matches", type=int, default=None, help="evaluation matches per opponent")
-    demo.add_argument("--seed", type=int, default=0, help="evaluation seed (default 0)")
-    demo.add_argument("--force", action="store_true", help="retrain even when a finished run is found")
-    demo.add_argument(
-        "--model",
-        default="tiny",
-        help="tiny (default) or smollm2 (SmolLM2-135M-Instruct with LoRA, ipd only: runs/demo-smollm2, ~30 min on CPU)",
-    )
-
-    sub.add_parser(
-        "train",
-        help="train with Advantage Alignment: coop-rl train --config RECIPE.yaml [--key value ...] (see train --help)",
     )

@@ -136,6 +136,17 @@ def test_transcripts_hold_the_prompt_each_answer_answered(capsys, tmp_path, extr
         (["init-model", "tiny", "--out", "unused", "--population", "ipd=allc,nope"], "unknown strategy 'nope'"),
         (["init-model", "tiny", "--out", "unused", "--population", "chess=allc"], "no warm-start population"),
         (["init-model", "smollm2", "--out", "unused", "--population", "ipd=allc"], "init-model tiny only"),
+        # init-model options the kind would ignore (refused before anything is built; a default value given counts)
+        (["init-model", "tiny", "--out", "unused", "--unconstrained"], "--unconstrained applies to smollm2; init"),
+        (["init-model", "tiny", "--out", "unused", "--warm-start"], "tiny would ignore it (it is always warm-started)"),
+        (["init-model", "random-tiny", "--out", "unused", "--games", "ipd"], "random-tiny would ignore it"),
+        (["init-model", "random-tiny", "--out", "unused", "--data-scale", "0.5"], "--data-scale applies to tiny and"),
+        (["init-model", "random-0.5b", "--out", "unused", "--precision", "auto"], "--precision applies to tiny and"),
+        (["init-model", "random-tiny", "--out", "unused", "--unconstrained"], "--unconstrained applies to smollm2;"),
+        (["init-model", "smollm2", "--out", "unused", "--games", "ipd"], "smollm2 without --warm-start would ignore"),
+        (["init-model", "smollm2", "--out", "unused", "--data-scale", "1"], "smollm2 without --warm-start would"),
+        (["init-model", "smollm2", "--out", "unused", "--seed", "0"], "--seed applies to tiny, random-* and smollm2"),
+        (["init-model", "random-7b", "--out", "unused", "--games", "ipd"], "unknown model kind 'random-7b'; known:"),
     ],
 )
 def test_user_errors_exit_2_with_one_line(argv, needle):
@@ -145,6 +156,27 @@ def test_user_errors_exit_2_with_one_line(argv, needle):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        "tiny --seed 1 --data-scale 0.5 --games ipd --population ipd=allc --precision bfloat16",
+        "smollm2 --precision float32 --unconstrained",
+        "smollm2 --warm-start --seed 1 --data-scale 0.5 --games ipd --precision auto",
+        "random-tiny --seed 1",
+        "random-0.5b",
+    ],
+)
+def test_init_model_accepts_every_option_its_kind_reads(argv, tmp_path):
+    """The other side of the refusals above: what a kind reads passes the check (nothing is built here)."""
+    from coop_rl.cli import _check_init_model, _parse_populations, build_parser
+    from coop_rl.pretrained import PRETRAINED
+    from coop_rl.tiny_model import RANDOM_MODEL_SIZES, TinyModelConfig
+
+    args = build_parser().parse_args(["init-model", *argv.split(), "--out", str(tmp_path / "model")])
+    populations = _parse_populations(args.population or [])
+    _check_init_model(args, populations, PRETRAINED, TinyModelConfig.games, tuple(RANDOM_MODEL_SIZES))
 
 
 def test_scripted_play_imports_no_torch():

@@ -104,6 +104,49 @@ def test_recipe_usage_comment_names_the_recipe_itself(path):
     assert named <= {path.relative_to(ROOT).as_posix()}, named
 
 
+def _readme_train_commands() -> list[list[str]]:
+    """Every `accelerate launch ... -m coop_rl train ...` command line of README.md, as words."""
+    import shlex
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    found = []
+    for line in text.replace("\\\n", " ").splitlines():
+        if "accelerate launch" in line and "-m coop_rl train" in line:
+            found.append(shlex.split(line, comments=True))
+    return found
+
+
+README_TRAIN_COMMANDS = _readme_train_commands()
+
+
+def test_readme_has_accelerate_train_commands():
+    assert any(w.endswith("/zero3.yaml") for words in README_TRAIN_COMMANDS for w in words)
+
+
+@pytest.mark.parametrize("words", README_TRAIN_COMMANDS, ids=lambda w: " ".join(w[w.index("train") + 1 :])[:60])
+def test_readme_accelerate_train_commands_parse(words, tmp_path):
+    """The README's `accelerate launch` training lines need GPUs and the 7B weights; what can be checked without
+    them is checked here: the settings after `train` parse into a valid AAConfig (no model load), the seed groups
+    split over the launch's processes, and under ZeRO-3 the settings the trainer refuses there (the pool opponent
+    and the vLLM backends copy the learner's weights: coop_rl/aa_trainer.py) are not asked for."""
+    launcher = yaml.safe_load((ROOT / words[words.index("--config_file") + 1]).read_text())
+    given = words[words.index("--num_processes") + 1] if "--num_processes" in words else None
+    processes = int(given or launcher["num_processes"])
+    settings = words[words.index("train") + 1 :]
+    at = settings.index("--config")
+    recipe = ROOT / settings[at + 1]
+    del settings[at : at + 2]
+    if "--output_dir" in settings:
+        settings[settings.index("--output_dir") + 1] = str(tmp_path / "out")
+    else:
+        settings += ["--output_dir", str(tmp_path / "out")]
+    config = parse_recipe(recipe, *settings, *_cpu_overrides(recipe))
+    groups = config.matches_per_iteration // config.group_size
+    assert groups % processes == 0, f"{groups} seed groups do not split over {processes} processes"
+    if launcher.get("deepspeed_config", {}).get("zero_stage") == 3:
+        assert config.opponent != "pool" and config.rollout_backend == "hf"
+
+
 def test_a_typo_in_a_recipe_is_rejected(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text((ROOT / "recipes/ipd/aa_tiny.yaml").read_text() + "betta: 0.5\n")

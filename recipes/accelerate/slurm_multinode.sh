@@ -10,9 +10,10 @@
 #   ROLLOUT: vllm = a vLLM engine colocated in every training process (30% of each GPU's memory);
 #            server = rollouts on vLLM servers started beforehand (e.g. a separate allocation), named by
 #   ROLLOUT_SERVERS: comma-separated URLs, e.g. http://gpu17:8000,http://gpu18:8000. Start each server as
-#     VLLM_ALLOW_RUNTIME_LORA_UPDATING=True vllm serve BASE_MODEL --enable-lora --max-lora-rank R --max-loras P --logprobs-mode raw_logprobs
+#     VLLM_ALLOW_RUNTIME_LORA_UPDATING=True vllm serve BASE_MODEL --enable-lora --max-lora-rank R --max-loras P --max-cpu-loras 2P --logprobs-mode raw_logprobs --generation-config vllm
 #   (add --port; --tensor-parallel-size for a large model) with BASE_MODEL the recipe's model_name_or_path,
-#   R >= its lora_r (32 in the Qwen2.5 recipes) and P >= the number of training processes (N x G, 16 here).
+#   R >= its lora_r (32 in the Qwen2.5 recipes), P >= the number of training processes (N x G, 16 here) and
+#   --max-cpu-loras twice P (vLLM keeps unregistered adapters cached); see README.md, "Scaling out".
 # Extra arguments go to `coop_rl train` after the recipe (e.g. --max_steps 100 --report_to wandb).
 #SBATCH --job-name=coop-rl
 #SBATCH --nodes=2
