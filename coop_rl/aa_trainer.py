@@ -124,6 +124,12 @@ class AATrainer(Trainer):
                 "seat_adapters trains on one process: its loss runs a forward pass per seat's adapter before one "
                 "backward, which DDP and DeepSpeed refuse"
             )
+        num_groups, world = args.matches_per_iteration // args.group_size, self.accelerator.num_processes
+        if num_groups % world:  # each process plays whole seed groups: the baseline needs them
+            raise ValueError(
+                f"{num_groups} seed groups (matches_per_iteration / group_size) cannot be split evenly over {world} "
+                "processes: make them a multiple of the process count"
+            )
         self.sampling = SamplingConfig(args.temperature, args.top_p, args.max_new_tokens)
         self.opponents = Opponents(  # the model through a function: DDP or DeepSpeed wrap it later
             args, self.num_seats, lambda: self.accelerator.unwrap_model(self.model), processing_class, self.sampling,
@@ -159,8 +165,6 @@ class AATrainer(Trainer):
         args = self.args
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
         num_groups = args.matches_per_iteration // args.group_size
-        if num_groups % world:
-            raise ValueError(f"{num_groups} seed groups cannot be split evenly over {world} processes")
         plan = self.opponents.assign_groups(num_groups, self.state.global_step // args.num_iterations)
         live = self._live_player()
         seed = args.seed * 1_000_003 + self.state.global_step * 10_007

@@ -182,15 +182,28 @@ def test_zero3_with_a_vllm_backend_is_refused_in_one_line(tmp_path, tiny_model_d
 
 
 @pytest.mark.slow
-def test_seat_adapters_under_two_processes_are_refused_in_one_line(tmp_path, tiny_model_dir):
-    seats = ["--use_peft", "true", "--seat_adapters", "true"]
-    train = _train(tiny_model_dir, tmp_path / "run", "--max_steps", "1", *seats)
+@pytest.mark.parametrize(
+    "settings,refusal",
+    [
+        (
+            ["--use_peft", "true", "--seat_adapters", "true"],
+            "seat_adapters trains on one process: its loss runs a forward pass per seat's adapter before one "
+            "backward, which DDP and DeepSpeed refuse",
+        ),
+        (  # 3 seed groups: refused when the trainer is built, not mid-run at the first rollout
+            ["--matches_per_iteration", "24", "--group_size", "8"],
+            "3 seed groups (matches_per_iteration / group_size) cannot be split evenly over 2 processes: make them "
+            "a multiple of the process count",
+        ),
+    ],
+    ids=["seat_adapters", "odd_seed_groups"],
+)
+def test_what_two_processes_cannot_train_is_refused_in_one_line(tmp_path, tiny_model_dir, settings, refusal):
+    train = _train(tiny_model_dir, tmp_path / "run", "--max_steps", "1", *settings)
     done = subprocess.run(_launch("recipes/accelerate/ddp.yaml", *train), capture_output=True, text=True, timeout=600)
     assert done.returncode != 0
-    refusals = {line for line in done.stderr.splitlines() if line.startswith("coop-rl: error: ")}
-    assert refusals == {
-        "coop-rl: error: seat_adapters trains on one process: its loss runs a forward pass per seat's adapter before "
-        "one backward, which DDP and DeepSpeed refuse"
+    assert {line for line in done.stderr.splitlines() if line.startswith("coop-rl: error: ")} == {
+        f"coop-rl: error: {refusal}"
     }
 
 
