@@ -106,6 +106,7 @@ def test_transcripts_hold_the_prompt_each_answer_answered(capsys, tmp_path, extr
         (["play", "--game", "ipd", "--players", "axelrod:NoSuchThing,tft"], "NoSuchThing"),
         (["play", "--game", "ipd"], "required"),
         (["solve", "--game", "ipd"], "spgg only"),
+        (["tournament", "--game", "spgg", "--players", "full,free_rider"], "round robins of two-player games"),
         (["solve", "--game", "spgg", "--set", "reward=nice"], "reward='nice'"),
         (["play", "--game", "ipd", "--players", "vllm:/no/such/model,tft"], "model directory not found"),  # no more
         (["play", "--game", "ipd", "--players", "tft,alld", "--group-size", "0"], "--group-size must be >= 1"),
@@ -156,6 +157,14 @@ def test_user_errors_exit_2_with_one_line(argv, needle):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_an_exploiter_folder_with_unreadable_results_is_refused_in_one_line(tmp_path, capsys):
+    (tmp_path / "results.json").write_text("{not json")
+    code, out, err = run_cli(capsys, "exploit", "--policy", "tft", "--game", "ipd", "--learn", "--out", str(tmp_path))
+    assert (code, out) == (2, "")
+    assert err == f"coop-rl: error: {tmp_path / 'results.json'} is not readable JSON; choose another --out\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]  # nothing trained or written
 
 
 @pytest.mark.parametrize(
