@@ -107,6 +107,19 @@ def tiny_model_dir(tmp_path_factory, request) -> Path:
 
 
 @pytest.fixture
+def no_weights(monkeypatch) -> None:
+    """Any attempt to load model weights fails the test: for tests of what is checked before any weights load
+    (``coop-rl train``'s configuration checks, ``load_recipe``), so that a check that comes too late fails loudly
+    instead of passing slowly."""
+    from transformers import AutoModelForCausalLM
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("model weights were loaded before the configuration was checked")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
+
+
+@pytest.fixture
 def own_hf_engines(monkeypatch) -> None:
     """Engines of the test's own (``coop_rl.players.hf``'s registry emptied for it), for a test that reads an
     engine's model directly or changes it: the engine a base model's players share may hold LoRA adapters that

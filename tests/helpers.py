@@ -11,14 +11,23 @@ import sys
 import time
 from pathlib import Path
 
-from coop_rl.envs import make_game, make_strategy
+from coop_rl.envs import game_class, make_game, make_strategy
 from coop_rl.envs.base import TextGame
 
 
-def play_scripted(game_name: str, names: list[str], seed: int = 0, **params) -> TextGame:
-    """Play one match of ``game_name`` between scripted strategies and return the finished game."""
-    game = make_game(game_name, **params)
-    strategies = [make_strategy(game_name, name) for name in names]
+def play_scripted(game: str | TextGame, names: list[str], seed: int = 0, **params) -> TextGame:
+    """Play one match between the scripted strategies ``names`` and return the finished game.
+
+    ``game`` is a game name (the game is built with ``params``; a game with a ``players`` parameter, spgg, gets one
+    seat per name unless ``params`` says otherwise) or a game object, which is reset and played again.
+    """
+    if isinstance(game, str):
+        if "players" in game_class(game).PARAMS:
+            params.setdefault("players", len(names))
+        game = make_game(game, **params)
+    elif params:
+        raise TypeError("play_scripted: params go with a game name, not with a game object")
+    strategies = [make_strategy(game.name, name) for name in names]
     for seat, strategy in enumerate(strategies):
         strategy.reset(random.Random(f"{seed}:{seat}"))
     game.reset(seed)

@@ -14,17 +14,6 @@ import pytest
 RECIPE = "recipes/ipd/aa_tiny.yaml"
 
 
-@pytest.fixture
-def no_weights(monkeypatch):
-    """Any attempt to load model weights fails the test (the checks must come before)."""
-    from transformers import AutoModelForCausalLM
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("model weights were loaded before the configuration was checked")
-
-    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
-
-
 def _error_line(capsys) -> str:
     err = capsys.readouterr().err
     lines = [line for line in err.strip().splitlines() if line.strip() and "[WARNING]" not in line]

@@ -1,12 +1,13 @@
 """Precision chosen by the machine: the rule, the probe, and where the choice is applied and recorded."""
 
+import re
+
 import pytest
 
 from coop_rl.errors import UsageError
 from coop_rl.precision import (
     BF16_MIN_SPEEDUP,
     Precision,
-    bf16_speedup,
     choose_precision,
     cpu_info,
     describe_cpu,
@@ -70,9 +71,20 @@ def test_auto_on_this_cpu_follows_the_rule(monkeypatch):
     chosen = choose_precision("cpu", "auto", width=128)
     if not has_native_bf16():
         assert chosen == Precision("float32", "CPU without native bf16 (avx512_bf16/AMX): bf16 would be emulated")
-    else:  # the probe decided, and the reason quotes its measurement
-        assert "measured" in chosen.reason
-        assert chosen.bf16 == (bf16_speedup(128) >= BF16_MIN_SPEEDUP)
+        return
+    # the probe decided, and the reason quotes its one measurement: the choice must agree with the threshold
+    chose_bf16 = re.fullmatch(r"CPU with native bf16, measured (\d+\.\d\d)x faster than float32", chosen.reason)
+    chose_fp32 = re.fullmatch(
+        rf"CPU with native bf16, but bf16 measured (\d+\.\d\d)x of float32 \(< {re.escape(str(BF16_MIN_SPEEDUP))}x\)",
+        chosen.reason,
+    )
+    assert (chose_bf16 is None) != (chose_fp32 is None), chosen.reason
+    assert chosen.bf16 == (chose_bf16 is not None)
+    speedup = float((chose_bf16 or chose_fp32).group(1))  # rounded to 2 decimals in the reason
+    if chosen.bf16:
+        assert speedup >= round(BF16_MIN_SPEEDUP, 2)
+    else:
+        assert speedup <= round(BF16_MIN_SPEEDUP, 2)
 
 
 def test_aaconfig_resolves_precision_into_the_trainer_flags(tmp_path, monkeypatch):

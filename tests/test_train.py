@@ -17,17 +17,6 @@ from coop_rl.train import check_no_earlier_run, load_recipe, train
 RECIPE = "recipes/ipd/aa_tiny.yaml"
 
 
-@pytest.fixture
-def no_weights(monkeypatch):
-    """Any attempt to load model weights fails the test (load_recipe must not load them)."""
-    from transformers import AutoModelForCausalLM
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("model weights were loaded by load_recipe")
-
-    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
-
-
 def _argv(model_dir, out, *extra, recipe=RECIPE):
     return ["--config", str(recipe), "--model_name_or_path", str(model_dir), "--output_dir", str(out), *extra]
 
@@ -158,7 +147,13 @@ def test_a_run_that_stops_early_still_closes_its_opponents(tiny_model_dir, tmp_p
     from coop_rl.opponents import Opponents
 
     closed = []
-    monkeypatch.setattr(Opponents, "close", lambda self: closed.append(self))
+    real_close = Opponents.close
+
+    def recorded_close(self):
+        closed.append(self)
+        real_close(self)  # the real close runs too: it must release what the run built
+
+    monkeypatch.setattr(Opponents, "close", recorded_close)
 
     def interrupted(self, **kwargs):
         raise KeyboardInterrupt

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from fractions import Fraction
 
 import pytest
@@ -34,23 +33,12 @@ from coop_rl.envs.spgg_text import (
     parse_contribution,
     parse_message,
 )
-from coop_rl.envs.strategies import make_strategy, strategy_names
+from coop_rl.envs.strategies import strategy_names
+
+from helpers import play_scripted
 
 F = Fraction
 HYPOTHESIS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def play(names: list[str], seed: int = 0, **params) -> SequentialPublicGoods:
-    """Play one match between scripted strategies (a local loop: the runner is not under test here)."""
-    game = SequentialPublicGoods(players=len(names), **params)
-    strategies = [make_strategy("spgg", name) for name in names]
-    for seat, strategy in enumerate(strategies):
-        strategy.reset(random.Random(f"{seed}:{seat}"))
-    game.reset(seed)
-    while not game.done:
-        turns = game.pending_turns()
-        game.step({t.seat: strategies[t.seat].act(game, t) for t in turns})
-    return game
 
 
 def play_texts(game: SequentialPublicGoods, texts: list[str], seed: int = 0) -> SequentialPublicGoods:
@@ -132,14 +120,12 @@ def test_solver_defaults_are_the_games_defaults():
     assert SequentialPublicGoods(penalty=0).solve().spne == [0.6, 0.9, 0.9]
 
 
-def test_solver_is_fast():
-    start = time.perf_counter()
-    solve_spgg(players=3, levels=10, reward="redesigned")
-    solve_spgg(players=3, levels=10, reward="classic")
-    assert time.perf_counter() - start < 0.5
-    start = time.perf_counter()
-    assert solve_spgg(players=8, levels=10, reward="classic").spne == [0.0] * 8
-    assert time.perf_counter() - start < 5
+def test_solver_solves_the_largest_game():
+    # 8 players (the most the game allows), 10 levels: free riding is the unique and strict SPNE, as with 3
+    result = solve_spgg(players=8, levels=10, reward="classic")
+    assert result.spne == [0.0] * 8
+    assert result.unique and result.strict and result.outcomes == 1
+    assert result.payoffs == [10.0] * 8
 
 
 def test_solver_reports_non_unique_when_everyone_is_indifferent():
@@ -278,7 +264,7 @@ def test_stage_utilities_dispatch():
 
 # ----- played matches ----------------------------------------------------------------------------------------
 def test_full_contributors_redesigned():
-    game = play(["full", "full", "full"], rounds=3)
+    game = play_scripted("spgg", ["full", "full", "full"], rounds=3)
     assert game.returns() == [24.0, 69.0, 69.0]  # the first mover has no bonus: 18 - 10 = 8 per round
     assert game.rewards == [[8.0] * 3, [23.0] * 3, [23.0] * 3]
     metrics = game.metrics()
@@ -289,7 +275,7 @@ def test_full_contributors_redesigned():
     assert metrics["invalid_rate"] == [0.0, 0.0, 0.0]
     assert metrics["rounds"] == 3
     # first_mover_mean = 1 pays the first mover the full bonus
-    assert play(["full", "full", "full"], rounds=3, first_mover_mean=1).returns() == [69.0, 69.0, 69.0]
+    assert play_scripted("spgg", ["full", "full", "full"], rounds=3, first_mover_mean=1).returns() == [69.0, 69.0, 69.0]
 
 
 def test_game_pays_the_solver_payoffs_on_the_spne_play():
@@ -301,32 +287,32 @@ def test_game_pays_the_solver_payoffs_on_the_spne_play():
 
 
 def test_free_riders():
-    game = play(["free_rider"] * 3, rounds=2)
+    game = play_scripted("spgg", ["free_rider"] * 3, rounds=2)
     assert game.returns() == [-30.0, -30.0, -30.0]  # the collective penalty, twice
     metrics = game.metrics()
     assert metrics["free_riding_rate"] == 1.0 and metrics["group_output"] == 0.0 and metrics["welfare"] == -90.0
-    assert play(["free_rider"] * 3, reward="classic").returns() == [10.0, 10.0, 10.0]
-    assert play(["full"] * 3, reward="classic").returns() == [18.0, 18.0, 18.0]
+    assert play_scripted("spgg", ["free_rider"] * 3, reward="classic").returns() == [10.0, 10.0, 10.0]
+    assert play_scripted("spgg", ["full"] * 3, reward="classic").returns() == [18.0, 18.0, 18.0]
 
 
 def test_one_timestep_per_round():
-    game = play(["full", "free_rider", "conditional"], rounds=4)
+    game = play_scripted("spgg", ["full", "free_rider", "conditional"], rounds=4)
     assert [event["timestep"] for event in game.transcript_dicts()] == [r for r in range(4) for _ in range(3)]
     assert all(len(rewards) == 4 for rewards in game.rewards)
 
 
 def test_conditional_strategy_follows_what_it_sees():
     # full observation: the mean of (1, 0) is 0.5; partial: only the free rider right before
-    full = play(["full", "free_rider", "conditional"])
+    full = play_scripted("spgg", ["full", "free_rider", "conditional"])
     assert [event["parsed"] for event in full.transcript_dicts()] == [1.0, 0.0, 0.5]
-    partial = play(["full", "free_rider", "conditional"], observation="partial")
+    partial = play_scripted("spgg", ["full", "free_rider", "conditional"], observation="partial")
     assert [event["parsed"] for event in partial.transcript_dicts()] == [1.0, 0.0, 0.0]
     # as first mover it opens with 1 (a conditional cooperator's first move), whatever first_mover_mean says
     for m in (0, 1):
-        first = play(["conditional", "conditional", "conditional"], first_mover_mean=m)
+        first = play_scripted("spgg", ["conditional", "conditional", "conditional"], first_mover_mean=m)
         assert [event["parsed"] for event in first.transcript_dicts()] == [1.0, 1.0, 1.0]
     # snapped to a level: mean of (1, 0, 0) = 1/3 -> 0.3
-    snapped = play(["full", "free_rider", "free_rider", "conditional"])
+    snapped = play_scripted("spgg", ["full", "free_rider", "free_rider", "conditional"])
     assert snapped.transcript_dicts()[-1]["parsed"] == 0.3
 
 
@@ -341,7 +327,7 @@ def test_invalid_contribution_free_rides_and_is_counted():
     assert [event["parsed"] for event in game.transcript_dicts()] == [1.0, 0.0, 0.0]
     assert [event["valid"] for event in game.transcript_dicts()] == [True, False, False]
     assert game.returns() == [float(u) for u in stage_utilities([1, 0, 0])]
-    assert game.metrics()["invalid_rate_total"] == pytest.approx(2 / 3)
+    assert game.metrics()["invalid_rate_total"] == 2 / 3
 
 
 def test_step_checks_the_acting_seat():
@@ -444,17 +430,17 @@ def test_task_mode_scores_answers():
 
 
 def test_task_mode_matches():
-    game = play(["full", "full", "full"], mode="task", rounds=3, seed=3)
+    game = play_scripted("spgg", ["full", "full", "full"], mode="task", rounds=3, seed=3)
     assert game.returns() == [24.0, 69.0, 69.0]
     assert game.metrics()["group_output"] == 1.0
-    game = play(["full", "full", "free_rider"], mode="task", rounds=2, reward="classic")
+    game = play_scripted("spgg", ["full", "full", "free_rider"], mode="task", rounds=2, reward="classic")
     assert game.returns() == [24.0, 24.0, 44.0]
     metrics = game.metrics()
     assert metrics["group_output"] == 0.0  # the last answer is the group's
     assert metrics["mean_contribution"] == [1.0, 1.0, 0.0]
-    assert metrics["free_riding_rate"] == pytest.approx(1 / 3)
+    assert metrics["free_riding_rate"] == 1 / 3
     # conditional copies a wrong visible predecessor, and solves when the predecessor was right
-    game = play(["free_rider", "conditional", "full", "conditional"], mode="task")
+    game = play_scripted("spgg", ["free_rider", "conditional", "full", "conditional"], mode="task")
     assert [e["parsed"] for e in game.transcript_dicts()] == [0, 0, game.tasks[0][1], game.tasks[0][1]]
     assert game.metrics()["group_output"] == 1.0
 
@@ -475,12 +461,13 @@ def test_task_mode_partial_observation_and_no_score_leak():
 def test_same_seed_same_transcript():
     for params in ({"mode": "task", "rounds": 3}, {"rounds": 3, "observation": "partial"}):
         names = ["conditional", "full", "free_rider"]
-        first = play(names, seed=11, **params)
-        second = play(names, seed=11, **params)
+        first = play_scripted("spgg", names, seed=11, **params)
+        second = play_scripted("spgg", names, seed=11, **params)
         assert first.transcript_dicts() == second.transcript_dicts()
         assert first.rewards == second.rewards
         json.dumps(first.transcript_dicts())
-    assert play(names, seed=11, mode="task").tasks != play(names, seed=12, mode="task").tasks
+    tasks = [play_scripted("spgg", names, seed=seed, mode="task").tasks for seed in (11, 12)]
+    assert tasks[0] != tasks[1]
 
 
 # ----- parameters --------------------------------------------------------------------------------------------
@@ -599,38 +586,43 @@ def test_last_tag_content():
 
 
 # ----- robustness --------------------------------------------------------------------------------------------
-NASTY = [
-    "",
-    "\x00" * 10,
-    "<contribute>" * 100_000,
-    "</contribute>" * 100_000,
-    "<contribute>" * 50_000 + "0.5" + "</contribute>" * 50_000,
-    "<answer>" * 100_000 + "1",
-    "<message>" * 100_000,
-    "1" * 1_000_000,
-    "0." + "9" * 1_000_000,
-    "<contribute>" + "1" * 1_000_000 + "</contribute>",
-    "<answer>" + "9" * 1_000_000 + "</answer>",
-    " " * 1_000_000 + "<contribute>0.5",
-    "<contribute>1e999999999</contribute>",
-    "<contribute>1e-999999999</contribute>",
-    "<answer>" + "1," * 100_000 + "1</answer>",
-    "😀" * 200_000,
-    "<contribute>\U0001d7ce.\U0001d7d5</contribute>",
-    "<contribute>0.7\u200b</contribute>",
-    "<contribute>inf</contribute><answer>-inf</answer><answer>nan</answer>",
-    "<contribute>1" + "0" * 5000 + "</contribute>",
-    "<answer>" + "1" * 5000 + "</answer>",
+NOTHING = (None, None, "")  # (contribution, answer, message): an invalid contribution and answer, no message
+# Text that a parser with a backtracking regex, or one that reads the whole of a huge text, would hang on; and what
+# each parser reads from it. Every parser first cuts the text to clean_text's 100,000 characters, so a valid answer
+# past that point is never seen.
+NASTY_PARSED = [
+    ("", NOTHING),
+    ("\x00" * 10, NOTHING),  # NUL characters are dropped: the empty text
+    ("<contribute>" * 100_000, NOTHING),  # opening tags only, and not a number
+    ("</contribute>" * 100_000, NOTHING),  # closing tags only
+    ("<contribute>" * 50_000 + "0.5" + "</contribute>" * 50_000, NOTHING),  # the 0.5 lies past the cut
+    ("<contribute>" * 5_000 + "0.5" + "</contribute>" * 5_000, (F(1, 2), None, "")),  # within it: the innermost
+    ("<answer>" * 100_000 + "1", NOTHING),
+    ("<answer>" * 10_000 + "7</answer>", (None, 7, "")),  # the last opening tag before the closing one
+    ("<message>" * 100_000, NOTHING),
+    ("<message>" * 10_000 + "hi</message>", (None, None, "hi")),
+    ("1" * 1_000_000, NOTHING),  # a number longer than 64 characters (50 for an answer) is no answer
+    ("0." + "9" * 1_000_000, NOTHING),
+    ("<contribute>" + "1" * 1_000_000 + "</contribute>", NOTHING),  # the closing tag lies past the cut
+    ("<answer>" + "9" * 1_000_000 + "</answer>", NOTHING),
+    (" " * 1_000_000 + "<contribute>0.5", NOTHING),  # blanks up to the cut
+    (" " * 90_000 + "<contribute>0.5</contribute>", (F(1, 2), None, "")),
+    ("<contribute>1e999999999</contribute>", NOTHING),  # exponents have at most 3 digits
+    ("<contribute>1e-999999999</contribute>", NOTHING),
+    ("<answer>" + "1," * 100_000 + "1</answer>", NOTHING),
+    ("😀" * 200_000, NOTHING),
+    ("<contribute>\U0001d7ce.\U0001d7d5</contribute>", NOTHING),  # mathematical digits are not ASCII digits
+    ("<contribute>0.7\u200b</contribute>", NOTHING),  # a zero-width space is not whitespace: not a number
+    ("<contribute>inf</contribute><answer>-inf</answer><answer>nan</answer>", NOTHING),
+    ("<contribute>1" + "0" * 5000 + "</contribute>", NOTHING),
+    ("<answer>" + "1" * 5000 + "</answer>", NOTHING),
 ]
+NASTY = [text for text, _ in NASTY_PARSED]
 
 
-@pytest.mark.parametrize("text", NASTY, ids=range(len(NASTY)))
-def test_parsers_survive_nasty_text_quickly(text):
-    start = time.perf_counter()
-    parse_contribution(text, 10)
-    parse_answer(text)
-    parse_message(text)
-    assert time.perf_counter() - start < 1.0
+@pytest.mark.parametrize(("text", "expected"), NASTY_PARSED, ids=range(len(NASTY_PARSED)))
+def test_parsers_on_nasty_text(text, expected):
+    assert (parse_contribution(text, 10), parse_answer(text), parse_message(text)) == expected
 
 
 @pytest.mark.parametrize("mode", ["contribution", "task"])

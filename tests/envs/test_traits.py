@@ -41,20 +41,32 @@ def test_every_game_declares_its_traits_exactly():
     assert matrix_game_names() == ["ipd", "bos"]
 
 
+# game: its cooperation metric per seat after a match (seed 0) of invalid answers only, each replaced by the game's
+# default: ipd defects; bos draws J or F at random from a generator seeded by the match seed (seed 0: 5 J in 10
+# rounds for each seat); spgg contributes 0; tas and split name no cooperation metric
+DEFAULT_COOPERATION = {
+    "ipd": [0.0, 0.0],
+    "bos": [0.5, 0.5],
+    "tas": None,
+    "split": None,
+    "spgg": [0.0, 0.0, 0.0],
+}
+
+
 @pytest.mark.parametrize("name", sorted(TRAITS))
 def test_the_cooperation_metric_is_a_per_seat_metric(name):
-    """The metric a game names is in its metrics, one number in [0, 1] per seat."""
+    """The metric a game names is in its metrics, one number per seat: here the invalid answers' defaults."""
     game = make_game(name)
     game.reset(0)
     while not game.done:
         game.step({turn.seat: "" for turn in game.pending_turns()})  # invalid answers: every game's default
+    assert game.invalid_counts == game.action_counts  # every answer was invalid
     key = GAMES[name].cooperation_metric
     if key is None:
         assert not {"cooperation_rate", "mean_contribution"} & set(game.metrics())
+        assert DEFAULT_COOPERATION[name] is None
         return
-    value = game.metrics()[key]
-    assert isinstance(value, list) and len(value) == game.num_players
-    assert all(0.0 <= v <= 1.0 for v in value)
+    assert game.metrics()[key] == DEFAULT_COOPERATION[name]
 
 
 def test_answer_grammar_per_game_and_phase():
