@@ -17,16 +17,38 @@ DEFAULT_MODEL = ROOT / "runs" / "tiny"
 
 
 def machine() -> dict[str, Any]:
-    """The CPU (model, the flags that matter for speed, cores, torch threads), load average, library versions."""
+    """The CPU (model, the flags that matter for speed, cores, torch threads), the precision the hf backend chooses
+    on it (``auto``: what every stage that does not set one ran in), load average, library versions."""
     import torch
 
-    from coop_rl.precision import cpu_info, describe_cpu
+    from coop_rl.precision import choose_precision, cpu_info, describe_cpu, precision_record
 
     info: dict[str, Any] = {**cpu_info(), "cpu": describe_cpu(), "python": platform.python_version()}
     info["torch"] = torch.__version__
+    info["auto_precision"] = precision_record(choose_precision("cpu", "auto"))
     if hasattr(os, "getloadavg"):
         info["load_average_1m"] = round(os.getloadavg()[0], 2)
     return info
+
+
+#: the mark of a run folder a benchmark script made (the only kind it removes)
+BENCHMARK_RUN_FILE = ".coop_rl_benchmark_run"
+
+
+def fresh_run_dir(run_dir: Path, script: str) -> Path:
+    """An empty ``run_dir`` for a new training by ``script``: an earlier run of this script there is removed
+    (``coop-rl train`` refuses to write a new run over one); a non-empty folder without the script's mark is
+    refused, so that a mistyped ``--work`` or ``--runs`` never deletes the user's own runs."""
+    from coop_rl.atomic_files import remove_folder, write_text_atomic
+
+    mark = run_dir / BENCHMARK_RUN_FILE
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not mark.is_file() or mark.read_text(encoding="utf-8").strip() != script:
+            raise SystemExit(f"{script}: {run_dir} holds files this script did not make; choose another folder")
+        remove_folder(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(mark, script + "\n")
+    return run_dir
 
 
 def median(values: list[float]) -> float:

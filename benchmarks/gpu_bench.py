@@ -40,6 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import AA_RECIPE, StepTimer, aa_config, machine, timed  # noqa: E402
 
+from coop_rl.atomic_files import write_text_atomic
+
 RESULTS: dict[str, Any] = {}
 STARTED = time.perf_counter()
 
@@ -322,9 +324,9 @@ def main() -> int:
             if section == "build":
                 break  # nothing else can run without the models
         RESULTS["seconds"][section] = round(time.perf_counter() - started, 1)
-        results_file.write_text(json.dumps(RESULTS, indent=2) + "\n")
+        write_text_atomic(results_file, json.dumps(RESULTS, indent=2) + "\n")
     RESULTS["seconds"]["total"] = round(time.perf_counter() - STARTED, 1)
-    results_file.write_text(json.dumps(RESULTS, indent=2) + "\n")
+    write_text_atomic(results_file, json.dumps(RESULTS, indent=2) + "\n")
     print(json.dumps(RESULTS, indent=2))
     if work is not None:
         work.cleanup()

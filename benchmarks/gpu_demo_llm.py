@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import ROOT, machine  # noqa: E402
+from bench_common import ROOT, fresh_run_dir, machine  # noqa: E402
 
 from coop_rl.atomic_files import write_text_atomic  # noqa: E402
 from coop_rl.demo import DEMOS  # noqa: E402
@@ -122,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     for method, recipe in SPEC.recipes.items():
         run_dir = args.runs / method
-        shutil.rmtree(run_dir, ignore_errors=True)  # this script's own earlier run: coop-rl train refuses to mix them
+        fresh_run_dir(run_dir, "gpu_demo_llm.py")  # coop-rl train refuses to write a new run over an earlier one
         train = ["train", "--config", recipe, "--model_name_or_path", str(model)]
         train += ["--output_dir", str(run_dir)]
         if args.max_steps is not None:  # a short run still checkpoints its last step (its log), as the demo's do

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -29,7 +28,13 @@ from typing import Any
 
 import yaml
 
+from coop_rl.atomic_files import write_text_atomic
+
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))  # bench_common, beside this script
+
+from bench_common import fresh_run_dir  # noqa: E402
+
 RECIPES = ("recipes/ipd/aa_tiny.yaml", "recipes/ipd/naive_tiny.yaml")
 KEY_OPPONENTS = ("tft", "alld")
 
@@ -78,7 +83,7 @@ def train(recipe: str, seed: int, run_dir: Path, overrides: dict[str, str]) -> f
     """Train one run in a child process; its seconds. The child's output goes to ``<run_dir>.log``. A run folder
     of an earlier call (this script's own, under ``--work``) is removed first: ``coop-rl train`` refuses to write a
     new run over it."""
-    shutil.rmtree(run_dir, ignore_errors=True)
+    fresh_run_dir(run_dir, "learning_seeds.py")
     argv = [sys.executable, "-m", "coop_rl", "train", "--config", recipe, "--seed", str(seed)]
     argv += ["--output_dir", str(run_dir)]
     for key, value in overrides.items():
@@ -175,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             report["runs"].append(run)
             report["summary"] = summarize(report["runs"])
-            Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+            write_text_atomic(args.out, json.dumps(report, indent=1) + "\n")
             print(
                 f"{Path(recipe).stem} seed {seed}: self-play {row['self_play']}, vs tft {row['vs_tft']}, "
                 f"vs alld {row['vs_alld']}, {seconds:.0f} s, bar {'met' if run['meets_bar'] else 'NOT met'}",

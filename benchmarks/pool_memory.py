@@ -31,6 +31,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from coop_rl.atomic_files import write_text_atomic
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = Path(__file__).resolve().parent
 RECIPE = ROOT / "recipes" / "ipd" / "aa_tiny.yaml"
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(args.out, json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("peak_rss_mb", "pool_vs_self_play", "within_bar", "pool_entries")}))
 
 

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from coop_rl.atomic_files import write_text_atomic
+
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("recompute", "memo")
 
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--policy must be an hf: policy (the transformers engine), not {args.policy!r}", file=sys.stderr)
         return 2
     result = run(args.policy, args.matches, args.repeats)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(args.out, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
 

@@ -56,6 +56,8 @@ sys.path.insert(0, str(BENCH_DIR))  # the sibling benchmark modules (bench_commo
 from bench_common import DEFAULT_MODEL, ensure_model, interleave, log, machine, median  # noqa: E402
 from training_stages import stage_memory, stage_sample_efficiency, stage_training  # noqa: E402
 
+from coop_rl.atomic_files import write_text_atomic  # noqa: E402
+
 # ----- games ----------------------------------------------------------------------------------------------------
 GAME_PLAYERS = {
     "ipd": ["tft", "random"],
@@ -271,7 +273,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "from a `--quick` smoke run (small sizes, one repeat): indicative only.",
         "",
     ]
-    path.write_text("\n".join(lines))
+    write_text_atomic(path, "\n".join(lines))
 
 
 STAGE_FUNCTIONS = {
@@ -328,10 +330,10 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": round(time.perf_counter() - started, 1),
             "cpu": results["machine"]["cpu"],  # stages kept from earlier runs keep the CPU they ran on
         }
-        results_file.write_text(json.dumps(results, indent=2) + "\n")  # after each stage: nothing lost
+        write_text_atomic(results_file, json.dumps(results, indent=2) + "\n")  # after each stage: nothing lost
     if not results["errors"]:
         results.pop("errors")
-    results_file.write_text(json.dumps(results, indent=2) + "\n")
+    write_text_atomic(results_file, json.dumps(results, indent=2) + "\n")
     write_markdown(results, out_dir / "results.md")
     log(f"wrote {results_file} and {out_dir / 'results.md'}")
     return 1 if failed else 0

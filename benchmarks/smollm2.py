@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from coop_rl.atomic_files import write_text_atomic
+
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("before", "after", "reuse")
 #: what each mode turns on: (choice-trie sampler, loss shares the prefix, loss shares the stems, rollout memo)
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no model at {args.model}: run `coop-rl init-model smollm2 --out {args.model}` first", file=sys.stderr)
         return 2
     result = run(args.model, args.iterations, args.matches, modes)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(args.out, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
 

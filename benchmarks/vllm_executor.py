@@ -29,6 +29,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from coop_rl.atomic_files import write_text_atomic
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = Path(__file__).resolve().parent
 CASES = {"external_launcher": "auto", "default": "default"}
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         "median_wall_s": walls,
         "default_vs_external_launcher": round(walls["default"] / walls["external_launcher"], 2),
     }
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(args.out, json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("median_wall_s", "default_vs_external_launcher")}))
 
 

@@ -51,7 +51,7 @@ from coop_rl.opponents import (
 )
 from coop_rl.players import SamplingConfig
 from coop_rl.players.base import Player, check_chat_template
-from coop_rl.policy_folder import write_policy_settings
+from coop_rl.policy_folder import POLICY_SETTINGS_FILE, write_policy_settings
 from coop_rl.precision import describe_device, precision_record
 from coop_rl.rollout import (
     Played,
@@ -371,9 +371,13 @@ class AATrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if self.args.use_peft:  # peft saves every adapter the model holds: the pool's are not the policy
             self.opponents.release_adapters(self.accelerator.unwrap_model(self.model))
+        folder = Path(output_dir or self.args.output_dir)
+        # The settings file is the mark of a finished save (the demo and the exploiter read it so): an earlier
+        # one goes before the weights are rewritten, and the new one is written after them and the tokenizer.
+        (folder / POLICY_SETTINGS_FILE).unlink(missing_ok=True)
         super()._save(output_dir, state_dict)
         # every saved policy, a checkpoint's too (before its trainer_state.json): hf:<checkpoint> plays it as trained
-        self.save_policy_settings(output_dir or self.args.output_dir)
+        self.save_policy_settings(str(folder))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -393,10 +397,10 @@ class AATrainer(Trainer):
         folders = [Path(output_dir)]
         if self.args.seat_adapters:  # peft saves adapter k > 0 in output_dir/seat<k>: each plays as hf:<that dir>
             folders += [Path(output_dir) / seat_adapter_name(seat) for seat in range(1, self.num_seats)]
-        for folder in folders:
-            write_policy_settings(folder, settings)
+        for folder in folders[::-1]:  # output_dir's own settings last: the mark that the whole policy is saved
             if folder != Path(output_dir):
                 self.processing_class.save_pretrained(folder)
+            write_policy_settings(folder, settings)
 
     def _zero_stage(self) -> int | None:
         if not self.is_deepspeed_enabled:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,4 +43,16 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
-__all__ = ["atomic_path", "write_text_atomic"]
+def remove_folder(path: str | Path) -> None:
+    """Remove the folder ``path`` as one step: renamed aside (``.<name>.removing-<pid>``), then deleted. A crash or
+    Ctrl-C midway leaves the folder whole or gone, never a half-deleted one whose marker files still read as a
+    finished run; an aside copy left by such a crash is deleted by the next removal in the same folder."""
+    folder = Path(path)
+    for leftover in folder.parent.glob(f".{folder.name}.removing-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    aside = folder.with_name(f".{folder.name}.removing-{os.getpid()}")
+    os.replace(folder, aside)
+    shutil.rmtree(aside)
+
+
+__all__ = ["atomic_path", "remove_folder", "write_text_atomic"]

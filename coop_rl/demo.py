@@ -207,26 +207,30 @@ def train_stage(recipe: str, model_dir: Path, run_dir: Path, max_steps: int | No
     (:data:`TRAINED_WITH_FILE`, written before training) and starts a retraining from an empty folder, so that no
     checkpoint, curve or policy of an earlier run is read as this one's; a folder it did not mark is never removed
     without ``--force``."""
-    import shutil
-
-    from coop_rl.atomic_files import write_text_atomic
+    from coop_rl import train as training
+    from coop_rl.atomic_files import remove_folder, write_text_atomic
 
     request = training_request(recipe, model_dir, max_steps)
     if not force and is_trained(run_dir, request):
         return
     if run_dir.is_symlink() or run_dir.is_file():
         raise DemoError(f"{run_dir} is not a folder the demo made; choose another --out")
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not force and not (run_dir / TRAINED_WITH_FILE).exists():
-            raise DemoError(
-                f"{run_dir} holds a training the demo did not record (another's, or an older coop-rl's): "
-                "--force trains it again, or choose another --out"
-            )
+    earlier = run_dir.exists() and any(run_dir.iterdir())
+    if earlier and not force and not (run_dir / TRAINED_WITH_FILE).exists():
+        raise DemoError(
+            f"{run_dir} holds a training the demo did not record (another's, or an older coop-rl's): "
+            "--force trains it again, or choose another --out"
+        )
+    config = training_config(recipe, model_dir, run_dir, max_steps)  # checked before an earlier run is removed
+    if earlier:
         logger.warning("training %s again (%s)", run_dir, "--force" if force else "it holds another training")
-        shutil.rmtree(run_dir)
+        remove_folder(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / TRAINED_WITH_FILE, json.dumps(request, indent=1) + "\n")  # the folder is the demo's
-    train(recipe, model_dir, run_dir, max_steps)
+    try:
+        training.train(config)
+    except UsageError as error:  # one line that names the run; Ctrl-C (KeyboardInterrupt) passes through
+        raise DemoError(f"training {run_dir} failed: {error}") from None
 
 
 def shipped_recipe(recipe: str) -> str:
@@ -238,8 +242,9 @@ def shipped_recipe(recipe: str) -> str:
     return str(shipped) if shipped.is_file() else recipe
 
 
-def train(recipe: str, model_dir: Path, run_dir: Path, max_steps: int | None = None) -> None:
-    """``coop-rl train --config RECIPE --model_name_or_path MODEL --output_dir RUN``, through ``coop_rl.train``."""
+def training_config(recipe: str, model_dir: Path, run_dir: Path, max_steps: int | None = None) -> Any:
+    """The checked settings of ``coop-rl train --config RECIPE --model_name_or_path MODEL --output_dir RUN``
+    (``coop_rl.train.load_recipe``); a refused recipe is a DemoError naming the run."""
     from coop_rl import train as training
 
     argv = ["--config", shipped_recipe(recipe), "--model_name_or_path", str(model_dir), "--output_dir", str(run_dir)]
@@ -247,8 +252,8 @@ def train(recipe: str, model_dir: Path, run_dir: Path, max_steps: int | None = N
         argv += ["--max_steps", str(max_steps), "--save_steps", str(max_steps)]
         argv += ["--logging_steps", str(max(1, min(5, max_steps // 4)))]
     try:
-        training.train(training.load_recipe(argv))
-    except UsageError as error:  # one line that names the run; Ctrl-C (KeyboardInterrupt) passes through
+        return training.load_recipe(argv)
+    except UsageError as error:
         raise DemoError(f"training {run_dir} failed: {error}") from None
 
 

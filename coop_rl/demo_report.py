@@ -38,20 +38,32 @@ class ReportSpec(Protocol):
     def key_opponents(self) -> tuple[str, ...]: ...
 
 
+def _trainer_state(path: Path) -> dict[str, Any] | None:
+    """The JSON object in a ``trainer_state.json``, or None where it is missing or not whole (transformers writes
+    it in place, last: a run killed mid-write leaves it cut short)."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
 def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """The run's ``checkpoint-<step>`` folders whose save finished (transformers writes trainer_state.json last),
-    oldest first."""
+    """The run's ``checkpoint-<step>`` folders whose save finished (transformers writes trainer_state.json last,
+    and it reads whole), oldest first."""
     found = [path.parent for path in run_dir.glob("checkpoint-*/trainer_state.json")]
-    return sorted((p for p in found if p.name[11:].isdigit()), key=lambda path: int(path.name[11:]))
+    found = [p for p in found if p.name[11:].isdigit() and _trainer_state(p / "trainer_state.json") is not None]
+    return sorted(found, key=lambda path: int(path.name[11:]))
 
 
 def log_history(run_dir: Path) -> list[dict[str, Any]]:
-    """The run's ``log_history``: ``<run>/trainer_state.json``, else that of its last checkpoint."""
+    """The run's ``log_history``: ``<run>/trainer_state.json``, else that of its last complete checkpoint."""
     candidates = [run_dir / "trainer_state.json"]
     candidates += [checkpoint / "trainer_state.json" for checkpoint in complete_checkpoints(run_dir)[::-1]]
     for path in candidates:
-        if path.exists():
-            return json.loads(path.read_text(encoding="utf-8")).get("log_history", [])
+        state = _trainer_state(path)
+        if state is not None:
+            return state.get("log_history", [])
     return []
 
 

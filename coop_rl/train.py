@@ -251,9 +251,8 @@ def train(config: AAConfig) -> Path:
         raise UsageError(str(error)) from None
     finally:  # a crash or Ctrl-C too: shared vLLM servers unregister the learner's adapter (idempotent)
         trainer.opponents.close()
-    trainer.save_model(config.output_dir)
+    trainer.save_model(config.output_dir)  # weights, tokenizer, then the policy settings: the mark of a finished run
     if trainer.accelerator.is_main_process:
-        trainer.processing_class.save_pretrained(config.output_dir)  # save_model wrote the policy settings
         print(f"saved the trained policy to {config.output_dir} (play it as hf:{config.output_dir})")
     finish_distributed_run(trainer.accelerator)  # a rank of a multi-process run ends here (see its docstring)
     return Path(config.output_dir)

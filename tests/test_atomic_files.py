@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from coop_rl.atomic_files import atomic_path, write_text_atomic
+from coop_rl.atomic_files import atomic_path, remove_folder, write_text_atomic
 
 
 def test_write_replaces_the_file_whole_and_leaves_no_temporary(tmp_path):
@@ -54,3 +54,23 @@ def test_a_fifo_is_written_to_not_replaced(tmp_path):
     reader.join(timeout=10)
     assert received == ["through the pipe"]
     assert stat.S_ISFIFO(os.stat(fifo).st_mode) and sorted(p.name for p in tmp_path.iterdir()) == ["fifo"]
+
+
+def test_a_folder_is_removed_as_one_step_and_a_crashed_removal_is_finished_later(tmp_path, monkeypatch):
+    run = tmp_path / "aa"
+    (run / "checkpoint-1").mkdir(parents=True)
+    (run / "coop_rl_policy.json").write_text("{}")
+
+    def killed(path, *args, **kwargs):  # killed while deleting: the folder is already aside, whole
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("coop_rl.atomic_files.shutil.rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        remove_folder(run)
+    (aside,) = tmp_path.iterdir()
+    assert aside.name == f".aa.removing-{os.getpid()}" and (aside / "coop_rl_policy.json").exists()
+    assert not run.exists()  # never a half-deleted aa whose policy file still reads as finished
+    monkeypatch.undo()
+    run.mkdir()
+    remove_folder(run)  # the next removal there finishes the crashed one too
+    assert list(tmp_path.iterdir()) == []

@@ -80,6 +80,31 @@ def test_run_all_model_stages(tmp_path, tiny_model_dir):
     assert "errors" not in results
 
 
+def test_a_benchmark_removes_only_run_folders_it_made(tmp_path):
+    from bench_common import BENCHMARK_RUN_FILE, fresh_run_dir
+
+    run = fresh_run_dir(tmp_path / "aa-s0", "learning_seeds.py")
+    assert [p.name for p in run.iterdir()] == [BENCHMARK_RUN_FILE]
+    (run / "checkpoint-1").mkdir()  # its training
+    assert [p.name for p in fresh_run_dir(run, "learning_seeds.py").iterdir()] == [BENCHMARK_RUN_FILE]
+    (run / "checkpoint-1").mkdir()
+    with pytest.raises(SystemExit, match=f"^gpu_demo_llm.py: {run} holds files this script did not make"):
+        fresh_run_dir(run, "gpu_demo_llm.py")  # another script's run
+    users = tmp_path / "demo-smollm2"
+    (users / "aa").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="holds files this script did not make; choose another folder"):
+        fresh_run_dir(users, "gpu_demo_llm.py")  # a mistyped --runs: the user's own runs
+    assert (run / "checkpoint-1").is_dir() and (users / "aa").is_dir()
+
+
+def test_machine_names_the_precision_the_stages_ran_in():
+    from bench_common import machine
+
+    from coop_rl.precision import choose_precision, precision_record
+
+    assert machine()["auto_precision"] == precision_record(choose_precision("cpu", "auto"))
+
+
 def learning_seeds():
     import learning_seeds as module
 

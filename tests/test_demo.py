@@ -23,6 +23,7 @@ from coop_rl.demo import (
     training_request,
 )
 from coop_rl.demo_report import (
+    complete_checkpoints,
     crossplay_matrices,
     ipd_bar_checks,
     learning_curve,
@@ -83,6 +84,19 @@ def test_log_history_falls_back_to_the_last_checkpoint(tmp_path):
     assert len(history) == 10  # checkpoint-10, not checkpoint-5 (numeric, not lexical, order)
     curve = learning_curve(history + [{"train_runtime": 1.0}], "rollout/cooperation_rate")
     assert curve[-1] == (10.0, 0.6) and len(curve) == 10
+
+
+def test_a_checkpoint_whose_state_was_cut_short_is_not_complete(tmp_path):
+    # transformers writes trainer_state.json last and in place: a run killed mid-write leaves it cut short, and
+    # the run's history and a resume come from the checkpoint before
+    for step, text in ((5, json.dumps({"log_history": [{"step": 5}]})), (10, '{"log_history": [{"st'), (15, "[]")):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(text)
+    (tmp_path / "checkpoint-20").mkdir()  # killed before the state was written at all
+    assert complete_checkpoints(tmp_path) == [tmp_path / "checkpoint-5"]
+    assert log_history(tmp_path) == [{"step": 5}]
+    (tmp_path / "trainer_state.json").write_text("")  # the run's own, empty: the last complete checkpoint's
+    assert log_history(tmp_path) == [{"step": 5}]
 
 
 def test_training_precisions_name_the_gpu_a_training_ran_on(tmp_path):
@@ -216,6 +230,18 @@ def test_a_folder_the_demo_did_not_make_is_not_removed_without_force(tmp_path):
     with pytest.raises(DemoError, match=f"^{theirs} holds a training the demo did not record .*--force trains it"):
         train_stage(DEMOS["ipd"].recipes["aa"], tmp_path, theirs, 1, force=False)
     assert (theirs / "model.safetensors").read_bytes() == b"someone's training"
+
+
+def test_a_refused_recipe_leaves_the_earlier_run_whole(tmp_path):
+    # the recipe is checked before the earlier run is removed (it was removed first, then the recipe refused)
+    ours = tmp_path / "aa"
+    ours.mkdir()
+    (ours / TRAINED_WITH_FILE).write_text("{}")
+    (ours / "model.safetensors").write_bytes(b"the earlier training")
+    with pytest.raises(DemoError, match=f"^training {ours} failed: .*no-such-recipe.yaml"):
+        train_stage("recipes/ipd/no-such-recipe.yaml", tmp_path, ours, 1, force=True)
+    assert (ours / "model.safetensors").read_bytes() == b"the earlier training"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["aa"]  # nothing set aside either
 
 
 def test_a_tiny_folder_that_is_no_model_is_one_error_line(tmp_path, capsys):

@@ -4,6 +4,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -384,3 +385,29 @@ def test_gradient_checkpointing_trains_the_same_steps(tmp_path, tiny_model_dir):
     # by the second, those roundings have moved the weights and so the sampled rollout
     assert len(losses[1]) == 2 and all(math.isfinite(loss) for loss in losses[1])
     assert losses[1][0] == pytest.approx(losses[0][0], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_a_saved_policy_is_marked_finished_after_its_weights_and_tokenizer(tmp_path, tiny_model_dir, monkeypatch):
+    # coop_rl_policy.json marks a finished save (the demo and the exploiter read it so): an earlier one is gone
+    # while the weights and the tokenizer are written, and the new one comes after them
+    from coop_rl.aa_config import AAConfig
+    from coop_rl.aa_trainer import AATrainer
+    from coop_rl.policy_folder import POLICY_SETTINGS_FILE, read_policy_settings
+
+    trainer = AATrainer(model=str(tiny_model_dir), args=AAConfig(output_dir=str(tmp_path), max_steps=1,
+                                                                 report_to="none", use_cpu=True))  # fmt: skip
+    (tmp_path / POLICY_SETTINGS_FILE).write_text('{"constrain_answers": false}')  # an earlier run's
+    marked_while_saving = []
+    tokenizer_class = type(trainer.processing_class)
+    real_save = tokenizer_class.save_pretrained
+
+    def save_and_look(self, folder, *args, **kwargs):  # the real save, after a look at the folder
+        marked_while_saving.append((Path(folder) / POLICY_SETTINGS_FILE).exists())
+        return real_save(self, folder, *args, **kwargs)
+
+    monkeypatch.setattr(tokenizer_class, "save_pretrained", save_and_look)
+    trainer.save_model(str(tmp_path))
+    assert marked_while_saving == [False]
+    assert read_policy_settings(tmp_path) == json.loads(json.dumps(trainer.args.policy_settings()))
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "tokenizer_config.json").exists()
