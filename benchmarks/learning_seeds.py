@@ -22,7 +22,7 @@ import json
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "machine": {"cpu": describe_cpu()},
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "benchmarks/learning_seeds.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "bar": describe_bar(),
         "evaluation": {"matches": args.matches, "seed": args.eval_seed, "opponents": ["self", *KEY_OPPONENTS]},

@@ -27,7 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         "run": f"aa_tiny.yaml + LoRA r8, {ITERATIONS} iterations of {MATCHES} IPD matches ({ROUNDS} rounds), "
         f"then 4 matches against each of {ENTRIES} entries; {args.repeats} run(s) per case, median",
         "machine": machine(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
     write_text_atomic(args.out, json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("peak_rss_mb", "pool_vs_self_play", "within_bar", "pool_entries")}))

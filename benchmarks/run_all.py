@@ -46,7 +46,7 @@ import os
 import sys
 import time
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = json.loads(results_file.read_text()) if results_file.exists() else {}
     results = previous if "stages" in previous else {}  # keep earlier stages of this script only
     results["machine"] = machine()
-    results["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    results["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     results.setdefault("stages", {})
     results.setdefault("errors", {})
     failed = []

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
                 runs[case].append(run_case(case, args.model, Path(work) / str(repeat)))
     walls = {case: statistics.median(run["wall_s"] for run in runs[case]) for case in CASES}
     result = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpu": cpu_info(),
         "setting": "2 processes (accelerate launch, ddp.yaml), aa_tiny.yaml + LoRA r8, 3 iterations of 16 matches",
         "runs": runs,

@@ -369,15 +369,20 @@ class AATrainer(Trainer):
         super()._save_checkpoint(model, trial)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """The policy (a checkpoint's too), then its settings file: ``hf:<folder>`` plays it as trained, and the
+        file marks a finished save (the demo and the exploiter read it so): an earlier one goes first."""
         if self.args.use_peft:  # peft saves every adapter the model holds: the pool's are not the policy
             self.opponents.release_adapters(self.accelerator.unwrap_model(self.model))
         folder = Path(output_dir or self.args.output_dir)
-        # The settings file is the mark of a finished save (the demo and the exploiter read it so): an earlier
-        # one goes before the weights are rewritten, and the new one is written after them and the tokenizer.
         (folder / POLICY_SETTINGS_FILE).unlink(missing_ok=True)
         super()._save(output_dir, state_dict)
-        # every saved policy, a checkpoint's too (before its trainer_state.json): hf:<checkpoint> plays it as trained
-        self.save_policy_settings(str(folder))
+        folders = [folder]
+        if self.args.seat_adapters:  # peft saves adapter k > 0 in output_dir/seat<k>: each plays as hf:<that dir>
+            folders += [folder / seat_adapter_name(seat) for seat in range(1, self.num_seats)]
+        for each in folders[::-1]:  # output_dir's own settings last
+            if each != folder:
+                self.processing_class.save_pretrained(each)
+            write_policy_settings(each, self.args.policy_settings())
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -390,17 +395,6 @@ class AATrainer(Trainer):
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is not None and (Path(checkpoint) / POOL_FILE).exists():
             self.opponents.load(Path(checkpoint) / POOL_FILE)
-
-    def save_policy_settings(self, output_dir: str) -> None:
-        """Record how the policy answers, so that ``hf:<output_dir>`` plays exactly the policy that was trained."""
-        settings = self.args.policy_settings()
-        folders = [Path(output_dir)]
-        if self.args.seat_adapters:  # peft saves adapter k > 0 in output_dir/seat<k>: each plays as hf:<that dir>
-            folders += [Path(output_dir) / seat_adapter_name(seat) for seat in range(1, self.num_seats)]
-        for folder in folders[::-1]:  # output_dir's own settings last: the mark that the whole policy is saved
-            if folder != Path(output_dir):
-                self.processing_class.save_pretrained(folder)
-            write_policy_settings(folder, settings)
 
     def _zero_stage(self) -> int | None:
         if not self.is_deepspeed_enabled:
