@@ -94,9 +94,10 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(run_case(args.case, args.model, args.work)))
         return
     sys.path.insert(0, str(BENCH_DIR))
-    from bench_common import interleave, machine
+    from bench_common import ensure_model, interleave, machine
 
-    runs = interleave({case: (lambda c=case: child(c, args.model)) for case in CASES}, args.repeats)
+    model = str(ensure_model(args))  # the default runs/tiny is built when missing (a fresh clone)
+    runs = interleave({case: (lambda c=case: child(c, model)) for case in CASES}, args.repeats)
     peaks = {case: round(statistics.median(r["peak_rss_mb"] for r in results), 1) for case, results in runs.items()}
     pool = runs["pool"][0]
     result = {

@@ -84,6 +84,7 @@ def main() -> None:
         print(f"  {backend}: batched vs sequential = {ratio:.1f}x")
     if "vllm batched" in seconds and "hf batched" in seconds:
         print(f"  vllm vs hf (batched games/s) = {seconds['hf batched'] / seconds['vllm batched']:.2f}x")
+    if "vllm" in args.backends.split(","):
         from coop_rl.players.vllm_player import shutdown_engines
 
         shutdown_engines()

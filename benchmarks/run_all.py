@@ -175,9 +175,9 @@ def stage_vllm(args: argparse.Namespace) -> dict[str, Any]:
     repeats = 1 if args.quick else 3
     hf = rollout_functions(f"hf:{model}", matches, sequential=False)
     started = time.perf_counter()
-    vllm = rollout_functions(f"vllm:{model}", matches, sequential=not args.quick)
-    engine_start = time.perf_counter() - started
-    try:
+    try:  # the engine starts (and warms up) in here: a failed warm-up shuts it down too
+        vllm = rollout_functions(f"vllm:{model}", matches, sequential=not args.quick)
+        engine_start = time.perf_counter() - started
         samples = interleave(
             {
                 "hf": hf["batched"],

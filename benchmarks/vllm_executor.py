@@ -75,13 +75,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--out", default=str(BENCH_DIR / "vllm_executor.json"))
     args = parser.parse_args(argv)
+    sys.path.insert(0, str(BENCH_DIR))
+    from bench_common import ensure_model
+
     from coop_rl.precision import cpu_info
 
+    model = str(ensure_model(args))  # the default runs/tiny is built when missing (a fresh clone)
     runs: dict[str, list[dict[str, Any]]] = {case: [] for case in CASES}
     with tempfile.TemporaryDirectory() as work:
         for repeat in range(args.repeats):
             for case in CASES:
-                runs[case].append(run_case(case, args.model, Path(work) / str(repeat)))
+                runs[case].append(run_case(case, model, Path(work) / str(repeat)))
     walls = {case: statistics.median(run["wall_s"] for run in runs[case]) for case in CASES}
     result = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
