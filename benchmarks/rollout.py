@@ -63,14 +63,13 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-    functions = {}
-    for backend in args.backends.split(","):
-        for mode, function in rollout_functions(f"{backend}:{args.model}", args.matches).items():
-            functions[f"{backend} {mode}"] = function
-    samples: dict[str, list[tuple[float, int]]] = {name: [] for name in functions}
-    for _ in range(args.repeats):  # interleaved, so that machine noise hits every side alike
-        for name, function in functions.items():
-            samples[name].append(function())
+    try:  # a vLLM engine started here is shut down whatever happens
+        samples = _measure(args)
+    finally:
+        if "vllm" in args.backends.split(","):
+            from coop_rl.players.vllm_player import shutdown_engines
+
+            shutdown_engines()
     print(f"{args.matches} ipd matches (10 rounds) of the model vs tft, median of {args.repeats}")
     seconds = {name: statistics.median(s for s, _ in runs) for name, runs in samples.items()}
     for name, runs in samples.items():
@@ -84,10 +83,20 @@ def main() -> None:
         print(f"  {backend}: batched vs sequential = {ratio:.1f}x")
     if "vllm batched" in seconds and "hf batched" in seconds:
         print(f"  vllm vs hf (batched games/s) = {seconds['hf batched'] / seconds['vllm batched']:.2f}x")
-    if "vllm" in args.backends.split(","):
-        from coop_rl.players.vllm_player import shutdown_engines
 
-        shutdown_engines()
+
+def _measure(args: argparse.Namespace) -> dict[str, list[tuple[float, int]]]:
+    """(seconds, tokens) of each backend and mode, ``args.repeats`` times, interleaved so that machine noise hits
+    every side alike."""
+    functions = {}
+    for backend in args.backends.split(","):
+        for mode, function in rollout_functions(f"{backend}:{args.model}", args.matches).items():
+            functions[f"{backend} {mode}"] = function
+    samples: dict[str, list[tuple[float, int]]] = {name: [] for name in functions}
+    for _ in range(args.repeats):
+        for name, function in functions.items():
+            samples[name].append(function())
+    return samples
 
 
 if __name__ == "__main__":  # vLLM's engine core runs in a child process: create it under the main guard

@@ -374,11 +374,12 @@ class AATrainer(Trainer):
         if self.args.use_peft:  # peft saves every adapter the model holds: the pool's are not the policy
             self.opponents.release_adapters(self.accelerator.unwrap_model(self.model))
         folder = Path(output_dir or self.args.output_dir)
-        (folder / POLICY_SETTINGS_FILE).unlink(missing_ok=True)
-        super()._save(output_dir, state_dict)
         folders = [folder]
         if self.args.seat_adapters:  # peft saves adapter k > 0 in output_dir/seat<k>: each plays as hf:<that dir>
             folders += [folder / seat_adapter_name(seat) for seat in range(1, self.num_seats)]
+        for each in folders:
+            (each / POLICY_SETTINGS_FILE).unlink(missing_ok=True)
+        super()._save(output_dir, state_dict)
         for each in folders[::-1]:  # output_dir's own settings last
             if each != folder:
                 self.processing_class.save_pretrained(each)

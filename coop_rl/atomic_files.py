@@ -48,8 +48,11 @@ def remove_folder(path: str | Path) -> None:
     Ctrl-C midway leaves the folder whole or gone, never a half-deleted one whose marker files still read as a
     finished run; an aside copy left by such a crash is deleted by the next removal in the same folder."""
     folder = Path(path)
-    for leftover in folder.parent.glob(f".{folder.name}.removing-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+    if folder.is_symlink() or not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is not a folder (a link is never removed through)")
+    for leftover in folder.parent.iterdir():
+        if leftover.name.startswith(f".{folder.name}.removing-"):
+            leftover.unlink() if leftover.is_symlink() else shutil.rmtree(leftover, ignore_errors=True)
     aside = folder.with_name(f".{folder.name}.removing-{os.getpid()}")
     os.replace(folder, aside)
     shutil.rmtree(aside)

@@ -158,7 +158,9 @@ class TrustAndSplit(TextGame):
             10.0, "value of each coin to the player with the winning (upper) hand", float, low=0.0
         ),
         "lower_value": GameParam(1.0, "value of each coin to the player with the losing (lower) hand", float, low=0.0),
-        "max_message_chars": GameParam(500, "chat messages are truncated to this many characters", int, low=1),
+        "max_message_chars": GameParam(
+            500, "chat messages are truncated to this many characters", int, low=1, high=100_000
+        ),  # high: the most text a game reads of an answer (clean_text); the chat grammar repeats up to it
         "show_horizon": SHOW_HORIZON,
     }
 

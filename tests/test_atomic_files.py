@@ -74,3 +74,13 @@ def test_a_folder_is_removed_as_one_step_and_a_crashed_removal_is_finished_later
     run.mkdir()
     remove_folder(run)  # the next removal there finishes the crashed one too
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_link_to_a_folder_is_not_removed_through(tmp_path):
+    target = tmp_path / "user-runs"
+    (target / "aa").mkdir(parents=True)
+    link = tmp_path / "aa"
+    link.symlink_to(target)
+    with pytest.raises(NotADirectoryError, match="is not a folder"):
+        remove_folder(link)
+    assert link.is_symlink() and (target / "aa").is_dir()

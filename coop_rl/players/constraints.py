@@ -23,6 +23,7 @@ class ChoiceConstraint:
         eos = tokenizer.eos_token_id
         self.sequences = [tokenizer.encode(choice, add_special_tokens=False) + [eos] for choice in choices]
         self.key = tuple(tuple(sequence) for sequence in self.sequences)
+        self.longest = max(len(sequence) for sequence in self.sequences)  # tokens of the longest choice, end included
         self._allowed: dict[tuple[int, ...], list[int]] = {}  # a trie has few nodes: memoise every one asked
 
     def allowed(self, prefix: list[int]) -> list[int]:
@@ -66,6 +67,14 @@ class ConstrainedLogitsProcessor:
         return scores
 
 
+def room_for_choices(max_new_tokens: int, longest_choice: int) -> int:
+    """The answer length a constrained batch is sampled with: ``max_new_tokens``, or the longest declared choice's
+    tokens (its end-of-text included) where that is longer. A constrained answer is one whole choice: a social-CoT
+    answer is 26 tokens where the IPD recipes answer in 4, and a cut choice would be the invalid answer the
+    constraint is there to rule out. Free-text rows of the same batch get the same room."""
+    return max(max_new_tokens, longest_choice)
+
+
 def sample_choices(
     constraints: list[ChoiceConstraint],
     first_logits: Any,
@@ -84,7 +93,8 @@ def sample_choices(
     model distribution renormalised over the allowed set (what the trainer differentiates); sampling applies
     ``temperature`` and ``top_p`` to that renormalised distribution, as a logits processor in ``generate`` would.
     A finished row (its trie exhausted) feeds its last token again; its outputs are ignored. At most
-    ``max_tokens`` tokens are chosen per row (a longer choice comes out cut, as ``max_new_tokens`` cuts it).
+    ``max_tokens`` tokens are chosen per row (a longer choice comes out cut, as ``max_new_tokens`` cuts it; the
+    players make room for their longest choice, :func:`room_for_choices`).
     """
     import torch
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from coop_rl.players.base import Action, Player, PlayerSpecError, TurnRequest, check_chat_template
-from coop_rl.players.constraints import ChoiceConstraint, ConstrainedLogitsProcessor, sample_choices
+from coop_rl.players.constraints import ChoiceConstraint, ConstrainedLogitsProcessor, room_for_choices, sample_choices
 from coop_rl.players.prefix_memo import PrefixMemo, shared_prefix_batch, weights_state
 from coop_rl.players.sampling import NEUTRAL_GENERATION, SamplingConfig
 
@@ -241,9 +241,13 @@ class HFEngine:
         return logits, cache, inverse
 
     def _generate_batch(self, conversations, adapter, sampling: SamplingConfig, seed: int, constraints=None):
+        import dataclasses
+
         import torch
         from transformers import LogitsProcessorList
 
+        longest = max((c.longest for c in constraints or [] if c is not None), default=0)
+        sampling = dataclasses.replace(sampling, max_new_tokens=room_for_choices(sampling.max_new_tokens, longest))
         prompts = self.prompt_ids(conversations, sampling.max_new_tokens)
         batch = shared_prefix_batch(prompts, self.tokenizer.pad_token_id)
         if self.choice_sampler and constraints and all(c is not None for c in constraints):

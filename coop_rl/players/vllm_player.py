@@ -104,9 +104,24 @@ class VLLMPlayer(Player):
     def close(self) -> None:
         """Nothing to release per seat: the engine is shared (see :func:`shutdown_engines`)."""
 
-    def _generate(self, requests: list[TurnRequest], patterns: Sequence[str | None] | None) -> list[Action]:
+    def _generate(
+        self, requests: list[TurnRequest], patterns: Sequence[str | None] | None, sampling: SamplingConfig | None = None
+    ) -> list[Action]:
         conversations = [request.turn.messages for request in requests]
-        return self.engine.generate(conversations, self.adapter, self.sampling, self._rng.randrange(2**31), patterns)
+        seed = self._rng.randrange(2**31)
+        return self.engine.generate(conversations, self.adapter, sampling or self.sampling, seed, patterns)
+
+    def _whole_choices(self, requests: list[TurnRequest]) -> SamplingConfig:
+        """The sampling settings with room for the longest declared choice (:func:`room_for_choices`)."""
+        import dataclasses
+
+        from coop_rl.players.constraints import room_for_choices
+
+        choices = [choice for r in requests for choice in (r.game.answer_choices(r.turn) or [])]
+        encode = self.engine.tokenizer.encode
+        longest = max((len(encode(choice, add_special_tokens=False)) + 1 for choice in choices), default=0)
+        room = room_for_choices(self.sampling.max_new_tokens, longest)
+        return dataclasses.replace(self.sampling, max_new_tokens=room)
 
     def act(self, requests: list[TurnRequest]) -> list[Action]:
         if not requests:
@@ -114,7 +129,9 @@ class VLLMPlayer(Player):
         if self.guided_after is None:
             self.tries = [1] * len(requests)
             patterns = [choice_pattern(r.game, r.turn) for r in requests] if self.constrain else None
-            return self._generate(requests, patterns if patterns and any(patterns) else None)
+            if not (patterns and any(patterns)):
+                return self._generate(requests, None)
+            return self._generate(requests, patterns, self._whole_choices(requests))
         patterns = [answer_pattern(r.game, r.turn.phase, self.answer_patterns) for r in requests]
         actions: list[Action | None] = [None] * len(requests)
         self.tries = [0] * len(requests)

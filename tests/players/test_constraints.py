@@ -124,3 +124,27 @@ def test_trie_sampler_matches_generate_with_the_logits_processor(tiny_model_dir,
         assert fast.completion_ids == reference.completion_ids
         assert fast.allowed == reference.allowed
         assert fast.logprobs == pytest.approx(reference.logprobs, abs=1e-4)
+
+
+def test_a_constrained_batch_has_room_for_its_longest_choice():
+    from coop_rl.players.constraints import room_for_choices
+
+    assert ChoiceConstraint(_Tokenizer(), ["C", "D", "CD"]).longest == 3  # C, D, then end-of-text
+    assert room_for_choices(4, 27) == 27 and room_for_choices(128, 3) == 128
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trie", [True, False], ids=["trie", "generate"])
+def test_a_constrained_answer_longer_than_max_new_tokens_comes_out_whole(tiny_model_dir, own_hf_engines, trie):
+    # a social-CoT answer is ~26 tokens and the IPD recipes answer in 4: a cut one was invalid, every turn
+    from coop_rl.players import SamplingConfig
+    from coop_rl.players.hf import HFPlayer
+    from coop_rl.runner import run_matches
+
+    player = HFPlayer(f"hf:{tiny_model_dir}", sampling=SamplingConfig(max_new_tokens=4), constrain=True)
+    player.engine.choice_sampler = trie
+    results = run_matches("ipd", {"social_cot": True, "rounds": 3}, [player, player], matches=4, keep_transcripts=True)
+    answers = [event for result in results for event in result.transcript if event.get("phase") == "action"]
+    assert len(answers) == 4 * 3 * 2 and all(event["valid"] for event in answers)
+    choices = {f"<prediction>{a}</prediction> <action>{b}</action>" for a in "CD" for b in "CD"}
+    assert {event["text"] for event in answers} <= choices
