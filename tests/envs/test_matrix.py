@@ -54,20 +54,25 @@ def test_axelrod_library_strategy_plays_like_the_builtin():
     assert results[0].returns == builtin.returns()
 
 
+def _backstabber_vs_cooperator(game):
+    """``game`` played to its end by axelrod's BackStabber (seat 0) and Cooperator; the game and BackStabber."""
+    backstabber, cooperator = AxelrodStrategy("BackStabber"), AxelrodStrategy("Cooperator")
+    backstabber.reset(random.Random(0))
+    cooperator.reset(random.Random(1))
+    game.reset(0)
+    while not game.done:
+        turns = game.pending_turns()
+        game.step({0: backstabber.act(game, turns[0]), 1: cooperator.act(game, turns[1])})
+    return game, backstabber
+
+
 def test_axelrod_strategies_know_the_match_length_when_the_prompt_hides_it():
     # BackStabber defects on the last two rounds of a match: it reads the length axelrod's Match gives it, which
     # the adapter takes from the game's rounds whatever the prompt says (show_horizon off by default).
     expected = axelrod.Match((axelrod.BackStabber(), axelrod.Cooperator()), turns=10)
     expected.play()
     for show_horizon in (False, True):
-        game = make_game("ipd", rounds=10, show_horizon=show_horizon)
-        backstabber, cooperator = AxelrodStrategy("BackStabber"), AxelrodStrategy("Cooperator")
-        backstabber.reset(random.Random(0))
-        cooperator.reset(random.Random(1))
-        game.reset(0)
-        while not game.done:
-            turns = game.pending_turns()
-            game.step({0: backstabber.act(game, turns[0]), 1: cooperator.act(game, turns[1])})
+        game, _ = _backstabber_vs_cooperator(make_game("ipd", rounds=10, show_horizon=show_horizon))
         assert game.moves[0] == [COOPERATE] * 8 + [DEFECT] * 2
         assert game.returns() == [float(x) for x in expected.final_score()]
 
@@ -78,14 +83,7 @@ def test_axelrod_strategies_are_told_no_length_when_the_match_may_end_any_round(
     expected = axelrod.Match((axelrod.BackStabber(), axelrod.Cooperator()), turns=10, prob_end=0.01, seed=0)
     expected.play()
     assert expected.players[0].match_attributes["length"] == float("inf")
-    game = make_game("ipd", rounds=10, continuation=0.999, noise=0.0)
-    backstabber, cooperator = AxelrodStrategy("BackStabber"), AxelrodStrategy("Cooperator")
-    backstabber.reset(random.Random(0))
-    cooperator.reset(random.Random(1))
-    game.reset(0)
-    while not game.done:
-        turns = game.pending_turns()
-        game.step({0: backstabber.act(game, turns[0]), 1: cooperator.act(game, turns[1])})
+    game, backstabber = _backstabber_vs_cooperator(make_game("ipd", rounds=10, continuation=0.999, noise=0.0))
     assert game.round == 10 and game.moves[0] == [COOPERATE] * 10
     assert backstabber._player.match_attributes["length"] == float("inf")
 
