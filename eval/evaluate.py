@@ -13,7 +13,8 @@ results.json (what :func:`evaluate` returns; :func:`coop_rl.eval.report.write_ev
 
     {
       "policy": str, "game": str, "game_params": {every game parameter, resolved},
-      "matches": int, "seed": int, "seats": int, "symmetric": bool,
+      "matches": int, "seed": int, "seats": int,
+      "symmetric": bool,                         # the policy also played seat 1: a symmetric game, not --no-swap
       "ci": {"method": "percentile bootstrap", "level": 0.95, "resamples": int},
       "opponents": [                             # one row per opponent, in the order given (suites expanded)
         {
