@@ -146,6 +146,10 @@ def split_amounts(x0: float, x1: float, total: float) -> tuple[float, float]:
 
 
 # ----- Trust-and-Split ---------------------------------------------------------------------------------------
+#: the longest chat message the answer grammar admits (guided decoding's bound; see answer_patterns)
+GUIDED_MESSAGE_CHARS = 200
+
+
 class TrustAndSplit(TextGame):
     """Trust-and-Split, rock-paper-scissors variant: one chat message each, then a simultaneous coin split."""
 
@@ -326,10 +330,13 @@ class TrustAndSplit(TextGame):
         return [_propose(n) for n in range(self.params["coins"] + 1)]
 
     def answer_patterns(self) -> dict[str, str]:
-        """The chat: one ``<message>`` of at most ``max_message_chars`` characters without '<'; the split:
-        ``<propose>N</propose>``."""
+        """The chat: one ``<message>`` without '<' of at most ``max_message_chars`` characters, and at most
+        ``GUIDED_MESSAGE_CHARS`` (200): the game reads a longer message (truncated), but a guided one must close its
+        tag within the answer's token budget (a random model filled 500 characters past 256 tokens, cut before its
+        ``</message>``); the split: ``<propose>N</propose>``."""
+        chars = min(GUIDED_MESSAGE_CHARS, self.params["max_message_chars"])
         return {
-            "chat": rf"<message>[^<]{{0,{self.params['max_message_chars']}}}</message>",
+            "chat": rf"<message>[^<]{{0,{chars}}}</message>",
             "split": "<propose>" + integer_pattern(self.params["coins"]) + "</propose>",
         }
 

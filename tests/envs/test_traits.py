@@ -25,7 +25,7 @@ TRAITS = {
 PATTERNS = {
     "ipd": {"action": r"\s*(C|D)\s*"},
     "bos": {"action": r"\s*(J|F)\s*"},
-    "tas": {"chat": "<message>[^<]{0,500}</message>", "split": "<propose>(10|[0-9])</propose>"},
+    "tas": {"chat": "<message>[^<]{0,200}</message>", "split": "<propose>(10|[0-9])</propose>"},
     "split": {"split": "<propose>hats=(10|[0-9]) books=(10|[0-9]) balls=(10|[0-9])</propose>"},
     "spgg": {
         "contribute": r"<contribute>(0(\.[0-9])?|1(\.0)?)</contribute>(\s*<message>[^<]{0,300}</message>)?",
