@@ -51,8 +51,12 @@ def remove_folder(path: str | Path) -> None:
     if folder.is_symlink() or not folder.is_dir():
         raise NotADirectoryError(f"{folder} is not a folder (a link is never removed through)")
     for leftover in folder.parent.iterdir():
-        if leftover.name.startswith(f".{folder.name}.removing-"):
-            leftover.unlink() if leftover.is_symlink() else shutil.rmtree(leftover, ignore_errors=True)
+        if not leftover.name.startswith(f".{folder.name}.removing-"):
+            continue
+        if leftover.is_symlink():
+            leftover.unlink()
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
     aside = folder.with_name(f".{folder.name}.removing-{os.getpid()}")
     os.replace(folder, aside)
     shutil.rmtree(aside)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from coop_rl.errors import UsageError
+from coop_rl.policy_folder import POLICY_SETTINGS_FILE
 
 if TYPE_CHECKING:
     from coop_rl.aa_config import AAConfig
@@ -163,7 +164,7 @@ def check_no_earlier_run(config: AAConfig) -> None:
     out = Path(config.output_dir)
     if config.resume_from_checkpoint or not out.is_dir():
         return
-    names = ("coop_rl_policy.json", "model.safetensors", "adapter_model.safetensors", "trajectories")
+    names = (POLICY_SETTINGS_FILE, "model.safetensors", "adapter_model.safetensors", "trajectories")
     found = sorted(p.name for p in out.iterdir() if p.name in names or p.name.startswith("checkpoint-"))
     if found:
         raise UsageError(

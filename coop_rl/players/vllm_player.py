@@ -115,11 +115,11 @@ class VLLMPlayer(Player):
         """The sampling settings with room for the longest declared choice (:func:`room_for_choices`)."""
         import dataclasses
 
-        from coop_rl.players.constraints import room_for_choices
+        from coop_rl.players.constraints import ChoiceConstraint, room_for_choices
 
-        choices = [choice for r in requests for choice in (r.game.answer_choices(r.turn) or [])]
-        encode = self.engine.tokenizer.encode
-        longest = max((len(encode(choice, add_special_tokens=False)) + 1 for choice in choices), default=0)
+        answer_sets = {tuple(choices) for r in requests if (choices := r.game.answer_choices(r.turn))}
+        tokenizer = self.engine.tokenizer
+        longest = max((ChoiceConstraint(tokenizer, list(choices)).longest for choices in answer_sets), default=0)
         room = room_for_choices(self.sampling.max_new_tokens, longest)
         return dataclasses.replace(self.sampling, max_new_tokens=room)
 
