@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from coop_rl.loss import token_entropy
-from coop_rl.players.prefix_memo import shared_prefix_batch
+from coop_rl.prefix_batch import shared_prefix_batch
 
 __all__ = ["batch_rows", "constrained_support", "token_logprobs"]
 
@@ -54,7 +54,7 @@ def prompt_tree_layout(rows: list[dict[str, Any]], pad_id: int, min_prefix: int 
 
     The stem level pays only when groups hold several rows: it is used when it runs fewer token positions than one
     flat batch (``G * stem_width + R * (1 + W)`` < ``R * widest``, every row ``prefix + padding + own tokens``);
-    otherwise ``stem_width`` is 0 and the layout is :func:`coop_rl.players.prefix_memo.shared_prefix_batch`'s. A
+    otherwise ``stem_width`` is 0 and the layout is :func:`coop_rl.prefix_batch.shared_prefix_batch`'s. A
     constrained IPD rollout's 74 rows come from 37 prompts, each answered C and D: half the stems.
     """
     prompts = [r["prompt_ids"] for r in rows]

@@ -1,9 +1,10 @@
-"""Prompt openings: a batch laid out around its rows' common opening (:func:`shared_prefix_batch`, so that its
-key/value cache is computed once), and those caches reused from one batch to the next while the weights stay fixed.
+"""Prompt openings: a batch laid out around its rows' common opening
+(:func:`coop_rl.prefix_batch.shared_prefix_batch`, so that its key/value cache is computed once), and those caches
+reused from one batch to the next while the weights stay fixed.
 
 Every round of a rollout sends the transformers engine a new batch whose rows open with the same rules (the system
 prompt: 83 of an IPD prompt's ~110 tokens in SmolLM2's template). Within a batch the engine runs that opening once
-(:func:`shared_prefix_batch`); across batches it would run it again every round. A
+(:func:`coop_rl.prefix_batch.shared_prefix_batch`); across batches it would run it again every round. A
 :class:`PrefixMemo` keeps the caches of the openings it has computed and serves the next one from the longest
 match, computing only the tokens after it (as vLLM's automatic prefix caching does, at token granularity).
 
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["PrefixMemo", "shared_prefix_batch", "weights_state"]
+__all__ = ["PrefixMemo", "weights_state"]
 
 
 def weights_state(model: Any, bf16: bool) -> tuple:
@@ -37,7 +38,7 @@ def weights_state(model: Any, bf16: bool) -> tuple:
 
 
 def common_length(a: tuple[int, ...], b: tuple[int, ...]) -> int:
-    """The number of leading tokens ``a`` and ``b`` share (as :func:`shared_prefix_batch` counts
+    """The number of leading tokens ``a`` and ``b`` share (as :func:`coop_rl.prefix_batch.shared_prefix_batch` counts
     them: ``os.path.commonprefix`` compares sequences element by element)."""
     return len(os.path.commonprefix([a, b]))
 
@@ -91,31 +92,3 @@ def _cache_of(layers: list[tuple[torch.Tensor, torch.Tensor]], length: int) -> A
     from transformers import DynamicCache
 
     return DynamicCache(ddp_cache_data=[(k[:, :, :length], v[:, :, :length]) for k, v in layers])
-
-
-def shared_prefix_batch(
-    prompts: list[list[int]], pad_id: int, min_prefix: int = 8, max_prefix: int | None = None
-) -> dict[str, Any]:
-    """Batch token-id prompts as ``prefix + padding + suffix`` rows around their longest common prefix.
-
-    Padding sits between the shared prefix and each row's own suffix (masked out; positions follow the mask), so
-    the prefix occupies the same positions in every row and its key/value cache can be computed once. Every row
-    keeps at least one token of its own after the prefix. Without a useful common prefix (shorter than
-    ``min_prefix``) this is plain left padding and ``prefix_length`` is 0. ``max_prefix`` caps the prefix (the
-    trainer keeps every completion, and the token before it, out of the shared part).
-    """
-    shortest = min(len(p) for p in prompts)
-    prefix = min(len(os.path.commonprefix(prompts)), shortest - 1)  # commonprefix compares lists element-wise
-    if max_prefix is not None:
-        prefix = min(prefix, max_prefix)
-    if prefix < min_prefix or len(prompts) == 1:
-        prefix = 0
-    width = max(len(p) for p in prompts) - prefix
-    rows, masks = [], []
-    for prompt in prompts:
-        gap = width - (len(prompt) - prefix)
-        rows.append(prompt[:prefix] + [pad_id] * gap + prompt[prefix:])
-        masks.append([1] * prefix + [0] * gap + [1] * (len(prompt) - prefix))
-    input_ids = torch.tensor(rows, dtype=torch.long)
-    attention_mask = torch.tensor(masks, dtype=torch.long)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "prefix_length": prefix}
