@@ -6,6 +6,8 @@ whole or the new one whole, never a truncated one. Temporary names are ``.<name>
 
 A symbolic link is followed (the file it points to is replaced, the link stays), and a path that is not a regular
 file (``/dev/stdout``, a FIFO, a device) is written directly: a rename would put a plain file in its place.
+
+:func:`check_out_dir` checks, before any work, that a command will be able to write into its output folder.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+
+from coop_rl.errors import UsageError
 
 
 @contextlib.contextmanager
@@ -63,3 +67,23 @@ def remove_folder(path: str | Path) -> None:
 
 
 __all__ = ["atomic_path", "remove_folder", "write_text_atomic"]
+
+
+def check_out_dir(path: str | None, flag: str = "--out", files: tuple[str, ...] = ()) -> str | None:
+    """``path`` if it can become the output directory (it is created when the results are written), checked before
+    any match is played: the nearest existing folder on its way must be a writable directory, and none of the
+    ``files`` the command writes into it may be a directory (a UsageError naming ``flag``)."""
+    if path is None:
+        return None
+    if not path.strip():
+        raise UsageError(f"{flag} needs a folder path")
+    target = Path(path)
+    existing = next((p for p in (target, *target.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise UsageError(f"cannot use {flag} {path!r}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot use {flag} {path!r}: {existing} is not writable")
+    blocked = next((target / name for name in files if (target / name).is_dir()), None)
+    if blocked is not None:
+        raise UsageError(f"cannot use {flag} {path!r}: {blocked} is a directory")
+    return path

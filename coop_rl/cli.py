@@ -174,8 +174,9 @@ def cmd_tournament(args: argparse.Namespace) -> int:
 
 # ----- eval and exploit ---------------------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
+    from coop_rl.atomic_files import check_out_dir
     from coop_rl.envs import game_class
-    from coop_rl.eval.report import REPORT_FILES, check_out_dir
+    from coop_rl.eval.report import REPORT_FILES
     from coop_rl.eval.suites import resolve_opponents
 
     params = _game_params(args, game_class(args.game))
@@ -200,11 +201,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_exploit(args: argparse.Namespace) -> int:
+    from coop_rl.atomic_files import check_out_dir
     from coop_rl.envs import game_class
     from coop_rl.eval.exploit import exploit
     from coop_rl.eval.learned_exploit import learn_options, learned_exploit
     from coop_rl.eval.markdown import exploit_table, learned_exploit_table
-    from coop_rl.eval.report import REPORT_FILES, check_out_dir
+    from coop_rl.eval.report import REPORT_FILES
 
     params = _game_params(args, game_class(args.game))
     if args.candidates_per_run < 1:
@@ -263,7 +265,7 @@ def _check_init_model(
     random_kinds: Sequence[str],
 ) -> tuple[str, ...]:
     """The games of ``--games`` (() when not given), after refusing what the kind asked for would ignore."""
-    from coop_rl.eval.report import check_out_dir
+    from coop_rl.atomic_files import check_out_dir
 
     if args.kind not in ("tiny", *pretrained, *random_kinds):
         raise UsageError(f"unknown model kind {args.kind!r}; known: {', '.join(['tiny', *pretrained, *random_kinds])}")

@@ -259,7 +259,7 @@ def training_config(recipe: str, model_dir: Path, run_dir: Path, max_steps: int 
 
 def _check_options(out_dir: Path, tiny_dir: str | None, max_steps: int | None, matches: int | None) -> None:
     """The demo's options, before any stage runs (a UsageError, one line)."""
-    from coop_rl.eval.report import check_out_dir
+    from coop_rl.atomic_files import check_out_dir
 
     for name, value in (("--max-steps", max_steps), ("--matches", matches)):
         if value is not None and value < 1:

@@ -151,7 +151,7 @@ def load_recipe(argv: Sequence[str]) -> AAConfig:
         option = next((u for u in unknown if u.startswith("-")), unknown[0])
         raise UsageError(f"unknown option {option!r}{_did_you_mean(option.lstrip('-').replace('-', '_'))}")
     _check_model(config)
-    from coop_rl.eval.report import check_out_dir
+    from coop_rl.atomic_files import check_out_dir
 
     check_out_dir(config.output_dir, "output_dir")  # before any weights load, not when the first save fails
     return config

@@ -15,8 +15,8 @@ section on the same condition). ``write_learned_exploit(result, out_dir)`` (``co
 exploit --learn``) writes ``exploiter_curve.png``, puts the ``"learned_exploiter"`` entry into results.json (beside
 an evaluation of the same policy and game already there, whose report.md is then written again with it) and its
 "Non-exploitability" section into report.md; a later ``write_eval`` of the same policy and game keeps the entry.
-``check_out_dir(path, files=REPORT_FILES)`` tells a user, before any match is played, that the output directory or
-one of the files it will hold could not be written.
+The commands pass ``REPORT_FILES`` to :func:`coop_rl.atomic_files.check_out_dir`, which tells a user, before any
+match is played, that the output directory or one of the files it will hold could not be written.
 
 The plots and the text live in :mod:`coop_rl.eval.plots` and :mod:`coop_rl.eval.markdown`; their public names are
 re-exported here for the modules that import them from this one.
@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from coop_rl.atomic_files import write_text_atomic
-from coop_rl.errors import UsageError
 from coop_rl.eval.markdown import (
     EXPLOIT_END,
     EXPLOIT_START,
@@ -82,26 +80,6 @@ def json_ready(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_ready(v) for v in value]
     return value
-
-
-def check_out_dir(path: str | None, flag: str = "--out", files: tuple[str, ...] = ()) -> str | None:
-    """``path`` if it can become the output directory (it is created when the results are written), checked before
-    any match is played: the nearest existing folder on its way must be a writable directory, and none of the
-    ``files`` the command writes into it may be a directory (a UsageError naming ``flag``)."""
-    if path is None:
-        return None
-    if not path.strip():
-        raise UsageError(f"{flag} needs a folder path")
-    target = Path(path)
-    existing = next((p for p in (target, *target.parents) if p.exists()), Path("."))
-    if not existing.is_dir():
-        raise UsageError(f"cannot use {flag} {path!r}: {existing} is not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot use {flag} {path!r}: {existing} is not writable")
-    blocked = next((target / name for name in files if (target / name).is_dir()), None)
-    if blocked is not None:
-        raise UsageError(f"cannot use {flag} {path!r}: {blocked} is a directory")
-    return path
 
 
 def write_eval(results: dict[str, Any], out_dir: str | Path) -> list[str]:
@@ -203,7 +181,6 @@ __all__ = [
     "TOP_EXPLOITERS",
     "TOURNAMENT_PNG",
     "REPORT_FILES",
-    "check_out_dir",
     "eval_markdown",
     "eval_table",
     "exploit_markdown",

@@ -6,7 +6,8 @@ import threading
 
 import pytest
 
-from coop_rl.atomic_files import atomic_path, remove_folder, write_text_atomic
+from coop_rl.atomic_files import atomic_path, check_out_dir, remove_folder, write_text_atomic
+from coop_rl.errors import UsageError
 
 
 def test_write_replaces_the_file_whole_and_leaves_no_temporary(tmp_path):
@@ -84,3 +85,19 @@ def test_a_link_to_a_folder_is_not_removed_through(tmp_path):
     with pytest.raises(NotADirectoryError, match="is not a folder"):
         remove_folder(link)
     assert link.is_symlink() and (target / "aa").is_dir()
+
+
+def test_check_out_dir_accepts_a_folder_to_be_made_and_names_the_flag_when_it_refuses(tmp_path):
+    assert check_out_dir(None) is None
+    later = tmp_path / "not" / "yet" / "made"
+    assert check_out_dir(str(later)) == str(later)  # created when the results are written
+    assert not later.exists()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(UsageError, match=f"^cannot use output_dir '{blocker}/x': {blocker} is not a directory$"):
+        check_out_dir(str(blocker / "x"), "output_dir")
+    (tmp_path / "out" / "report.md").mkdir(parents=True)
+    with pytest.raises(UsageError, match="report.md is a directory$"):
+        check_out_dir(str(tmp_path / "out"), files=("results.json", "report.md"))
+    with pytest.raises(UsageError, match="^--out needs a folder path$"):
+        check_out_dir("  ")

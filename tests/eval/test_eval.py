@@ -310,7 +310,7 @@ def test_user_errors_exit_2_with_one_line(argv, needle, tmp_path):
 
 
 def test_an_out_dir_under_a_file_is_refused_before_any_match(capsys, tmp_path):
-    """eval and exploit check --out first (eval.report.check_out_dir): one line, exit 2, nothing played or written."""
+    """eval and exploit check --out first (atomic_files.check_out_dir): one line, exit 2, nothing played or written."""
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     for argv in (
@@ -335,13 +335,10 @@ def test_an_output_file_that_is_a_folder_is_refused_before_any_match(capsys, tmp
         assert sorted(p.name for p in out.iterdir()) == [name]  # nothing played or written
 
 
-def test_check_out_dir_and_the_user_errors_of_eval():
+def test_the_user_errors_of_eval():
     from coop_rl.errors import UsageError
     from coop_rl.eval.exploit import ExploitError
-    from coop_rl.eval.report import check_out_dir
 
-    assert check_out_dir(None) is None
-    assert check_out_dir("runs/not/yet/made") == "runs/not/yet/made"  # created when the results are written
     # one UsageError base (exit 2 in the CLI); still ValueErrors for library callers that catch those
     for error in (SuiteError, ExploitError):
         assert issubclass(error, UsageError) and issubclass(error, ValueError)
