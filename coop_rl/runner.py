@@ -178,7 +178,8 @@ def _match_result(game: TextGame, keep_transcript: bool) -> MatchResult:
     )
 
 
-def _mean(values: Sequence[float]) -> float:
+def mean(values: Sequence[float]) -> float:
+    """The exact (fsum) mean of ``values``; 0.0 for none."""
     return math.fsum(values) / len(values) if values else 0.0
 
 
@@ -189,9 +190,9 @@ def aggregate_metrics(results: Sequence[MatchResult]) -> dict[str, Any]:
     for key in keys:
         values = [result.metrics[key] for result in results if key in result.metrics]
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            out[key] = _mean(values)
+            out[key] = mean(values)
         elif all(isinstance(v, list) for v in values) and len({len(v) for v in values}) == 1:
-            out[key] = [_mean([v[i] for v in values]) for i in range(len(values[0]))]
+            out[key] = [mean([v[i] for v in values]) for i in range(len(values[0]))]
     return out
 
 
@@ -204,7 +205,7 @@ def summarize(game_name: str, specs: Sequence[str], results: Sequence[MatchResul
         acted = sum(r.action_counts[seat] for r in results)
         entry: dict[str, Any] = {
             "spec": spec,
-            "mean_return": _mean([r.returns[seat] for r in results]),
+            "mean_return": mean([r.returns[seat] for r in results]),
             "invalid_rate": invalid / acted if acted else 0.0,
         }
         for key in ("cooperation_rate", "mean_contribution", "mean_claim"):

@@ -61,14 +61,10 @@ from coop_rl.envs import game_class
 from coop_rl.envs.base import MatchResult
 from coop_rl.eval.suites import resolve_opponents, suite_names
 from coop_rl.players import Player, PlayerSpecError, SamplingConfig, make_player
-from coop_rl.runner import aggregate_metrics, progress_bar, run_matches
+from coop_rl.runner import aggregate_metrics, mean, progress_bar, run_matches
 
 BOOTSTRAP_RESAMPLES = 2000
 CI_LEVEL = 0.95
-
-
-def _mean(values: Sequence[float]) -> float:
-    return math.fsum(values) / len(values) if values else 0.0
 
 
 def bootstrap_ci(
@@ -111,17 +107,17 @@ def seat_row(game: str, opponent: str, results: Sequence[MatchResult], policy_se
     metrics = aggregate_metrics(results)
     cooperation = game_class(game).cooperation_metric
     policy_returns = [float(r.returns[policy_seat]) for r in results]
-    opponent_returns = [_mean([r.returns[s] for s in others]) for r in results]
+    opponent_returns = [mean([r.returns[s] for s in others]) for r in results]
     opponent_coop = [_cooperation(cooperation, metrics, s) for s in others]
     return {
         "opponent": opponent,
         "policy_seat": policy_seat,
-        "policy_mean_return": _mean(policy_returns),
+        "policy_mean_return": mean(policy_returns),
         "policy_ci95": bootstrap_ci(policy_returns, seed=ci_seed),
-        "opponent_mean_return": _mean(opponent_returns),
+        "opponent_mean_return": mean(opponent_returns),
         "policy_cooperation_rate": _cooperation(cooperation, metrics, policy_seat),
-        "opponent_cooperation_rate": None if None in opponent_coop else _mean(opponent_coop),
-        "welfare": _mean([math.fsum(r.returns) for r in results]),
+        "opponent_cooperation_rate": None if None in opponent_coop else mean(opponent_coop),
+        "welfare": mean([math.fsum(r.returns) for r in results]),
         "policy_invalid_rate": _invalid_rate(results, [policy_seat]),
         "opponent_invalid_rate": _invalid_rate(results, others),
         "policy_returns": policy_returns,
@@ -139,7 +135,9 @@ def seat_row(game: str, opponent: str, results: Sequence[MatchResult], policy_se
     }
 
 
-def _build(spec: str, role: str, game: str, sampling: SamplingConfig | None, seed: int) -> Player:
+def build_player(spec: str, role: str, game: str, sampling: SamplingConfig | None, seed: int) -> Player:
+    """The player ``spec`` names, as the evaluation's ``role`` ("policy" or "opponent"): a bad spec is a
+    PlayerSpecError naming the role (and, for an opponent, the game's suites)."""
     try:
         return make_player(spec, game, sampling=sampling, seed=seed)
     except PlayerSpecError as error:
@@ -182,10 +180,10 @@ def evaluate(
     bar = progress_bar(len(specs) + 1, f"eval {policy_spec}", "opponent", progress)
     try:
         # The policy first: a missing checkpoint is reported before anything else is loaded.
-        players[policy_spec] = _build(policy_spec, "policy", game, sampling, seed)
+        players[policy_spec] = build_player(policy_spec, "policy", game, sampling, seed)
         for spec in specs:  # an opponent with the policy's spec shares its player (one engine per model)
             if spec not in players:
-                players[spec] = _build(spec, "opponent", game, sampling, seed)
+                players[spec] = build_player(spec, "opponent", game, sampling, seed)
         policy = players[policy_spec]
 
         def play(seat_players: list[Player]) -> list[MatchResult]:
@@ -233,7 +231,7 @@ def summarize_rows(rows: Sequence[dict[str, Any]], self_play: dict[str, Any]) ->
 
     def average(key: str, block: Sequence[dict[str, Any]]) -> float | None:
         values = [row[key] for row in block]
-        return None if not values or None in values else _mean(values)
+        return None if not values or None in values else mean(values)
 
     best = max(rows, key=lambda row: row["policy_mean_return"])
     worst = min(rows, key=lambda row: row["policy_mean_return"])
@@ -245,7 +243,7 @@ def summarize_rows(rows: Sequence[dict[str, Any]], self_play: dict[str, Any]) ->
         "mean_welfare": average("welfare", rows),
         "mean_cooperation_rate": average("policy_cooperation_rate", rows),
         "mean_opponent_cooperation_rate": average("opponent_cooperation_rate", rows),
-        "policy_invalid_rate": _mean(invalid),
+        "policy_invalid_rate": mean(invalid),
         "self_play_return": self_play["policy_mean_return"],
         "best_opponent": {"opponent": best["opponent"], "policy_mean_return": best["policy_mean_return"]},
         "worst_opponent": {"opponent": worst["opponent"], "policy_mean_return": worst["policy_mean_return"]},
@@ -256,4 +254,4 @@ def summarize_rows(rows: Sequence[dict[str, Any]], self_play: dict[str, Any]) ->
     return summary
 
 
-__all__ = ["bootstrap_ci", "evaluate", "seat_row", "summarize_rows"]
+__all__ = ["bootstrap_ci", "build_player", "evaluate", "seat_row", "summarize_rows"]
