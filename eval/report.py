@@ -139,9 +139,17 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _about_the_same(previous: dict[str, Any], result: dict[str, Any]) -> bool:
-    """Whether an earlier results.json or exploit.json object is about ``result``'s policy and game: a report keeps
-    another command's section only then, never one policy's exploitability under another's evaluation."""
-    return (previous.get("policy"), previous.get("game")) == (result["policy"], result["game"])
+    """Whether an earlier results.json or exploit.json object is about ``result``'s policy, game and game
+    parameters (every one, resolved): a report keeps another command's section only then, never one policy's
+    exploitability under another's evaluation, nor a 10-round search beside a 20-round evaluation."""
+    return about_the_same_task(previous, result["policy"], result["game"], result["game_params"])
+
+
+def about_the_same_task(previous: dict[str, Any], policy: str, game: str, game_params: dict[str, Any]) -> bool:
+    """Whether a results object (as read from results.json or exploit.json) is about this policy, game and resolved
+    game parameters (compared as JSON writes them: a tuple reads back as a list)."""
+    key = (previous.get("policy"), previous.get("game"), json_ready(previous.get("game_params")))
+    return key == (policy, game, json.loads(json.dumps(json_ready(game_params))))
 
 
 def write_learned_exploit(result: dict[str, Any], out_dir: str | Path) -> list[str]:
@@ -181,6 +189,7 @@ __all__ = [
     "TOP_EXPLOITERS",
     "TOURNAMENT_PNG",
     "REPORT_FILES",
+    "about_the_same_task",
     "eval_markdown",
     "eval_table",
     "exploit_markdown",

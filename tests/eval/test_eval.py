@@ -257,6 +257,22 @@ def test_a_report_never_mixes_two_policies(capsys, tmp_path):
     capsys.readouterr()
 
 
+def test_a_report_never_mixes_two_settings_of_one_game(capsys, tmp_path):
+    """The same policy and game with other parameters is another task: a 10-round noisy search is not reported
+    beside a 20-round evaluation (nor the other way round)."""
+    out = tmp_path / "run"
+    evaluation = ["eval", "--policy", "tft", "--game", "ipd", "--opponents", "alld", "--matches", "2"]
+    assert main([*evaluation, "--rounds", "20", "--out", str(out)]) == 0
+    search = ["exploit", "--policy", "tft", "--game", "ipd", "--matches", "2", "--set", "noise=0.2"]
+    assert main([*search, "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "## Exploitability of `tft` on ipd" in report and "Evaluation of `tft`" not in report
+    assert main([*evaluation, "--rounds", "20", "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "# Evaluation of `tft` on ipd" in report and "Exploitability" not in report
+    capsys.readouterr()
+
+
 def test_suites_expand_and_deduplicate():
     assert resolve_opponents("tft,ipd-classic", "ipd")[:3] == ["tft", "allc", "alld"]
     assert len(resolve_opponents("ipd-classic,alld", "bos")) == 9
