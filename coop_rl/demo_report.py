@@ -83,7 +83,7 @@ def summarize_method(results: dict[str, Any], key_opponents: tuple[str, ...]) ->
     row: dict[str, Any] = {
         "metric": "cooperation rate" if matrix else "return",
         "self_play": results["self_play"][metric],
-        "self_play_return": results["self_play"]["policy_mean_return"],
+        "self_play_policy_return": results["self_play"]["policy_mean_return"],
         "mean_return": results["summary"]["mean_return"],
         "invalid_rate": results["summary"]["policy_invalid_rate"],
     }

@@ -43,7 +43,7 @@ results.json (what :func:`evaluate` returns; :func:`coop_rl.eval.report.write_ev
         "mean_opponent_return": float, "mean_welfare": float,
         "mean_cooperation_rate": float|null, "mean_opponent_cooperation_rate": float|null,
         "policy_invalid_rate": float,            # the policy's invalid rate averaged over the opponents
-        "self_play_return": float,
+        "self_play_policy_return": float,         # the policy's return in seat 0 of its self-play
         "best_opponent": {"opponent", "policy_mean_return"},   # where the policy scores most
         "worst_opponent": {"opponent", "policy_mean_return"},  # where it scores least
         "mean_return_swapped": float             # symmetric games only: the same average in seat 1
@@ -244,7 +244,7 @@ def summarize_rows(rows: Sequence[dict[str, Any]], self_play: dict[str, Any]) ->
         "mean_cooperation_rate": average("policy_cooperation_rate", rows),
         "mean_opponent_cooperation_rate": average("opponent_cooperation_rate", rows),
         "policy_invalid_rate": mean(invalid),
-        "self_play_return": self_play["policy_mean_return"],
+        "self_play_policy_return": self_play["policy_mean_return"],
         "best_opponent": {"opponent": best["opponent"], "policy_mean_return": best["policy_mean_return"]},
         "worst_opponent": {"opponent": worst["opponent"], "policy_mean_return": worst["policy_mean_return"]},
     }

@@ -89,7 +89,7 @@ def _summary_paragraph(results: dict[str, Any], what: str) -> str:
         f"{fmt(summary['mean_return'])} per match (opponents: {fmt(summary['mean_opponent_return'])}; welfare "
         f"{fmt(summary['mean_welfare'])}). It scores most against `{best['opponent']}` "
         f"({fmt(best['policy_mean_return'])}) and least against `{worst['opponent']}` "
-        f"({fmt(worst['policy_mean_return'])}); in self-play it gets {fmt(summary['self_play_return'])}."
+        f"({fmt(worst['policy_mean_return'])}); in self-play it gets {fmt(summary['self_play_policy_return'])}."
     )
     if summary.get("mean_cooperation_rate") is not None:
         paragraph += (

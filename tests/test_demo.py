@@ -60,7 +60,7 @@ def test_summarize_method_reads_cooperation_against_the_key_opponents():
     row = summarize_method(_eval(0.95, 0.97, 0.1, 19.0), ("tft", "alld"))
     assert row["metric"] == "cooperation rate"
     assert (row["self_play"], row["vs_tft"], row["vs_alld"], row["mean_return"]) == (0.95, 0.97, 0.1, 19.0)
-    assert row["vs_tft_return"] == 29.0
+    assert (row["vs_tft_return"], row["self_play_policy_return"]) == (29.0, 30.0)
 
 
 def test_crossplay_matrix_diagonal_is_self_play_and_off_diagonal_reads_both_seats():

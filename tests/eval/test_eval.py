@@ -80,7 +80,7 @@ def test_tft_against_the_classic_suite_gives_the_exact_scripted_values(tft_eval)
     summary = results["summary"]
     assert summary["mean_return"] == math.fsum(r["policy_mean_return"] for r in rows.values()) / 9
     assert summary["worst_opponent"] == {"opponent": "alld", "policy_mean_return": 9.0}
-    assert summary["self_play_return"] == 30.0
+    assert summary["self_play_policy_return"] == 30.0
 
 
 def test_results_json_and_report(tft_eval):
