@@ -23,8 +23,9 @@ results.json (what :func:`evaluate` returns; :func:`coop_rl.eval.report.write_ev
           "policy_mean_return": float,           # mean over matches of the policy's undiscounted return
           "policy_ci95": [lo, hi],               # 95% bootstrap CI of that mean (width 0: every match equal)
           "opponent_mean_return": float,         # the opponent's (mean over its seats in spgg)
-          "policy_cooperation_rate": float|null, # the game's cooperation_metric: ipd/bos: fraction of rounds
-          "opponent_cooperation_rate": float|null,  # choosing C (J in bos); spgg: mean contribution level q;
+          "policy_cooperation_rate": float|null, # the game's cooperation_metric pooled over all rounds of all
+                                                 # matches: ipd/bos: fraction of rounds choosing C (J in bos);
+          "opponent_cooperation_rate": float|null,  # spgg: mean contribution level q per round;
                                                     # tas/split (no such metric): null
           "welfare": float,                      # mean over matches of the sum of all seats' returns
           "policy_invalid_rate": float,          # unparseable answers / answers, over all matches
@@ -87,11 +88,19 @@ def bootstrap_ci(
     return [float(low), float(high)]
 
 
-def _cooperation(key: str | None, metrics: dict[str, Any], seat: int) -> float | None:
-    """A seat's cooperation: its entry of the game's cooperation metric ``key`` (``TextGame.cooperation_metric``:
-    the fraction of C/J rounds in matrix games, the mean contribution level in spgg); None where there is none."""
-    value = metrics.get(key) if key else None
-    return float(value[seat]) if isinstance(value, list) and seat < len(value) else None
+def _cooperation(key: str | None, results: Sequence[MatchResult], seat: int) -> float | None:
+    """A seat's cooperation over ``results``: the game's per-match cooperation metric ``key``
+    (``TextGame.cooperation_metric``: the fraction of C/J rounds in matrix games, the mean contribution level in
+    spgg) pooled over rounds, sum_m rate_m * rounds_m / sum_m rounds_m, so a one-round match under
+    ``continuation < 1`` weighs one round, not as much as a ten-round one; None where there is none."""
+    values = [r.metrics.get(key) if key else None for r in results]
+    if not values or not all(isinstance(v, list) and seat < len(v) for v in values):
+        return None
+    rounds = [len(r.rewards[seat]) for r in results]
+    total = sum(rounds)
+    if not total:
+        return None
+    return math.fsum(float(v[seat]) * n for v, n in zip(values, rounds, strict=True)) / total
 
 
 def _invalid_rate(results: Sequence[MatchResult], seats: Sequence[int]) -> float:
@@ -108,14 +117,14 @@ def seat_row(game: str, opponent: str, results: Sequence[MatchResult], policy_se
     cooperation = game_class(game).cooperation_metric
     policy_returns = [float(r.returns[policy_seat]) for r in results]
     opponent_returns = [mean([r.returns[s] for s in others]) for r in results]
-    opponent_coop = [_cooperation(cooperation, metrics, s) for s in others]
+    opponent_coop = [_cooperation(cooperation, results, s) for s in others]
     return {
         "opponent": opponent,
         "policy_seat": policy_seat,
         "policy_mean_return": mean(policy_returns),
         "policy_ci95": bootstrap_ci(policy_returns, seed=ci_seed),
         "opponent_mean_return": mean(opponent_returns),
-        "policy_cooperation_rate": _cooperation(cooperation, metrics, policy_seat),
+        "policy_cooperation_rate": _cooperation(cooperation, results, policy_seat),
         "opponent_cooperation_rate": None if None in opponent_coop else mean(opponent_coop),
         "welfare": mean([math.fsum(r.returns) for r in results]),
         "policy_invalid_rate": _invalid_rate(results, [policy_seat]),

@@ -400,3 +400,14 @@ def test_progress_bars_count_opponents_and_candidates_on_stderr_and_change_no_re
     assert exploit("tft", "ipd", matches=2, progress=True) == exploit("tft", "ipd", matches=2)
     err = capsys.readouterr().err
     assert "exploit tft:" in err and "/72 [" in err and "candidate" in err
+
+
+def test_cooperation_is_pooled_over_rounds_when_matches_differ_in_length(tmp_path):
+    """Under continuation < 1 the matches differ in length: tft cooperates in the first round of each match against
+    alld, so its cooperation rate is matches / rounds played (not the mean of each match's 1 / length)."""
+    results = evaluate("tft", "ipd", "alld", matches=20, seed=0, game_params={"continuation": 0.5}, swap=False)
+    row = results["opponents"][0]
+    lengths = [match["metrics"]["rounds"] for match in row["per_match"]]
+    assert len(set(lengths)) > 1  # the case this is about
+    assert row["policy_cooperation_rate"] == 20 / sum(lengths)
+    assert row["opponent_cooperation_rate"] == 0.0
