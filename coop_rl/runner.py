@@ -49,6 +49,13 @@ def match_seed(seed: int, match_id: int, group_size: int) -> int:
     return seed * 1_000_003 + match_id // group_size
 
 
+def reseed_players(seat_players: Sequence[Player], seed: int) -> None:
+    """Restart every distinct player's sampling randomness from ``seed`` (:meth:`Player.reseed`), so that what a
+    pairing of model players plays does not depend on the pairings played before it."""
+    for player in {id(p): p for p in seat_players}.values():
+        player.reseed(seed)
+
+
 def run_matches(
     game_name: str,
     game_params: dict[str, Any],

@@ -62,7 +62,7 @@ from coop_rl.envs import game_class
 from coop_rl.envs.base import MatchResult
 from coop_rl.eval.suites import resolve_opponents, suite_names
 from coop_rl.players import Player, PlayerSpecError, SamplingConfig, make_player
-from coop_rl.runner import aggregate_metrics, mean, progress_bar, run_matches
+from coop_rl.runner import aggregate_metrics, mean, progress_bar, reseed_players, run_matches
 
 BOOTSTRAP_RESAMPLES = 2000
 CI_LEVEL = 0.95
@@ -196,6 +196,7 @@ def evaluate(
         policy = players[policy_spec]
 
         def play(seat_players: list[Player]) -> list[MatchResult]:
+            reseed_players(seat_players, seed)  # a row is what this pairing plays, whatever came before it
             return run_matches(game, params, seat_players, matches=matches, seed=seed)
 
         rows = []

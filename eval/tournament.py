@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from coop_rl.players import Player, SamplingConfig, make_player
-from coop_rl.runner import run_matches, summarize
+from coop_rl.runner import reseed_players, run_matches, summarize
 
 
 @dataclass
@@ -76,8 +76,7 @@ def round_robin(
         for row in specs:
             for column in specs:
                 if (row, column) not in seat_stats:
-                    for player in {id(players[row]): players[row], id(players[column]): players[column]}.values():
-                        player.reseed(seed)
+                    reseed_players([players[row], players[column]], seed)
                     results = run_matches(
                         game_name, dict(game_params or {}), [players[row], players[column]], matches=matches, seed=seed
                     )

@@ -411,3 +411,18 @@ def test_cooperation_is_pooled_over_rounds_when_matches_differ_in_length(tmp_pat
     assert len(set(lengths)) > 1  # the case this is about
     assert row["policy_cooperation_rate"] == 20 / sum(lengths)
     assert row["opponent_cooperation_rate"] == 0.0
+
+
+@pytest.mark.slow
+def test_a_model_policys_row_does_not_depend_on_the_opponents_before_it(tiny_model_dir):
+    from coop_rl.players import SamplingConfig
+
+    policy, sampling = f"hf:{tiny_model_dir}", SamplingConfig(temperature=1.5, max_new_tokens=8)
+
+    def tft_row(opponents: str) -> dict:
+        results = evaluate(policy, "ipd", opponents, matches=4, seed=3, sampling=sampling, swap=False)
+        return next(row for row in results["opponents"] if row["opponent"] == "tft")
+
+    alone, after_alld = tft_row("tft"), tft_row("alld,tft")
+    assert alone["policy_returns"] == after_alld["policy_returns"]
+    assert alone["policy_cooperation_rate"] == after_alld["policy_cooperation_rate"]
