@@ -311,7 +311,7 @@ def write_report(
     settings: dict[str, Any],
 ) -> Path:
     """report.md, the three plots and demo.json in ``out``."""
-    from coop_rl.eval.report import json_ready
+    from coop_rl.output import json_ready
 
     shown = _write_plots(spec, out, rows, evals, cross, histories)
     write_text_atomic(out / "report.md", "\n".join(_report_lines(spec, rows, shown, timings, settings)) + "\n")

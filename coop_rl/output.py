@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -110,8 +111,20 @@ def json_only_stdout(enabled: bool = True, until_exit: bool = False) -> Iterator
             os.close(saved_fd)
 
 
+def json_ready(value: Any) -> Any:
+    """Replace NaN/inf by null so that results.json stays valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
+
+
 def print_json(value: Any) -> None:
-    """Write ``value`` as one line of JSON to stdout: the original stdout inside :func:`json_only_stdout`."""
+    """Write ``value`` as one line of valid JSON to stdout (NaN and inf as null, as the files have them): the
+    original stdout inside :func:`json_only_stdout`."""
     stream = _json_stream if _json_stream is not None else sys.stdout
-    stream.write(json.dumps(value) + "\n")
+    stream.write(json.dumps(json_ready(value), allow_nan=False) + "\n")
     stream.flush()

@@ -25,7 +25,6 @@ re-exported here for the modules that import them from this one.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -65,21 +64,11 @@ from coop_rl.eval.plots import (
     plot_returns,
 )
 from coop_rl.eval.results import ranked_candidates, rows_with_self_play
+from coop_rl.output import json_ready
 
 #: the files ``coop-rl eval`` and ``coop-rl exploit`` write into their output folder
 REPORT_FILES = ("results.json", "exploit.json", "report.md", RETURNS_PNG, COOPERATION_PNG, EXPLOIT_PNG,
                 EXPLOITER_CURVE_PNG)  # fmt: skip
-
-
-def json_ready(value: Any) -> Any:
-    """Replace NaN/inf by null so that results.json stays valid JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    return value
 
 
 def write_eval(results: dict[str, Any], out_dir: str | Path) -> list[str]:
@@ -196,7 +185,6 @@ __all__ = [
     "exploit_table",
     "figure_size",
     "fmt",
-    "json_ready",
     "markdown_table",
     "plot_cooperation",
     "plot_exploit",

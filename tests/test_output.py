@@ -1,20 +1,23 @@
 """coop_rl/output.py: with --json, stdout holds the JSON alone, whoever else writes to it (Python, fd 1, children)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from coop_rl.cli import main
-from coop_rl.output import json_only_stdout, print_json
+from coop_rl.output import json_only_stdout, json_ready, print_json
 
 # Every way a library writes to "stdout": print(), a write to descriptor 1, a child process that inherits it, and
 # an exit handler (vLLM shuts its engines down at exit, logging as it goes).
 NOISY = textwrap.dedent(
     """
     import atexit, os, subprocess, sys
-    from coop_rl.output import json_only_stdout, print_json
+    from coop_rl.output import json_only_stdout, json_ready, print_json
 
     atexit.register(lambda: print("exit-handler noise"))
     with json_only_stdout(until_exit=sys.argv[1] == "until-exit"):
@@ -86,3 +89,11 @@ def test_deepspeed_logs_go_to_stderr():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "own output\n"
     assert "deepspeed noise" in proc.stderr and "Setting accelerator to CPU" in proc.stderr
+
+
+def test_json_is_valid_json_with_null_for_what_json_cannot_hold(capsys):
+    assert json_ready({"x": [math.nan, 1.0], "y": (math.inf,)}) == {"x": [None, 1.0], "y": [None]}
+    print_json({"x": math.nan, "y": [-math.inf, 2.5]})
+    printed = capsys.readouterr().out
+    assert printed == '{"x": null, "y": [null, 2.5]}\n'
+    json.loads(printed, parse_constant=lambda name: pytest.fail(f"not JSON: {name}"))

@@ -48,4 +48,3 @@ def test_report_keeps_its_old_names():
     assert report.eval_table is markdown.eval_table and report.exploit_table is markdown.exploit_table
     assert report.plot_returns is plots.plot_returns and report.DPI == plots.DPI == 100
     assert report.LEARNING_CURVES_PNG == "learning_curves.png" and report.CROSSPLAY_PNG == "crossplay.png"
-    assert report.json_ready({"x": [math.nan, 1.0], "y": (math.inf,)}) == {"x": [None, 1.0], "y": [None]}
