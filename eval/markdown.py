@@ -198,7 +198,8 @@ def exploit_markdown(result: dict[str, Any], top: int = TOP_EXPLOITERS) -> str:
         f"## Exploitability of `{result['policy']}` on {result['game']}",
         "",
         f"Best response searched among the 32 deterministic memory-one strategies, their 31 end-game variants "
-        f"(D in the last round, round {result['game_params'].get('rounds')}) and the classic suite "
+        f"(the second move, D in the IPD and F in BoS, in the last round, round {result['game_params'].get('rounds')}) "
+        f"and the classic suite "
         f"({len(result['candidates'])} candidates, {result['matches']} matches each, seed {result['seed']}); "
         f"the policy sits in seat 0, the exploiter in seat 1. Definition: {result['definition']}.",
         "",
