@@ -164,11 +164,15 @@ class HFEngine:
         return actions
 
     def _autocast(self):
-        """bf16 autocast on a CPU where the machine's precision is bf16; weights stay float32 (a GPU loads bf16)."""
+        """Autocast to the precision's dtype on the engine's device (none in float32). On a CPU the weights stay
+        float32 and bf16 runs under autocast. On a GPU the trainer's live model is float32 too: the Trainer's mixed
+        precision wraps the model's forward, which ``generate`` goes around, so without this the samples would be
+        drawn in float32 and scored in bf16 (a model loaded from a folder is bf16 already: autocast changes
+        nothing there)."""
         import torch
 
-        enabled = self.precision.bf16 and not self.device.startswith("cuda")
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
+        dtype = self.precision.torch_dtype()
+        return torch.autocast(self.device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32)
 
     @contextlib.contextmanager
     def frozen_weights(self):

@@ -126,6 +126,46 @@ def test_a_model_folders_generation_config_does_not_change_the_policy_sampled(ti
     assert rows() == plain
 
 
+@pytest.mark.parametrize(
+    ("device", "dtype", "expected"),
+    [
+        ("cpu", "bfloat16", ("cpu", torch.bfloat16, True)),
+        ("cuda:0", "bfloat16", ("cuda", torch.bfloat16, True)),  # the live model is float32 on a GPU as well
+        ("cuda:1", "float16", ("cuda", torch.float16, True)),
+        ("cpu", "float32", ("cpu", None, False)),
+    ],
+)
+def test_generation_autocasts_to_the_trainers_precision_on_its_device(device, dtype, expected):
+    from coop_rl.players.hf import HFEngine
+    from coop_rl.precision import Precision
+
+    engine = HFEngine.__new__(HFEngine)  # only the device and the precision decide the autocast
+    engine.device, engine.precision = device, Precision(dtype, "test")
+    context = engine._autocast()
+    enabled = context._enabled or (device.startswith("cuda") and not torch.cuda.is_available())
+    assert (context.device, context.fast_dtype if enabled else None, enabled) == expected
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_float32_live_model_samples_under_bf16_autocast_on_a_gpu(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from coop_rl.players.hf import HFEngine
+    from coop_rl.precision import Precision
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).to("cuda")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir, padding_side="left")
+    engine = HFEngine.from_model(model, tokenizer, Precision("bfloat16", "test"))
+    seen = []
+    hook = model.model.layers[0].register_forward_hook(lambda *_: seen.append(torch.is_autocast_enabled("cuda")))
+    try:
+        engine.generate(_ipd_prompts([[("C", "C")]]), None, SamplingConfig(max_new_tokens=4), seed=0)
+    finally:
+        hook.remove()
+    assert seen and all(seen)
+
+
 @pytest.mark.slow
 def test_rollout_dataset_rows(tiny_model_dir, tmp_path):
     from datasets import load_from_disk
