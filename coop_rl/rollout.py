@@ -190,11 +190,11 @@ def assign_credit(
 ) -> dict[str, Any]:
     """Credit per learner (match, seat) and timestep, then per turn.
 
-    Row b of the tensors is the b-th learner (match, seat) pair: its rewards minus penalties [B, T] (T = the
-    longest match, padded and masked), its co-players' [B, K, T] (or [B, T] with one co-player), its seed group and
-    seat (the baseline compares like seat with like). ``settings`` go to :func:`coop_rl.credit.compute_credit`
-    (method, gamma, scale, beta, gamma_a, baseline, whiten). Returns "turn_credit" (a float per record, in order),
-    "credit" (compute_credit's dict), "mask" and "pairs".
+    Row b of the tensors is the b-th learner (match, seat) pair: its rewards minus its own penalties [B, T] (T = the
+    longest match, padded and masked), its co-players' game rewards [B, K, T] (or [B, T] with one co-player), its
+    seed group and seat (the baseline compares like seat with like). ``settings`` go to
+    :func:`coop_rl.credit.compute_credit` (method, gamma, scale, beta, gamma_a, baseline, whiten). Returns
+    "turn_credit" (a float per record, in order), "credit" (compute_credit's dict), "mask" and "pairs".
     """
     records, results = played.records, played.results
     pairs = [(m, s) for m, seats in enumerate(played.learner_seats) for s in seats]
@@ -206,10 +206,10 @@ def assign_credit(
     group_ids = torch.tensor([played.groups[m] for m, _ in pairs], dtype=torch.long)
     seat_ids = torch.tensor([s for _, s in pairs], dtype=torch.long)
     for b, (m, s) in enumerate(pairs):
-        rewards = [
-            [r - penalties.get((m, seat, t), 0.0) for t, r in enumerate(seat_rewards)]
-            for seat, seat_rewards in enumerate(results[m].rewards)
-        ]
+        rewards = [list(seat_rewards) for seat_rewards in results[m].rewards]
+        # the format penalty shapes the learner's own reward only: a co-player's advantage (the AA term's A^j) is
+        # its game reward alone, in self-play as against a frozen or past copy (whose turns carry no penalty)
+        rewards[s] = [r - penalties.get((m, s, t), 0.0) for t, r in enumerate(rewards[s])]
         length = len(rewards[s])
         rewards_self[b, :length] = torch.tensor(rewards[s])
         for k, other in enumerate(o for o in range(num_seats) if o != s):

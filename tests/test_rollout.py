@@ -85,6 +85,21 @@ def test_assign_credit_gives_each_turn_its_timestep_credit_with_penalties():
     assert scored["credit"]["returns_self"].tolist() == [[0.5, -1.0], [4.5, 3.0], [1.0, 2.0], [1.5, 1.0]]
 
 
+def test_a_co_players_format_penalty_does_not_enter_the_learners_aa_credit():
+    # self-play: seat 1's invalid turn at t=1 is penalised in seat 1's own returns, never in A^1_1, which seat 0's
+    # AA term weighs at t=1 by W_1 = gamma_a^2 * A^0_0 = 0.25 (A^0_0 = 2 - 1, leave-one-out over the two matches)
+    results = [_result([[2.0, 0.0], [3.0, 3.0]]), _result([[0.0, 2.0], [1.0, 1.0]])]
+    records = [_record(m, s, t, valid=(m, s, t) != (0, 1, 1)) for m in (0, 1) for s in (0, 1) for t in (0, 1)]
+    played = Played(records, results, [(0, 1), (0, 1)], [0, 0])
+    settings = {"method": "aa", "gamma": 0.5, "scale": 1.0, "baseline": "loo", "beta": 0.5, "gamma_a": 0.5}
+    penalised = assign_credit(played, 2, {(0, 1, 1): 5.0}, **settings)
+    clean = assign_credit(played, 2, {}, **settings)
+    seat0 = [i for i, r in enumerate(records) if r.seat == 0]
+    assert [penalised["turn_credit"][i] for i in seat0] == [clean["turn_credit"][i] for i in seat0]
+    assert penalised["credit"]["returns_self"][1].tolist() == [2.0, -2.0]  # seat 1 of match 0: [3, 3 - 5] -> G
+    assert penalised["credit"]["returns_self"][1].tolist() != clean["credit"]["returns_self"][1].tolist()
+
+
 def test_format_penalties_counts_invalid_and_unfinished_turns():
     records = [
         _record(0, 0, 0, valid=False),  # invalid
