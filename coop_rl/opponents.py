@@ -191,18 +191,20 @@ class Opponents:
         return self._engine
 
     def live_player(self, step: int) -> Player:
-        """The learner at optimizer step ``step``, on the rollout backend (``rollout_backend``). The opponents kept
-        from rollout to rollout (frozen specs, pool copies) restart their sampling from the step too: a resumed run,
-        which builds them afresh, then samples as the unbroken run did."""
+        """The learner at optimizer step ``step``, on the rollout backend (``rollout_backend``). The players kept
+        from rollout to rollout (the learner's vLLM seat, frozen specs, pool copies) restart their sampling from the
+        step too: a resumed run, which builds them afresh, then samples as the unbroken run did, and evaluations
+        between rollouts draw nothing from the next rollout's randomness."""
         self._rollout_seed = self.seed_of(step)  # also for the opponents built during this rollout
-        for player in [*self._frozen_players.values(), *self._pool_players.values()]:
+        if self.args.rollout_backend != "hf" and self._vllm_player is None:
+            self._vllm_player = self._start_vllm_player()
+        kept = [self._vllm_player, *self._frozen_players.values(), *self._pool_players.values()]
+        for player in [p for p in kept if p is not None]:  # the learner's vLLM seat draws its request seeds too
             player.reseed(self._rollout_seed)
         if self.args.rollout_backend == "hf":
             return LivePolicyPlayer(
                 self.engine(), self.sampling, self.seed_of(step), constrain=self.args.constrain_answers
             )
-        if self._vllm_player is None:
-            self._vllm_player = self._start_vllm_player()
         # The adapter just saved is loaded into the engine (under a fresh LoRA id: no restart) or into every server
         # (under a fresh name): the next rollout samples from the weights the last update produced.
         self._vllm_player.sync_adapter(self._save_rollout_adapter())

@@ -19,7 +19,7 @@ from coop_rl.opponents import (
     add_lora,
     load_pool_file,
 )
-from coop_rl.players import SamplingConfig
+from coop_rl.players import Player, SamplingConfig
 
 
 def _config(tmp_path, **overrides):
@@ -205,3 +205,35 @@ def test_vllm_opponents_are_refused_under_several_processes(tmp_path):
     with pytest.raises(UsageError, match="vllm: opponents need one process; under several, serve them as openai:"):
         opponents.frozen_player("vllm:/models/x")
     assert opponents.frozen_player("tft").spec == "tft"  # other opponents are fine
+
+
+class _SeedRecorder(Player):
+    """Stands in for a model player kept across rollouts (the vLLM seat: an engine start costs a minute here); it
+    records what the trainer tells it, which is all that is tested."""
+
+    def __init__(self, spec: str) -> None:
+        self.spec, self.seeds, self.synced = spec, [], []
+
+    def act(self, requests):
+        raise AssertionError("not played here")
+
+    def reseed(self, seed: int) -> None:
+        self.seeds.append(seed)
+
+    def sync_adapter(self, path) -> None:
+        self.synced.append(path)
+
+
+def test_every_player_kept_across_rollouts_restarts_from_the_rollouts_seed(tmp_path):
+    # the learner's vLLM seat too: else a resumed run replays the first rollouts' request seeds, and an evaluation
+    # between rollouts shifts the next rollout's samples
+    args = _config(tmp_path, rollout_backend="vllm", use_peft=True, lora_r=4, lora_alpha=8, constrain_answers=False)
+    model = add_lora(_model(), args, 2)
+    opponents = _opponents(args, model)
+    learner, frozen = _SeedRecorder("learner"), _SeedRecorder("frozen")
+    opponents._vllm_player, opponents._frozen_players = learner, {"frozen": frozen}
+    for step in (0, 2, 2):
+        assert opponents.live_player(step) is learner
+    expected = [opponents.seed_of(step) for step in (0, 2, 2)]
+    assert learner.seeds == frozen.seeds == expected
+    assert len(learner.synced) == 3 and (learner.synced[0] / "adapter_config.json").exists()
