@@ -60,7 +60,7 @@ def precision_step(model: Path, repeats: int) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from coop_rl.precision import bf16_speedup, choose_precision, has_native_bf16
-    from coop_rl.tiny_model import collect_examples
+    from coop_rl.warm_start import collect_examples
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     network = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)

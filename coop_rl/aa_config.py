@@ -359,6 +359,13 @@ class AAConfig(TrainingArguments):
             raise ValueError(f"game_params: {error}") from None
 
     @property
+    def num_seats(self) -> int:
+        """The number of seats in a match of the game under its parameters (the game says: 2, or SPGG's players)."""
+        from coop_rl.envs import make_game
+
+        return make_game(self.game, **self.parsed_game_params).num_players
+
+    @property
     def parsed_game_params(self) -> dict:
         """``game_params`` as a mapping (it may be given as a JSON string; None or empty: no parameters)."""
         import json

@@ -32,7 +32,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCa
 
 from coop_rl.aa_config import AAConfig
 from coop_rl.atomic_files import write_text_atomic
-from coop_rl.envs import make_game
 from coop_rl.fault_guard import FaultGuard, NumericalFaultError
 from coop_rl.loss import loss_metrics, merge_identical_turns, token_loss
 from coop_rl.loss_batch import batch_rows, token_logprobs
@@ -101,7 +100,7 @@ class AATrainer(Trainer):
             processing_class = AutoTokenizer.from_pretrained(name, padding_side="left")
         check_chat_template(processing_class, model_id or "the model", "train")  # before any rollout
         self.game_params = args.parsed_game_params
-        self.num_seats = make_game(args.game, **self.game_params).num_players
+        self.num_seats = args.num_seats
         if args.use_peft:
             model = add_lora(model, args, self.num_seats)
         # One dataset item per micro-batch of every iteration: the Trainer's loop counts steps from it.

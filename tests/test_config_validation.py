@@ -167,12 +167,16 @@ def test_defaults_and_the_shipped_recipes_pass_validation():
     assert config.save_trajectories is True and config.max_consecutive_faults == 3
     assert config.num_iterations == 1 and config.temperature == 1.0 and config.top_p == 1.0
     assert isinstance(config.warmup_steps, float)  # an integer given for a float field is converted
-    from coop_rl.cli import _check_recipe
+    assert config.num_seats == 2  # the ipd's
+    spgg = AAConfig(output_dir="/tmp/unused", max_steps=1, use_cpu=True, report_to="none", game="spgg",
+                    game_params={"players": 4}, group_size=2, matches_per_iteration=4)  # fmt: skip
+    assert spgg.num_seats == 4
+    from coop_rl.train import check_recipe
 
     recipes = sorted(p for p in Path("recipes").rglob("*.yaml") if p.parent.name != "accelerate")
     assert len(recipes) >= 2
     for recipe in recipes:
-        _check_recipe(str(recipe))
+        check_recipe(str(recipe))
         gpu_off = ["--bf16", "false", "--fp16", "false"]  # the GPU recipes, checked on this CPU machine
         (parsed,) = TrlParser(AAConfig).parse_args_and_config(["--config", str(recipe), *gpu_off])
         assert 0 < parsed.gamma <= 1 and parsed.matches_per_iteration % parsed.group_size == 0

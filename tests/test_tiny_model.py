@@ -1,7 +1,7 @@
 """The tiny model's warm-start corpus: what it holds and its fingerprint (building the model is tested, slow,
 through the tiny_model_dir fixture)."""
 
-from coop_rl.tiny_model import POPULATIONS, collect_examples, corpus_fingerprint
+from coop_rl.warm_start import POPULATIONS, collect_examples, corpus_fingerprint
 
 
 def test_corpus_covers_every_game_and_its_fingerprint_tracks_the_text():

@@ -26,7 +26,8 @@ def _completion_logprobs(model_dir, adapter_dir, rows) -> list[list[float]]:
 @pytest.mark.slow
 def test_vllm_backend_samples_from_the_updated_weights_every_iteration(tmp_path, tiny_model_dir):
     from coop_rl.cli import main
-    from coop_rl.players.vllm_player import _ENGINES, shutdown_engines
+    from coop_rl.players.vllm_engine import _ENGINES
+    from coop_rl.players.vllm_player import shutdown_engines
 
     out = tmp_path / "run"
     argv = [

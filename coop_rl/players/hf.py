@@ -20,9 +20,7 @@ from coop_rl.players.base import Action, Player, PlayerSpecError, TurnRequest, c
 from coop_rl.players.constraints import ChoiceConstraint, ConstrainedLogitsProcessor, room_for_choices, sample_choices
 from coop_rl.players.prefix_memo import PrefixMemo, weights_state
 from coop_rl.players.sampling import NEUTRAL_GENERATION, SamplingConfig
-
-# The policy folder's format lives in coop_rl.policy_folder; the other names are re-exported for older imports.
-from coop_rl.policy_folder import POLICY_SETTINGS_FILE, parse_policy_spec, read_policy_settings, resolve_model_dir  # noqa: F401
+from coop_rl.policy_folder import parse_policy_spec
 from coop_rl.precision import Precision, choose_precision
 from coop_rl.prefix_batch import shared_prefix_batch
 

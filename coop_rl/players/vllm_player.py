@@ -29,7 +29,6 @@ from coop_rl.envs.base import TextGame, Turn
 from coop_rl.players.base import Action, Player, PlayerSpecError, TurnRequest
 from coop_rl.players.sampling import SamplingConfig
 from coop_rl.players.vllm_engine import (
-    _ENGINES,  # noqa: F401 (tests/test_trainer_vllm.py reads the registry here)
     CPU_MAX_MODEL_LEN,
     DEFAULT_MAX_MODEL_LEN,
     VLLMEngine,

@@ -124,15 +124,6 @@ def test_every_backend_reads_specs_through_the_policy_folder(tmp_path):
             make_player(f"{backend}:@x", "ipd")
 
 
-def test_the_old_import_path_still_names_the_same_objects():
-    from coop_rl import policy_folder
-    from coop_rl.players import hf
-
-    assert hf.POLICY_SETTINGS_FILE is policy_folder.POLICY_SETTINGS_FILE
-    assert hf.read_policy_settings is policy_folder.read_policy_settings
-    assert hf.resolve_model_dir is policy_folder.resolve_model_dir
-
-
 def test_a_policy_is_played_at_its_training_answer_length_unless_told(tmp_path):
     from coop_rl.players import SamplingConfig, _with_answer_length
     from coop_rl.policy_folder import write_policy_settings
