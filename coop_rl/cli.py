@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from coop_rl.cli_parser import build_parser
+from coop_rl.cli_parser import build_parser, learn_options
 from coop_rl.errors import UsageError
 from coop_rl.output import json_only_stdout, print_json, send_library_logs_to_stderr
 
@@ -203,7 +203,7 @@ def cmd_exploit(args: argparse.Namespace) -> int:
     from coop_rl.atomic_files import check_out_dir
     from coop_rl.envs import game_class
     from coop_rl.eval.exploit import exploit
-    from coop_rl.eval.learned_exploit import learn_options, learned_exploit
+    from coop_rl.eval.learned_exploit import learned_exploit
     from coop_rl.eval.markdown import exploit_table, learned_exploit_table
     from coop_rl.eval.report import REPORT_FILES
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Any, NoReturn
 
+from coop_rl.errors import UsageError
+
 DESCRIPTION = (
     "The coop-rl command line: train LLMs with Advantage Alignment in social dilemmas, play and evaluate them."
 )
@@ -59,8 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_match_commands(sub: Any) -> None:
     """play, tournament, eval and exploit: commands that play matches between player specs."""
-    from coop_rl.eval.learned_exploit import add_learn_arguments  # exploit --learn's options (no ML import)
-
     play = sub.add_parser("play", help="play matches between players and print a summary")
     play.add_argument("--game", required=True, help="ipd, bos, tas, split or spgg")
     play.add_argument("--players", required=True, help="comma-separated player specs, one per seat")
@@ -108,7 +108,53 @@ def _add_match_commands(sub: Any) -> None:
         "fewer bound its memory (a large vocabulary, long answers), more mean fewer calls",
     )  # fmt: skip
     _add_sampling_arguments(exploit)
-    add_learn_arguments(exploit)
+    _add_learn_arguments(exploit)
+
+
+def _add_learn_arguments(parser: Any) -> None:
+    """``coop-rl exploit``'s options of the learned exploiter (:mod:`coop_rl.eval.learned_exploit` runs it)."""
+    group = parser.add_argument_group("learned exploiter (--learn)")
+    group.add_argument(
+        "--learn",
+        action="store_true",
+        help="train an exploiter against the frozen policy with the project's trainer (any game), then play it "
+        "against the policy; --out is required; writes results.json's learned_exploiter and a report section",
+    )
+    group.add_argument(
+        "--model",
+        default=None,
+        help="model folder the exploiter starts from (default: the policy's own base model when the policy is "
+        "hf:/vllm: of a LoRA adapter or a full model folder; required for scripted and API policies)",
+    )
+    group.add_argument(
+        "--objective",
+        default="naive",
+        help="naive (the exploiter's own return) or adv_margin (its return minus the policy's); default naive",
+    )
+    group.add_argument(
+        "--max-steps", type=int, default=None, help="training iterations (default: the recipe's, else per game)"
+    )
+    group.add_argument(
+        "--config",
+        default=None,
+        metavar="RECIPE",
+        help="a training recipe (YAML, as coop-rl train reads) for the exploiter's other settings",
+    )
+
+
+def learn_options(args: Any) -> dict[str, Any] | None:
+    """The keyword arguments of :func:`coop_rl.eval.learned_exploit.learned_exploit` from parsed ``coop-rl
+    exploit`` arguments; None without ``--learn`` (where its options are an error)."""
+    given = [
+        f"--{name.replace('_', '-')}" for name in ("model", "max_steps", "config") if getattr(args, name) is not None
+    ]
+    if args.objective != "naive":
+        given.append("--objective")
+    if not args.learn:
+        if given:
+            raise UsageError(f"{', '.join(given)} only with --learn (training an exploiter)")
+        return None
+    return {"model": args.model, "objective": args.objective, "max_steps": args.max_steps, "recipe": args.config}
 
 
 def _add_other_commands(sub: Any) -> None:
