@@ -97,6 +97,7 @@ def collect_examples(
     the examples are a balanced mixture of the population's behaviour in every state. ``populations`` replaces
     the strategies of the games it names (POPULATIONS' match count stays: the corpus keeps its size).
     """
+    from coop_rl.envs import make_game
     from coop_rl.players.scripted import ScriptedPlayer
     from coop_rl.runner import TurnRecord, run_matches
 
@@ -107,12 +108,12 @@ def collect_examples(
         pairs = [(a, b) for a in names for b in names]
         per_pair = max(1, round(population["matches"] * scale / len(pairs)))
         players = {name: ScriptedPlayer(name, game_name) for name in names}
+        params = dict(population.get("params", {}))
+        seat_count = make_game(game_name, **params).num_players  # the game's default (SPGG: 3)
         for index, (a, b) in enumerate(pairs):
-            seats = [players[a], players[b]]
-            params = dict(population.get("params", {}))
-            if game_name == "spgg":  # three seats: the third is drawn from the population too
-                seats.append(players[names[index % len(names)]])
-                params["players"] = 3
+            # a pair of the population, and any further seats drawn from it in turn
+            extra = [players[names[(index + k) % len(names)]] for k in range(seat_count - 2)]
+            seats = [players[a], players[b], *extra]
 
             turns: list[TurnRecord] = []
             run_matches(game_name, params, seats, matches=per_pair, seed=seed * 7919 + index, on_turns=turns.extend)
