@@ -53,6 +53,7 @@ from coop_rl.players.base import Player, check_chat_template
 from coop_rl.policy_folder import POLICY_SETTINGS_FILE, write_policy_settings
 from coop_rl.precision import describe_device, precision_record
 from coop_rl.rollout import (
+    LearnerTurn,
     Played,
     assign_credit,
     format_penalties,
@@ -208,8 +209,8 @@ class AATrainer(Trainer):
         self._metrics.add("time/credit_s", credit_seconds)
         self._metrics.add("perf/learner_tokens_per_s", generated / max(rollout_seconds, 1e-9))
         self._iteration_started, self._iteration_scoring_s = started, rollout_seconds + credit_seconds
-        self._write_trajectories(played.records, played.results, played.groups, scored["turn_credit"])
         turns = learner_turns(played, scored["turn_credit"], args.group_size, self.opponents.adapter_of)
+        self._write_trajectories(turns)
         ppo = args.loss_type == "ppo"  # the clipped surrogate is linear in credit only within one sign
         rows = merge_identical_turns([t.loss_turn() for t in turns if t.completion_ids], by_sign=ppo)
         self._metrics.add("loss/unique_rows", float(len(rows)))  # the rollout's, not each micro-batch's share
@@ -221,7 +222,7 @@ class AATrainer(Trainer):
         scale = self.accelerator.num_processes / max(total_tokens, 1.0)
         return [{"rows": rows[k::gas], "scale": scale} for k in range(gas)]
 
-    def _write_trajectories(self, records, results, groups, turn_credit) -> None:
+    def _write_trajectories(self, turns: list[LearnerTurn]) -> None:
         """This iteration's learner turns to <output_dir>/trajectories/iteration-<step>.jsonl, one JSON line each
         (``LearnerTurn.trajectory_line``), written atomically (:func:`coop_rl.rollout.write_trajectory_file`).
 
@@ -232,8 +233,6 @@ class AATrainer(Trainer):
         if not self.args.save_trajectories:
             return
         step = self.state.global_step + 1
-        played = Played(records, results, [], groups)
-        turns = learner_turns(played, turn_credit, self.args.group_size, self.opponents.adapter_of)
         lines = [turn.trajectory_line(step) for turn in turns]
         if self.accelerator.num_processes > 1:
             from accelerate.utils import gather_object

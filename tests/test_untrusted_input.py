@@ -98,6 +98,7 @@ def test_model_text_is_data_never_a_path(tmp_path, tiny_model_dir, monkeypatch):
     from coop_rl.aa_trainer import AATrainer
     from coop_rl.envs.base import MatchResult
     from coop_rl.players.base import Action
+    from coop_rl.rollout import Played, learner_turns
     from coop_rl.runner import TurnRecord
 
     monkeypatch.chdir(tmp_path)
@@ -110,7 +111,8 @@ def test_model_text_is_data_never_a_path(tmp_path, tiny_model_dir, monkeypatch):
     records = [TurnRecord(0, 0, 0, t, "action", Action(text=text), valid=False) for t, text in enumerate(texts)]
     result = MatchResult(seed=0, returns=[0.0, 0.0], rewards=[[1.0] * len(texts), [0.0] * len(texts)],
                          invalid_counts=[len(texts), 0], action_counts=[len(texts)] * 2, metrics={})  # fmt: skip
-    trainer._write_trajectories(records, [result], [0], [0.5] * len(texts))
+    played = Played(records, [result], [(0,)], [0])
+    trainer._write_trajectories(learner_turns(played, [0.5] * len(texts), 1, trainer.opponents.adapter_of))
     files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
     assert files == ["out/trajectories/iteration-000001.jsonl"]
     rows = [json.loads(line) for line in (out / "trajectories" / "iteration-000001.jsonl").read_text().splitlines()]
