@@ -203,9 +203,6 @@ class IteratedMatrixGame(TextGame):
             "labels": self.labels,
         }
 
-    def format_action(self, option: int) -> str:
-        return self.labels[option]
-
     def answer_choices(self, turn: Turn) -> list[str] | None:
         """The option labels (e.g. C and D) in the action phase; with ``social_cot``, each prediction and action
         pair as the prompt asks for it (``<prediction>C</prediction> <action>D</action>``)."""
