@@ -89,8 +89,12 @@ def ensure_model(args: Any) -> Path:
     return init_tiny_model(model)
 
 
+STAGE_METRICS = ("rollout", "credit")  # the stages AATrainer times itself
+
+
 class StepTimer:
-    """A TrainerCallback (built lazily: transformers is imported late) timing each optimizer step."""
+    """A TrainerCallback (built lazily: transformers is imported late) timing each optimizer step, and recording
+    AATrainer's own stage times of it (run AATrainer at ``logging_steps=1``)."""
 
     @staticmethod
     def make():
@@ -110,18 +114,14 @@ class StepTimer:
                 self.current["total"] = time.perf_counter() - self.started
                 self.steps.append(self.current)
 
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                # AATrainer logs its own stage times (time/rollout_s, time/credit_s); at logging_steps 1 each
+                # logged line is the step just ended
+                for name in STAGE_METRICS:
+                    if self.steps and logs and f"time/{name}_s" in logs:
+                        self.steps[-1][name] = logs[f"time/{name}_s"]
+
         return StepTimer()
-
-
-def timed(function, timer, name: str):
-    def wrapper(*a, **k):
-        started = time.perf_counter()
-        try:
-            return function(*a, **k)
-        finally:
-            timer.current[name] = timer.current.get(name, 0.0) + time.perf_counter() - started
-
-    return wrapper
 
 
 def aa_config(recipe: Path, output_dir: str, **overrides: Any):

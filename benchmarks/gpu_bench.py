@@ -38,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import AA_RECIPE, StepTimer, aa_config, machine, timed  # noqa: E402
+from bench_common import AA_RECIPE, StepTimer, aa_config, machine  # noqa: E402
 
 from coop_rl.atomic_files import write_text_atomic
 
@@ -188,8 +188,6 @@ def section_aa_iteration(args, accumulation: int = 4, **overrides: Any) -> dict[
         )  # fmt: skip
         timer = StepTimer.make()
         trainer = AATrainer(model=model, args=config, processing_class=tokenizer, callbacks=[timer])
-        trainer._rollout = timed(trainer._rollout, timer, "rollout")
-        trainer._credit_rows = timed(trainer._credit_rows, timer, "credit")
         trainer.train()
     steps = timer.steps[1:] or timer.steps  # the first iteration is a warm-up
     for step in steps:

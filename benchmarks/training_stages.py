@@ -28,7 +28,6 @@ from bench_common import (
     load_recipe,
     log,
     median,
-    timed,
 )
 
 COOP_TARGET = 0.9
@@ -53,11 +52,11 @@ def run_aa_iterations(model: Path, matches: int, steps: int, work: str) -> list[
     """``steps`` AA iterations with aa_tiny.yaml's settings; per step: total, rollout, credit, update seconds."""
     from coop_rl.aa_trainer import AATrainer
 
-    config = aa_config(AA_RECIPE, work, model_name_or_path=str(model), max_steps=steps, matches_per_iteration=matches)
+    config = aa_config(
+        AA_RECIPE, work, model_name_or_path=str(model), max_steps=steps, matches_per_iteration=matches, logging_steps=1
+    )
     timer = StepTimer.make()
     trainer = AATrainer(model=str(model), args=config, callbacks=[timer])
-    trainer._rollout = timed(trainer._rollout, timer, "rollout")
-    trainer._credit_rows = timed(trainer._credit_rows, timer, "credit")
     trainer.train()
     for step in timer.steps:
         step["update"] = step["total"] - step.get("rollout", 0.0) - step.get("credit", 0.0)
