@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from coop_rl.config_checks import LOWER_BOUNDS, check_trackers, check_types, server_urls
+from coop_rl.config_checks import LOWER_BOUNDS, check_ranges, check_trackers, check_types, server_urls
 
 CREDIT_METHODS = ("aa", "naive", "sum", "margin")
 BASELINES = ("loo", "batch", "none")
@@ -250,8 +250,9 @@ class AAConfig(TrainingArguments):
         for name, (value, allowed) in checks.items():
             if value not in allowed:
                 raise ValueError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
-        if self.matches_per_iteration < 1 or self.group_size < 1:
-            raise ValueError("matches_per_iteration and group_size must be >= 1")
+        check_ranges(self)
+        if self.group_size < 1:
+            raise ValueError("group_size must be >= 1")
         if self.matches_per_iteration % self.group_size:
             raise ValueError(
                 f"matches_per_iteration={self.matches_per_iteration} is not a multiple of group_size={self.group_size}"
@@ -262,18 +263,10 @@ class AAConfig(TrainingArguments):
             )
         if self.opponent == "frozen" and not self.opponents.strip():
             raise ValueError("opponent='frozen' needs opponents (comma-separated player specs)")
-        for name in ("gamma", "gamma_a"):
-            if not 0.0 < getattr(self, name) <= 1.0:
-                raise ValueError(f"{name}={getattr(self, name)}: must be in (0, 1]")
-        for name in ("pool_prob",):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name}={getattr(self, name)}: must be in [0, 1]")
         for name, low, strict in LOWER_BOUNDS:
             value = getattr(self, name)
             if not math.isfinite(value) or value < low or (strict and value == low):
                 raise ValueError(f"{name}={value}: must be {'>' if strict else '>='} {low}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p={self.top_p}: must be in (0, 1]")
         for name in ("temperature", "top_p"):
             if getattr(self, name) != 1.0:
                 raise ValueError(

@@ -4,6 +4,7 @@ one line that names the setting."""
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from dataclasses import fields
@@ -38,6 +39,41 @@ LOWER_BOUNDS = (
     ("logging_steps", 0, True),
     ("save_steps", 0, True),
 )
+
+
+MAX_SEED = 2**32 - 1  # numpy's and transformers' set_seed bound
+MAX_MATCHES = 1_000_000  # as coop-rl play and eval bound --matches
+
+# (field, low, low included, high, high included): settings bounded on both sides; None values are left unset.
+RANGES = (
+    ("gamma", 0.0, False, 1.0, True),
+    ("gamma_a", 0.0, False, 1.0, True),
+    ("pool_prob", 0.0, True, 1.0, True),
+    ("top_p", 0.0, False, 1.0, True),
+    ("lora_dropout", 0.0, True, 1.0, False),
+    ("vllm_gpu_memory_utilization", 0.0, False, 1.0, True),
+    ("seed", 0, True, MAX_SEED, True),
+    ("matches_per_iteration", 1, True, MAX_MATCHES, True),
+)
+
+
+def check_ranges(config: Any) -> None:
+    """Every setting of :data:`RANGES` inside its interval (checked before any model loads: a seed of -1 or a
+    dropout of 1.5 failed only in the libraries, after the weights were read)."""
+    for name, low, low_in, high, high_in in RANGES:
+        value = getattr(config, name)
+        if value is None:
+            continue
+        inside = math.isfinite(value) and (low <= value if low_in else low < value)
+        inside = inside and (value <= high if high_in else value < high)
+        if not inside:
+            interval = f"{'[' if low_in else '('}{_number(low)}, {_number(high)}{']' if high_in else ')'}"
+            raise ValueError(f"{name}={value}: must be in {interval}")
+
+
+def _number(value: float) -> str:
+    """A bound as a person writes it: 1, not 1.0; 4294967295, not 4.29e+09."""
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 def check_trackers(report_to: list[str] | str | None) -> None:

@@ -189,6 +189,12 @@ def _check_model(config: AAConfig) -> None:
         check_lora_targets(config.model_name_or_path, config.lora_target_modules)
     if config.resume_from_checkpoint and not os.path.isdir(config.resume_from_checkpoint):
         raise UsageError(f"checkpoint not found: {config.resume_from_checkpoint}")
+    if config.resume_from_checkpoint and not (Path(config.resume_from_checkpoint) / "trainer_state.json").is_file():
+        # every finished save has it (written last by the Trainer): an empty folder or a cut save has not
+        raise UsageError(
+            f"{config.resume_from_checkpoint} is not a finished checkpoint (no trainer_state.json): "
+            "name a checkpoint-N folder of a run"
+        )
     if config.resume_from_checkpoint:
         _check_zero_partitions(Path(config.resume_from_checkpoint), int(os.environ.get("WORLD_SIZE") or 1))
 

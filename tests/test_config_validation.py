@@ -73,10 +73,17 @@ def _train(model_dir, tmp_path, *extra, config=RECIPE):
         (["--max_new_tokens", "0"], ["max_new_tokens", ">= 1"]),
         (["--reward_scale", "0"], ["reward_scale", "> 0"]),
         (["--pool_prob", "1.5"], ["pool_prob", "[0, 1]"]),
+        (["--seed", "-1"], ["seed=-1: must be in [0, 4294967295]"]),
+        (["--seed", "4294967296"], ["seed=4294967296: must be in [0, 4294967295]"]),
+        (["--use_peft", "true", "--lora_dropout", "1.5"], ["lora_dropout=1.5: must be in [0, 1)"]),
+        (["--vllm_gpu_memory_utilization", "5"], ["vllm_gpu_memory_utilization=5.0: must be in (0, 1]"]),
+        (["--vllm_gpu_memory_utilization", "nan"], ["vllm_gpu_memory_utilization=nan: must be in (0, 1]"]),
+        (["--matches_per_iteration", "1000000002"], ["matches_per_iteration=1000000002: must be in [1, 1000000]"]),
         (["--max_consecutive_faults", "0"], ["max_consecutive_faults", ">= 1"]),
         (["--use_peft", "true", "--lora_target_modules", "q_proj,attn_c"],
          ["lora_target_modules", "attn_c", "all-linear", "q_proj", "v_proj"]),
         (["--resume_from_checkpoint", "/no/such/checkpoint"], ["checkpoint not found"]),
+        (["--resume_from_checkpoint", "tests"], ["tests is not a finished checkpoint (no trainer_state.json)"]),
         # settings that need one another (AAConfig._check_combinations)
         (["--seat_adapters", "true"], ["seat_adapters needs use_peft true, opponent self_play and rollout_backend hf"]),
         (["--use_peft", "true", "--seat_adapters", "true", "--opponent", "pool"], ["seat_adapters needs"]),
@@ -190,6 +197,7 @@ def test_resume_of_a_zero_checkpoint_with_another_number_of_processes_is_one_lin
     checkpoint = tmp_path / "checkpoint-2"
     (checkpoint / "global_step2").mkdir(parents=True)
     (checkpoint / "latest").write_text("global_step2")
+    (checkpoint / "trainer_state.json").write_text('{"global_step": 2}')
     for rank in (0, 1):
         (checkpoint / "global_step2" / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"")
     assert _train(model_config_dir, tmp_path, "--resume_from_checkpoint", str(checkpoint)) == 2

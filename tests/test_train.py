@@ -55,6 +55,7 @@ def test_load_recipe_raises_one_usage_error_per_problem(extra, message, model_co
 def test_a_new_run_into_an_earlier_runs_folder_is_refused(model_config_dir, tmp_path, no_weights):
     out = tmp_path / "out"
     (out / "checkpoint-2").mkdir(parents=True)
+    (out / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
     (out / "trajectories").mkdir()
     refusal = rf"^output_dir {out} holds an earlier run \(checkpoint-2, trajectories\): resume it with "
     with pytest.raises(
