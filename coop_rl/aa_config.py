@@ -234,8 +234,10 @@ class AAConfig(TrainingArguments):
 
     def __post_init__(self) -> None:
         check_types(self)
-        # The trainer's dataset is a list of iteration indices: keep its column (no model-signature filtering).
+        # The trainer's dataset is a range of placeholder indices: no model-signature filtering, and read in order
+        # (a random sampler would permute every index up front).
         self.remove_unused_columns = False
+        self.train_sampling_strategy = "sequential"
         self.per_device_train_batch_size = 1
         self._resolve_precision()
         super().__post_init__()

@@ -104,9 +104,10 @@ class AATrainer(Trainer):
         self.num_seats = args.num_seats
         if args.use_peft:
             model = add_lora(model, args, self.num_seats)
-        # One dataset item per micro-batch of every iteration: the Trainer's loop counts steps from it.
+        # One placeholder item per micro-batch of every iteration (the rollout makes the data): the Trainer's loop
+        # counts steps from it. A range, read in order (AAConfig's sequential sampler), holds none of them in memory.
         world = max(1, int(getattr(args, "world_size", 1)))
-        dataset = [{"iteration": i} for i in range(args.max_steps * args.gradient_accumulation_steps * world)]
+        dataset = range(args.max_steps * args.gradient_accumulation_steps * world)
         super().__init__(
             model=model, args=args, train_dataset=dataset, processing_class=processing_class,
             data_collator=lambda features: features, callbacks=callbacks,

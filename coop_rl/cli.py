@@ -19,11 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from coop_rl.cli_parser import build_parser, learn_options
+from coop_rl.config_checks import MAX_MATCHES  # the most matches one command plays (results stay in memory)
 from coop_rl.errors import UsageError
 from coop_rl.output import json_only_stdout, print_json, send_library_logs_to_stderr
-
-#: the most matches one command plays (their results are kept in memory until the summary)
-MAX_MATCHES = 1_000_000
 
 
 def _parse_sets(items: Sequence[str] | None) -> dict[str, str]:
@@ -226,7 +224,7 @@ def cmd_exploit(args: argparse.Namespace) -> int:
 def cmd_games(args: argparse.Namespace) -> int:
     from coop_rl.envs import GAMES, describe_game, games_text
 
-    described = [describe_game(name) for name in ([args.game] if args.game else GAMES)]
+    described = [describe_game(name) for name in (GAMES if args.game is None else [args.game])]
     return _print_result(args, {"games": described}, lambda: games_text(described))
 
 
@@ -403,7 +401,8 @@ def _say(line: str) -> None:
 
 
 def _run(run: Callable[[], int], json_mode: bool, is_program: bool) -> int:
-    """Run a command; a user error is one line on stderr and exit status 2 (an API player's failure: 1)."""
+    """Run a command; a user error is one line on stderr and exit status 2 (an API player's failure, or a write the
+    system refused: one line and 1)."""
     from coop_rl.envs import GameConfigError, UnknownGameError
     from coop_rl.players import PlayerSpecError
     from coop_rl.players.openai_player import OpenAIPlayerError
@@ -420,6 +419,9 @@ def _run(run: Callable[[], int], json_mode: bool, is_program: bool) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: not an error of ours
         sys.stderr.close()
         return 0
+    except OSError as error:  # a write the system refused (a full disk, a read-only folder): one line, no traceback
+        _say(f"coop-rl: error: {error}")
+        return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

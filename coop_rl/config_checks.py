@@ -42,7 +42,7 @@ LOWER_BOUNDS = (
 
 
 MAX_SEED = 2**32 - 1  # numpy's and transformers' set_seed bound
-MAX_MATCHES = 1_000_000  # as coop-rl play and eval bound --matches
+MAX_MATCHES = 1_000_000  # the most matches one command or iteration plays (their results stay in memory)
 
 # (field, low, low included, high, high included): settings bounded on both sides; None values are left unset.
 RANGES = (

@@ -261,10 +261,12 @@ def training_config(recipe: str, model_dir: Path, run_dir: Path, max_steps: int 
 def _check_options(out_dir: Path, tiny_dir: str | None, max_steps: int | None, matches: int | None) -> None:
     """The demo's options, before any stage runs (a UsageError, one line)."""
     from coop_rl.atomic_files import check_out_dir
+    from coop_rl.config_checks import MAX_MATCHES
 
-    for name, value in (("--max-steps", max_steps), ("--matches", matches)):
-        if value is not None and value < 1:
-            raise DemoError(f"{name} must be >= 1")
+    if max_steps is not None and max_steps < 1:
+        raise DemoError("--max-steps must be >= 1")
+    if matches is not None and not 1 <= matches <= MAX_MATCHES:  # as coop-rl play and eval bound it
+        raise DemoError(f"--matches must be between 1 and {MAX_MATCHES:,}, got {matches}")
     if tiny_dir is not None and (not tiny_dir.strip() or (Path(tiny_dir).exists() and not Path(tiny_dir).is_dir())):
         raise DemoError(f"--tiny {tiny_dir!r} is not a model directory")
     check_out_dir(str(out_dir))
@@ -285,7 +287,11 @@ def run_demo(
     if key not in DEMOS:
         raise DemoError(f"no demo for game {game!r} with model {model!r}; demos: {', '.join(DEMOS)}")
     spec = DEMOS[key]
-    out_dir = Path(out or ("runs/demo" if key == "ipd" else f"runs/demo-{key.removeprefix('ipd-')}"))
+    if out is not None and not out.strip():  # an empty --out is a mistake, not "the default folder"
+        raise DemoError("--out needs a folder path")
+    out_dir = Path(
+        out if out is not None else ("runs/demo" if key == "ipd" else f"runs/demo-{key.removeprefix('ipd-')}")
+    )
     _check_options(out_dir, tiny_dir, max_steps, matches)
     out_dir.mkdir(parents=True, exist_ok=True)
     matches = matches or spec.eval_matches

@@ -76,7 +76,7 @@ def json_only_stdout(enabled: bool = True, until_exit: bool = False) -> Iterator
     its engines down at exit) cannot write after the JSON. In-process callers (tests) leave ``until_exit`` False.
     """
     global _json_stream
-    if not enabled:
+    if not enabled or sys.stdout is None:  # None: started with stdout closed; print() then writes nowhere, as here
         yield
         return
     original = sys.stdout
@@ -126,5 +126,7 @@ def print_json(value: Any) -> None:
     """Write ``value`` as one line of valid JSON to stdout (NaN and inf as null, as the files have them): the
     original stdout inside :func:`json_only_stdout`."""
     stream = _json_stream if _json_stream is not None else sys.stdout
+    if stream is None:  # stdout was closed when the process started: nowhere to write, as print() does
+        return
     stream.write(json.dumps(json_ready(value), allow_nan=False) + "\n")
     stream.flush()

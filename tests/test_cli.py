@@ -106,6 +106,7 @@ def test_transcripts_hold_the_prompt_each_answer_answered(capsys, tmp_path, extr
         (["play", "--game", "ipd", "--players", "axelrod:NoSuchThing,tft"], "NoSuchThing"),
         (["play", "--game", "ipd"], "required"),
         (["solve", "--game", "ipd"], "spgg only"),
+        (["games", ""], "unknown game ''; known: ipd, bos, tas, split, spgg"),
         (["tournament", "--game", "spgg", "--players", "full,free_rider"], "round robins of two-player games"),
         (["solve", "--game", "spgg", "--set", "reward=nice"], "reward='nice'"),
         (["play", "--game", "ipd", "--players", "vllm:/no/such/model,tft"], "model directory not found"),  # no more

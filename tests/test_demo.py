@@ -195,9 +195,15 @@ def test_demo_cli_rejects_bad_numbers(capsys):
 
 
 def test_demo_cli_rejects_bad_numbers_before_any_stage(tmp_path):
-    with pytest.raises(DemoError, match=r"^--matches must be >= 1$"):
-        run_demo(out=str(tmp_path / "demo"), matches=0)
+    for matches in (0, 1_000_001):
+        with pytest.raises(DemoError, match=rf"^--matches must be between 1 and 1,000,000, got {matches}$"):
+            run_demo(out=str(tmp_path / "demo"), matches=matches)
     assert not (tmp_path / "demo").exists()
+
+
+def test_an_empty_out_is_refused_not_read_as_the_default_folder(capsys):
+    assert main(["demo", "--out", " "]) == 2
+    assert capsys.readouterr() == ("", "coop-rl: error: --out needs a folder path\n")
 
 
 def _error_lines(err: str) -> list[str]:

@@ -97,3 +97,23 @@ def test_json_is_valid_json_with_null_for_what_json_cannot_hold(capsys):
     printed = capsys.readouterr().out
     assert printed == '{"x": null, "y": [null, 2.5]}\n'
     json.loads(printed, parse_constant=lambda name: pytest.fail(f"not JSON: {name}"))
+
+
+def _coop_rl(args: str, redirect: str) -> subprocess.CompletedProcess:
+    """``coop-rl <args>`` as a shell runs it, stdout redirected as ``redirect`` says."""
+    command = f"{sys.executable} -m coop_rl {args} {redirect}"
+    return subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("args", ["games ipd", "games ipd --json"])
+def test_a_refused_write_is_one_line_and_exit_1(args):
+    proc = _coop_rl(args, "> /dev/full")
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr == "coop-rl: error: [Errno 28] No space left on device\n"
+
+
+@pytest.mark.parametrize("args", ["games ipd", "games ipd --json"])
+def test_a_closed_stdout_is_no_crash(args):
+    proc = _coop_rl(args, ">&-")
+    assert (proc.returncode, proc.stderr) == (0, "")

@@ -411,3 +411,23 @@ def test_a_saved_policy_is_marked_finished_after_its_weights_and_tokenizer(tmp_p
     assert marked_while_saving == [False]
     assert read_policy_settings(tmp_path) == json.loads(json.dumps(trainer.args.policy_settings()))
     assert (tmp_path / "model.safetensors").exists() and (tmp_path / "tokenizer_config.json").exists()
+
+
+@pytest.mark.slow
+def test_the_step_count_costs_no_memory_however_large(tmp_path, tiny_model_dir):
+    # the dataset is one placeholder per micro-batch of every step: a list (or a random permutation of it) of
+    # 10^12 entries would exhaust memory before the first rollout
+    import tracemalloc
+
+    from coop_rl.aa_config import AAConfig
+    from coop_rl.aa_trainer import AATrainer
+
+    tracemalloc.start()
+    args = AAConfig(output_dir=str(tmp_path), max_steps=10**12, gradient_accumulation_steps=2, report_to="none",
+                    use_cpu=True)  # fmt: skip
+    trainer = AATrainer(model=str(tiny_model_dir), args=args)
+    first = next(iter(trainer.get_train_dataloader()))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(trainer.train_dataset) == 2 * 10**12 and first == [0]
+    assert peak < 500 * 2**20  # the model and its tokenizer, not 10^12 items
