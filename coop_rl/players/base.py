@@ -23,17 +23,21 @@ SAMPLE_CHAT = ({"role": "system", "content": "The rules."}, {"role": "user", "co
 
 
 def check_chat_template(tokenizer: Any, source: object, verb: str = "play") -> None:
-    """A PlayerSpecError unless ``tokenizer`` renders a system and a user message: checked when a model loads, so
-    that a template that refuses a system role (Gemma's, for one) is one line, not a traceback in a match."""
+    """A PlayerSpecError unless ``tokenizer`` renders a system and a user message into tokens: checked when a model
+    loads, so that a template that refuses a system role (Gemma's, for one), or a tokenizer without its vocabulary,
+    is one line, not a traceback in a match."""
     if not getattr(tokenizer, "chat_template", None):  # every prompt is a chat conversation
         raise PlayerSpecError(f"cannot {verb} {source}: its tokenizer has no chat template")
     try:
-        tokenizer.apply_chat_template(list(SAMPLE_CHAT), tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(list(SAMPLE_CHAT), tokenize=False, add_generation_prompt=True)
     except Exception as error:  # a template is code: jinja2's TemplateError from raise_exception(), or any other
         reason = f"{type(error).__name__}: {error}".splitlines()[0]
         raise PlayerSpecError(
             f"cannot {verb} {source}: its chat template refuses the games' system and user messages ({reason})"
         ) from None
+    if not tokenizer(text, add_special_tokens=False)["input_ids"]:  # a folder whose tokenizer.json is missing loads
+        # as a tokenizer with no vocabulary: every prompt would be empty, and the first batch a traceback
+        raise PlayerSpecError(f"cannot {verb} {source}: its tokenizer turns a prompt into no tokens (no vocabulary?)")
 
 
 @dataclass

