@@ -18,7 +18,7 @@ torch). Logging is the caller's to configure.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -52,13 +52,32 @@ def _did_you_mean(key: str) -> str:
     return f"{hint} (every setting: coop-rl train --help)"
 
 
+def _recipe_loader() -> type:
+    """yaml.SafeLoader that refuses a key given twice in a mapping (PyYAML keeps the last silently: a recipe with
+    ``game: ipd`` and later ``game: bos`` trained on bos without a word)."""
+    import yaml
+
+    class RecipeLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, Hashable) and key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"{key!r} is set twice", key_node.start_mark)
+                if isinstance(key, Hashable):
+                    seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return RecipeLoader
+
+
 def check_recipe(path: str) -> None:
     """A recipe is a YAML mapping of known settings, read with yaml.safe_load (no Python tags, nothing executed)."""
     import yaml
 
     try:
         with open(path, encoding="utf-8") as handle:
-            recipe = yaml.safe_load(handle)
+            recipe = yaml.load(handle, Loader=_recipe_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as error:
         where = getattr(error, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""
@@ -146,7 +165,8 @@ def load_recipe(argv: Sequence[str]) -> AAConfig:
     try:
         config, unknown = _parser().parse_args_and_config(argv, return_remaining_strings=True)
     except (ValueError, TypeError) as error:
-        raise UsageError(str(error).splitlines()[0]) from None
+        hint = "" if "--config" in argv else " (start from a recipe: coop-rl train --config recipes/ipd/aa_tiny.yaml)"
+        raise UsageError(str(error).splitlines()[0] + hint) from None
     if unknown:
         option = next((u for u in unknown if u.startswith("-")), unknown[0])
         raise UsageError(f"unknown option {option!r}{_did_you_mean(option.lstrip('-').replace('-', '_'))}")

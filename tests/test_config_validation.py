@@ -117,6 +117,16 @@ def test_bad_setting_is_one_line_exit_2_before_weights(extra, needles, model_con
     assert not (tmp_path / "out").exists()
 
 
+def test_no_recipe_is_pointed_to_one(capsys, no_weights):
+    from coop_rl.cli import main
+
+    assert main(["train"]) == 2
+    assert _error_line(capsys) == (
+        "coop-rl: error: max_steps (the number of optimizer steps) must be >= 1 "
+        "(start from a recipe: coop-rl train --config recipes/ipd/aa_tiny.yaml)"
+    )
+
+
 def test_missing_model_and_recipe(tmp_path, capsys, no_weights):
     from coop_rl.cli import main
 
@@ -153,6 +163,8 @@ def test_missing_model_and_recipe(tmp_path, capsys, no_weights):
         ("game_params: {rounds: -3}\n", ["game_params", "rounds"]),
         ("- a\n- b\n", ["must be a YAML mapping"]),
         ("model_name_or_path: [unclosed\n", ["not a plain YAML mapping", "line"]),
+        ("game: ipd\nbeta: 1\ngame: bos\n", ["not a plain YAML mapping (line 6): 'game' is set twice"]),
+        ("game_params: {rounds: 3, rounds: 5}\n", ["'rounds' is set twice"]),
     ],
 )
 def test_bad_recipe_is_one_line_exit_2_before_weights(text, needles, model_config_dir, tmp_path, capsys, no_weights):
