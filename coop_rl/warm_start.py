@@ -15,6 +15,7 @@ written.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -194,6 +195,19 @@ def imitate(model, tokenizer, examples: list[dict[str, Any]], settings: Imitatio
     return model, stats
 
 
+def _process_alive(pid: str) -> bool:
+    """Whether ``pid`` (a partial folder's suffix) names a running process of this machine."""
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
 def save_model_atomically(
     out: Path,
     model: Any,
@@ -206,8 +220,9 @@ def save_model_atomically(
 
     ``info`` goes to ``info_file`` (JSON) and each of ``extra_files`` (name -> JSON object) beside the weights.
     """
-    for leftover in out.parent.glob(f".{out.name}.partial-*"):  # of a build killed before it could clean up
-        shutil.rmtree(leftover, ignore_errors=True)
+    for leftover in out.parent.glob(f".{glob.escape(out.name)}.partial-*"):
+        if not _process_alive(leftover.name.rsplit("-", 1)[-1]):  # a build killed before it could clean up; a
+            shutil.rmtree(leftover, ignore_errors=True)  # running one's folder is left to it
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
     try:
         model.save_pretrained(partial)
@@ -215,6 +230,8 @@ def save_model_atomically(
         for name, content in (extra_files or {}).items():
             (partial / name).write_text(json.dumps(content, indent=2) + "\n")
         (partial / info_file).write_text(json.dumps(info, indent=2))
+        if not (partial / "config.json").is_file() or not any(partial.glob("*.safetensors")):
+            raise OSError(f"the save of {out} lost its config or weights (another build removed {partial.name}?)")
     except BaseException:  # interrupted or failed (disk full): no half-saved copy left beside ``out`` either
         shutil.rmtree(partial, ignore_errors=True)
         raise
