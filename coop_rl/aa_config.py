@@ -6,12 +6,11 @@ command line overrides them (``coop-rl train --config recipes/ipd/aa_tiny.yaml -
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from coop_rl.config_checks import LOWER_BOUNDS, check_ranges, check_trackers, check_types, server_urls
+from coop_rl.config_checks import LOWER_BOUNDS, check_ranges, check_trackers, check_types, finite, server_urls
 
 CREDIT_METHODS = ("aa", "naive", "sum", "margin")
 BASELINES = ("loo", "batch", "none")
@@ -267,7 +266,7 @@ class AAConfig(TrainingArguments):
             raise ValueError("opponent='frozen' needs opponents (comma-separated player specs)")
         for name, low, strict in LOWER_BOUNDS:
             value = getattr(self, name)
-            if not math.isfinite(value) or value < low or (strict and value == low):
+            if not finite(value) or value < low or (strict and value == low):
                 raise ValueError(f"{name}={value}: must be {'>' if strict else '>='} {low}")
         for name in ("temperature", "top_p"):
             if getattr(self, name) != 1.0:

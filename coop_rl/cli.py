@@ -12,6 +12,7 @@ imports this module.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -346,7 +347,12 @@ def cmd_train(argv: Sequence[str]) -> int:
 
     from coop_rl.train import check_no_earlier_run, load_recipe, train
 
-    config = load_recipe(argv)  # every check, before any weights load
+    try:
+        config = load_recipe(argv)  # every check, before any weights load
+    except UsageError as error:
+        if any(arg == "--config" or arg.startswith("--config=") for arg in argv):
+            raise
+        raise UsageError(f"{error} (start from a recipe: coop-rl train --config recipes/ipd/aa_tiny.yaml)") from None
     check_no_earlier_run(config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     train(config)
@@ -400,6 +406,10 @@ def _say(line: str) -> None:
     sys.stderr.flush()
 
 
+#: the system's refusals of a write: the machine's state, not a bug of ours (any other OSError keeps its traceback)
+REFUSED_WRITES = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG}
+
+
 def _run(run: Callable[[], int], json_mode: bool, is_program: bool) -> int:
     """Run a command; a user error is one line on stderr and exit status 2 (an API player's failure, or a write the
     system refused: one line and 1)."""
@@ -420,6 +430,8 @@ def _run(run: Callable[[], int], json_mode: bool, is_program: bool) -> int:
         sys.stderr.close()
         return 0
     except OSError as error:  # a write the system refused (a full disk, a read-only folder): one line, no traceback
+        if error.errno not in REFUSED_WRITES:
+            raise
         _say(f"coop-rl: error: {error}")
         return 1
 

@@ -64,11 +64,16 @@ def check_ranges(config: Any) -> None:
         value = getattr(config, name)
         if value is None:
             continue
-        inside = math.isfinite(value) and (low <= value if low_in else low < value)
+        inside = finite(value) and (low <= value if low_in else low < value)
         inside = inside and (value <= high if high_in else value < high)
         if not inside:
             interval = f"{'[' if low_in else '('}{_number(low)}, {_number(high)}{']' if high_in else ')'}"
             raise ValueError(f"{name}={value}: must be in {interval}")
+
+
+def finite(value: float) -> bool:
+    """Not NaN or infinite; an int always is (math.isfinite overflows on one of 400 digits)."""
+    return isinstance(value, int) or math.isfinite(value)
 
 
 def _number(value: float) -> str:

@@ -39,5 +39,6 @@ def _exit_without_finalizing(status: int) -> NoReturn:
         sys.modules["coop_rl.players.vllm_engine"].shutdown_engines()
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
-        stream.flush()
+        if stream is not None:  # None: the process started with that descriptor closed
+            stream.flush()
     os._exit(status)

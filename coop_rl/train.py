@@ -61,6 +61,8 @@ def _recipe_loader() -> type:
         def construct_mapping(self, node, deep=False):
             seen = set()
             for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: the base construct_mapping merges it
+                    continue
                 key = self.construct_object(key_node, deep=deep)
                 if isinstance(key, Hashable) and key in seen:
                     raise yaml.constructor.ConstructorError(None, None, f"{key!r} is set twice", key_node.start_mark)
@@ -165,8 +167,7 @@ def load_recipe(argv: Sequence[str]) -> AAConfig:
     try:
         config, unknown = _parser().parse_args_and_config(argv, return_remaining_strings=True)
     except (ValueError, TypeError) as error:
-        hint = "" if "--config" in argv else " (start from a recipe: coop-rl train --config recipes/ipd/aa_tiny.yaml)"
-        raise UsageError(str(error).splitlines()[0] + hint) from None
+        raise UsageError(str(error).splitlines()[0]) from None
     if unknown:
         option = next((u for u in unknown if u.startswith("-")), unknown[0])
         raise UsageError(f"unknown option {option!r}{_did_you_mean(option.lstrip('-').replace('-', '_'))}")

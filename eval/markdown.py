@@ -81,6 +81,12 @@ def _opponent_rows(results: dict[str, Any], key: str | None = None) -> list[list
     return rows
 
 
+def _self_play_return(summary: dict[str, Any]) -> float | None:
+    """The policy's own self-play return; a results.json written before the key was renamed (2026-12-05) has it as
+    ``self_play_return`` (a later exploit --learn re-renders such a file)."""
+    return summary.get("self_play_policy_return", summary.get("self_play_return"))
+
+
 def _summary_paragraph(results: dict[str, Any], what: str) -> str:
     summary = results["summary"]
     best, worst = summary["best_opponent"], summary["worst_opponent"]
@@ -89,7 +95,7 @@ def _summary_paragraph(results: dict[str, Any], what: str) -> str:
         f"{fmt(summary['mean_return'])} per match (opponents: {fmt(summary['mean_opponent_return'])}; welfare "
         f"{fmt(summary['mean_welfare'])}). It scores most against `{best['opponent']}` "
         f"({fmt(best['policy_mean_return'])}) and least against `{worst['opponent']}` "
-        f"({fmt(worst['policy_mean_return'])}); in self-play it gets {fmt(summary['self_play_policy_return'])}."
+        f"({fmt(worst['policy_mean_return'])}); in self-play it gets {fmt(_self_play_return(summary))}."
     )
     if summary.get("mean_cooperation_rate") is not None:
         paragraph += (

@@ -75,6 +75,7 @@ def _train(model_dir, tmp_path, *extra, config=RECIPE):
         (["--pool_prob", "1.5"], ["pool_prob", "[0, 1]"]),
         (["--seed", "-1"], ["seed=-1: must be in [0, 4294967295]"]),
         (["--seed", "4294967296"], ["seed=4294967296: must be in [0, 4294967295]"]),
+        (["--seed", "9" * 400], ["must be in [0, 4294967295]"]),  # no overflow in the check itself
         (["--use_peft", "true", "--lora_dropout", "1.5"], ["lora_dropout=1.5: must be in [0, 1)"]),
         (["--vllm_gpu_memory_utilization", "5"], ["vllm_gpu_memory_utilization=5.0: must be in (0, 1]"]),
         (["--vllm_gpu_memory_utilization", "nan"], ["vllm_gpu_memory_utilization=nan: must be in (0, 1]"]),
@@ -115,6 +116,18 @@ def test_bad_setting_is_one_line_exit_2_before_weights(extra, needles, model_con
     for needle in needles:
         assert needle in line, line
     assert not (tmp_path / "out").exists()
+
+
+def test_a_recipe_may_merge_mappings_but_not_set_a_key_twice(tmp_path):
+    from coop_rl.errors import UsageError
+    from coop_rl.train import check_recipe
+
+    recipe = tmp_path / "merged.yaml"
+    recipe.write_text("game: ipd\ngame_params: {<<: {rounds: 5, noise: 0.1}, rounds: 6}\n")
+    check_recipe(str(recipe))  # a YAML merge key is no second key
+    recipe.write_text("game: ipd\ngame_params: {rounds: 5, rounds: 6}\n")
+    with pytest.raises(UsageError, match=r"\(line 2\): 'rounds' is set twice$"):
+        check_recipe(str(recipe))
 
 
 def test_no_recipe_is_pointed_to_one(capsys, no_weights):

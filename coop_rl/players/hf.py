@@ -165,8 +165,8 @@ class HFEngine:
         """Autocast to the precision's dtype on the engine's device (none in float32). On a CPU the weights stay
         float32 and bf16 runs under autocast. On a GPU the trainer's live model is float32 too: the Trainer's mixed
         precision wraps the model's forward, which ``generate`` goes around, so without this the samples would be
-        drawn in float32 and scored in bf16 (a model loaded from a folder is bf16 already: autocast changes
-        nothing there)."""
+        drawn in float32 and scored in bf16 (a model loaded from a folder is bf16 already: autocast only keeps
+        the ops it reserves for float32 there)."""
         import torch
 
         dtype = self.precision.torch_dtype()

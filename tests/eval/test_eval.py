@@ -426,3 +426,13 @@ def test_a_model_policys_row_does_not_depend_on_the_opponents_before_it(tiny_mod
     alone, after_alld = tft_row("tft"), tft_row("alld,tft")
     assert alone["policy_returns"] == after_alld["policy_returns"]
     assert alone["policy_cooperation_rate"] == after_alld["policy_cooperation_rate"]
+
+
+def test_a_results_file_from_before_the_self_play_key_was_renamed_still_renders(tmp_path):
+    # exploit --learn re-renders the evaluation already in its --out folder, which may predate the rename
+    from coop_rl.eval.report import write_eval
+
+    results = evaluate("tft", "ipd", "alld", matches=2, seed=0)
+    results["summary"]["self_play_return"] = results["summary"].pop("self_play_policy_return")
+    write_eval(results, tmp_path)
+    assert "in self-play it gets 30.00." in (tmp_path / "report.md").read_text()
