@@ -37,6 +37,9 @@ def _exit_without_finalizing(status: int) -> NoReturn:
         # os._exit skips atexit: stop vLLM engine-core processes here, else they outlive the rank and keep its
         # output pipes open (a caller reading them would wait forever)
         sys.modules["coop_rl.players.vllm_engine"].shutdown_engines()
+    wandb = sys.modules.get("wandb")  # report_to wandb: its run ends in its atexit hook, which os._exit skips
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=status)  # else the run reads as crashed and may lose its last logged values
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         if stream is not None:  # None: the process started with that descriptor closed

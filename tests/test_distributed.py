@@ -158,7 +158,9 @@ def test_a_zero2_resume_brings_the_opponent_pool_back(tmp_path, tiny_model_dir):
     # DeepSpeed loads a checkpoint's weights without transformers' _load_from_checkpoint, where the pool was
     # restored: a ZeRO-2 resume started with an empty pool (pool size 1 at step 2, where an unbroken run has 2)
     out = tmp_path / "run"
-    pool = ["--opponent", "pool", "--pool_every", "1", "--pool_prob", "1.0", "--save_steps", "1"]
+    pool = ["--opponent", "pool", "--pool_every", "1", "--pool_prob", "1.0", "--save_steps", "1",
+            # the recipe's accumulation and clipping reach DeepSpeed (the config once fixed them at 1 and 1.0)
+            "--gradient_accumulation_steps", "2", "--max_grad_norm", "0.5"]  # fmt: skip
     _run(_launch("recipes/accelerate/zero2.yaml", *_train(tiny_model_dir, out, *pool, "--max_steps", "1")))
     resume = ["--max_steps", "2", "--resume_from_checkpoint", str(out / "checkpoint-1")]
     _run(_launch("recipes/accelerate/zero2.yaml", *_train(tiny_model_dir, out, *pool, *resume)))
@@ -232,3 +234,17 @@ def test_finish_distributed_run_returns_in_a_one_process_run():
         assert finish_distributed_run(accelerator) is None  # still here: only a rank of several leaves the process
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)  # as accelerate's own tests do: no state leaks
+
+
+def test_a_rank_that_exits_finishes_its_wandb_run_first(monkeypatch):
+    # os._exit skips wandb's atexit hook (wandb is not installed here: a stand-in records the call)
+    import types
+
+    from coop_rl import distributed
+
+    finished, exited = [], []
+    stand_in = types.SimpleNamespace(run=object(), finish=lambda exit_code: finished.append(exit_code))
+    monkeypatch.setitem(sys.modules, "wandb", stand_in)
+    monkeypatch.setattr(distributed.os, "_exit", exited.append)
+    distributed._exit_without_finalizing(3)
+    assert (finished, exited) == ([3], [3])
