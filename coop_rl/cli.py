@@ -255,6 +255,9 @@ def _parse_populations(values: Sequence[str]) -> dict[str, tuple[str, ...]]:
     return populations
 
 
+MAX_INIT_SEED = 2**31 - 1  # numpy's bound is 2**32 - 1; the builders seed phases and tokenizers from seed + k
+
+
 def _check_init_model(
     args: argparse.Namespace,
     populations: dict,
@@ -272,6 +275,8 @@ def _check_init_model(
     games = tuple(g.strip() for g in args.games.split(",")) if args.games is not None else ()
     if args.games is not None and not all(games):
         raise UsageError(f"--games takes comma-separated game names, got {args.games!r}")
+    if args.seed is not None and not 0 <= args.seed <= MAX_INIT_SEED:  # the builders add a phase to it for numpy
+        raise UsageError(f"--seed must be in [0, {MAX_INIT_SEED}], got {args.seed}")
     if args.data_scale is not None and not 0 < args.data_scale <= 100:  # also refuses nan and inf
         raise UsageError(f"--data-scale must be in (0, 100], got {args.data_scale}")
     from coop_rl.warm_start import POPULATIONS  # a game without one is refused by the builder, naming them

@@ -117,21 +117,35 @@ def ensure_tiny_model(spec: DemoSpec, tiny_dir: str | None = None) -> Path:
     config = TinyModelConfig(games=spec.tiny_games, data_scale=spec.tiny_data_scale)
     info_file = path / "coop_rl_tiny.json"
     if info_file.exists():
-        info = json.loads(info_file.read_text(encoding="utf-8"))
+        info = _read_build_record(info_file)
         built = (tuple(info.get("games", ())), info.get("data_scale"), info.get("seed"), info.get("populations") or {})
         same_build = info.get("kind") == "coop-rl tiny" and built == (
             config.games, config.data_scale, config.seed, config.populations
         )  # fmt: skip
         # Only a model built with this demo's settings is checked for staleness; any other (a user's --tiny) is used
-        # as it is, never rebuilt in its place.
-        if not same_build or info.get("corpus_sha256") == corpus_fingerprint(
-            collect_examples(config.seed, config.data_scale)
-        ):
+        # as it is, never rebuilt in its place. Stale: other game texts, or other fixed build settings (sizes,
+        # imitation) than today's defaults.
+        today = json.loads(json.dumps({k: v for k, v in vars(config).items() if k != "precision"}))
+        changed = sorted(k for k, v in today.items() if info.get(k) != v)
+        fresh = info.get("corpus_sha256") == corpus_fingerprint(collect_examples(config.seed, config.data_scale))
+        if not same_build or (fresh and not changed):
             return path
-        logger.warning("%s was warm-started on other game texts (an older prompt format): rebuilding it", path)
+        why = f"other build settings ({', '.join(changed)})" if changed else "other game texts (an older prompt format)"
+        logger.warning("%s was built with %s: rebuilding it", path, why)
     elif (path / "config.json").exists():  # a model the user put there: used as it is
         return path
     return init_tiny_model(path, config)
+
+
+def _read_build_record(info_file: Path) -> dict[str, Any]:
+    """A model folder's build record (a JSON object), or a DemoError in one line."""
+    try:
+        info = json.loads(info_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise DemoError(f"cannot read {info_file}: {error}".splitlines()[0]) from None
+    if not isinstance(info, dict):
+        raise DemoError(f"{info_file} is not a coop-rl build record (a JSON object); remove its folder or use --tiny")
+    return info
 
 
 def build_model_stage(spec: DemoSpec, tiny_dir: str | None) -> Path:

@@ -134,13 +134,20 @@ def parse_policy_spec(spec: str, backend: str) -> PolicyFolder:
 
 
 def _tensor_shapes(path: Path) -> dict[str, list[int]]:
-    """Every tensor's shape in a safetensors file, from its header alone (8 bytes of length, then JSON)."""
+    """Every tensor's shape in a safetensors file, from its header alone (8 bytes of length, then JSON); a
+    PlayerSpecError for a file that is not one (cut short, a header longer than the file, not a mapping)."""
     import struct
 
-    with open(path, "rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(length))
-    return {name: entry["shape"] for name, entry in header.items() if name != "__metadata__"}
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if length > size - 8:
+                raise ValueError("the header runs past the end of the file")
+            header = json.loads(handle.read(length))
+        return {name: list(entry["shape"]) for name, entry in header.items() if name != "__metadata__"}
+    except (struct.error, ValueError, AttributeError, KeyError, TypeError):  # cut short, or not a tensor mapping
+        raise PlayerSpecError(f"{path} is not a readable safetensors file") from None
 
 
 def adapter_misfit(adapter_dir: Path, base_dir: Path) -> str | None:

@@ -147,9 +147,10 @@ def choose_precision(device: str = "cpu", requested: str = "auto", width: int = 
     if str(device).startswith("cuda"):
         import torch
 
-        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return Precision("bfloat16", "GPU with bf16 support")
-        return Precision("float32", "GPU without bf16 support")
+        # native only: torch counts emulated bf16 (a T4, a V100) as supported by default
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False):
+            return Precision("bfloat16", "GPU with native bf16")
+        return Precision("float32", "GPU without native bf16")
     if not has_native_bf16():
         return Precision("float32", "CPU without native bf16 (avx512_bf16/AMX): bf16 would be emulated")
     speedup = bf16_speedup(width)

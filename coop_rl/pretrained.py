@@ -135,11 +135,12 @@ def _version(distribution: str) -> str | None:
 
 
 def read_info(directory: str | Path) -> dict[str, Any] | None:
-    """The provenance of a model folder built here, or None (no such file, or unreadable)."""
+    """The provenance of a model folder built here, or None (no such file, unreadable, or not a JSON object)."""
     try:
-        return json.loads((Path(directory) / INFO_FILE).read_text())
+        info = json.loads((Path(directory) / INFO_FILE).read_text())
     except (OSError, ValueError):
         return None
+    return info if isinstance(info, dict) else None
 
 
 def load_gguf(path: Path) -> tuple[Any, Any]:

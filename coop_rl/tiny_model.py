@@ -184,8 +184,8 @@ def init_tiny_model(out_dir: str | Path, config: TinyModelConfig | None = None) 
 #: ``init-model random-<size>``: the tiny model's tokenizer and architecture family at other sizes, randomly
 #: initialised and not warm-started (no TRL needed): for throughput and memory benchmarks, e.g. on a GPU machine
 #: without network. random-0.5b has Qwen2-0.5B's shape (hidden 896, 24 layers, 14 heads, 2 key/value heads,
-#: intermediate 4864); with the tiny 2,048-token vocabulary that is about 0.36B parameters (Qwen2-0.5B's 151k
-#: vocabulary embeddings make up the rest of its 0.49B).
+#: intermediate 4864); with the tiny tokenizer (a 2,048-token budget, of which its BPE learns 827) that is about
+#: 0.36B parameters (Qwen2-0.5B's 151k vocabulary embeddings make up the rest of its 0.49B).
 RANDOM_MODEL_SIZES: dict[str, dict[str, int]] = {
     "random-tiny": {},  # TinyModelConfig's defaults
     "random-0.5b": {

@@ -129,6 +129,8 @@ def test_transcripts_hold_the_prompt_each_answer_answered(capsys, tmp_path, extr
         (["demo", "--out", "README.md"], "is not a directory"),
         (["demo", "--out", "unused", "--tiny", "README.md"], "--tiny 'README.md' is not a model directory"),
         (["init-model", "tiny", "--out", "unused", "--data-scale", "inf"], "--data-scale must be in (0, 100]"),
+        (["init-model", "tiny", "--out", "unused", "--seed", "-1"], "--seed must be in [0, 2147483647], got -1"),
+        (["init-model", "random-tiny", "--out", "unused", "--seed", str(2**64)], "--seed must be in [0, 2147483647]"),
         (["init-model", "tiny", "--out", ""], "--out needs a folder path"),
         (["init-model", "tiny", "--out", "unused", "--games", "ipd,"], "--games takes comma-separated game names"),
         (["init-model", "tiny", "--out", "unused", "--population", "tas=greedy"], "--population names tas, which"),

@@ -331,3 +331,27 @@ def test_demo_tas_pipeline_runs_and_reports_returns(tiny_model_dir, tmp_path):
     assert set(data["crossplay"]) == {"methods", "mean return of the row policy"}
     assert "No result is promised" in (out / "report.md").read_text()
     assert "self-play return" in result["table"]
+
+
+def test_the_demos_own_model_is_rebuilt_when_its_build_settings_are_not_todays(tmp_path, monkeypatch):
+    # building takes minutes: the builder is replaced by one that records the call (the decision is under test)
+    from coop_rl import tiny_model
+    from coop_rl.demo import ensure_tiny_model
+    from coop_rl.warm_start import collect_examples, corpus_fingerprint
+
+    spec = DEMOS["ipd"]
+    config = tiny_model.TinyModelConfig(games=spec.tiny_games, data_scale=spec.tiny_data_scale)
+    builds = []
+    monkeypatch.setattr(tiny_model, "init_tiny_model", lambda path, config: builds.append(path) or path)
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    record = {"kind": "coop-rl tiny", **json.loads(json.dumps(vars(config))), "precision": {"dtype": "float32"},
+              "corpus_sha256": corpus_fingerprint(collect_examples(config.seed, config.data_scale))}  # fmt: skip
+    (folder / "coop_rl_tiny.json").write_text(json.dumps(record))
+    assert ensure_tiny_model(spec, str(folder)) == folder and builds == []  # today's build: kept
+    (folder / "coop_rl_tiny.json").write_text(json.dumps({**record, "hidden_size": 64}))  # an older default
+    ensure_tiny_model(spec, str(folder))
+    assert builds == [folder]
+    (folder / "coop_rl_tiny.json").write_text("[]")
+    with pytest.raises(DemoError, match="coop_rl_tiny.json is not a coop-rl build record"):
+        ensure_tiny_model(spec, str(folder))

@@ -99,3 +99,18 @@ def test_aaconfig_resolves_precision_into_the_trainer_flags(tmp_path, monkeypatc
     assert explicit.bf16 and explicit.resolved_precision.reason == "bf16/fp16 set explicitly"
     with pytest.raises(ValueError, match="precision='half'"):
         AAConfig(output_dir=str(tmp_path), use_cpu=True, max_steps=1, precision="half")
+
+
+def test_a_gpu_whose_bf16_is_emulated_runs_float32(monkeypatch):
+    import torch
+
+    from coop_rl.precision import choose_precision
+
+    monkeypatch.delenv("COOP_RL_PRECISION", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    # a T4 or a V100 as torch sees it: bf16 "supported" only when emulation counts
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert choose_precision("cuda", "auto").dtype == "float32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # an A100, an H200
+    assert choose_precision("cuda:0", "auto") == choose_precision("cuda", "auto")
+    assert choose_precision("cuda", "auto").dtype == "bfloat16"

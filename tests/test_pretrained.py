@@ -171,6 +171,9 @@ def test_refuses_a_folder_it_did_not_build(tmp_path, capsys):
     assert main(["init-model", "smollm2", "--out", str(out)]) == 2  # refused before the wheel is even looked for
     assert "is not a model built by coop-rl init-model" in capsys.readouterr().err
     assert (out / "notes.txt").read_text() == "mine"
+    (out / "coop_rl_model.json").write_text("[]")  # JSON, but no build record (a traceback once)
+    assert main(["init-model", "smollm2", "--out", str(out)]) == 2
+    assert "is not a model built by coop-rl init-model" in capsys.readouterr().err
     (tmp_path / "f").write_text("a file")
     with pytest.raises(FileExistsError):
         init_pretrained_model(tmp_path / "f", package=MISSING)

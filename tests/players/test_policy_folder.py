@@ -161,3 +161,23 @@ def test_an_adapter_of_another_base_model_is_told_from_the_file_headers(tmp_path
         "model.layers.0.self_attn.q_proj: lora_A [4, 16] against [32, 32]"
     )
     assert adapter_misfit(tmp_path / "no-adapter", tmp_path / "base") is None  # the loader says what is missing
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"\x01\x02",
+        (2**40).to_bytes(8, "little") + b"{}",
+        (4).to_bytes(8, "little") + b"[1]x",
+        (9).to_bytes(8, "little") + b'{"a": 1}x',
+    ],
+    ids=["cut-short", "header-past-the-end", "not-a-mapping", "no-shapes"],
+)
+def test_a_corrupt_adapter_file_is_one_line(tmp_path, content):
+    from coop_rl.policy_folder import adapter_misfit
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(content)
+    with pytest.raises(PlayerSpecError, match=r"adapter_model\.safetensors is not a readable safetensors file$"):
+        adapter_misfit(adapter, tmp_path)
