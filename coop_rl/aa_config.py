@@ -217,9 +217,9 @@ class AAConfig(TrainingArguments):
     save_trajectories: bool = field(
         default=True,
         metadata={
-            "help": "Write each iteration's learner turns to <output_dir>/trajectories/iteration-<step>.jsonl (one "
-            "JSON line per turn: iteration, match_id, seat, timestep, phase, text, valid, credit, reward), "
-            "atomically, main process only."
+            "help": "Write each iteration's learner turns to <output_dir>/trajectories/iteration-<step, 6 "
+            "digits>.jsonl (one JSON line per turn: iteration, match_id, seat, timestep, phase, text, valid, "
+            "credit, reward), atomically, main process only."
         },
     )
     max_consecutive_faults: int = field(

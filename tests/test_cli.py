@@ -182,13 +182,14 @@ def test_an_exploiter_folder_with_unreadable_results_is_refused_in_one_line(tmp_
 )
 def test_init_model_accepts_every_option_its_kind_reads(argv, tmp_path):
     """The other side of the refusals above: what a kind reads passes the check (nothing is built here)."""
-    from coop_rl.cli import _check_init_model, _parse_populations, build_parser
+    from coop_rl.cli import build_parser
+    from coop_rl.init_model_args import check_init_model, parse_populations
     from coop_rl.pretrained import PRETRAINED
     from coop_rl.tiny_model import RANDOM_MODEL_SIZES, TinyModelConfig
 
     args = build_parser().parse_args(["init-model", *argv.split(), "--out", str(tmp_path / "model")])
-    populations = _parse_populations(args.population or [])
-    _check_init_model(args, populations, PRETRAINED, TinyModelConfig.games, tuple(RANDOM_MODEL_SIZES))
+    populations = parse_populations(args.population or [])
+    check_init_model(args, populations, PRETRAINED, TinyModelConfig.games, tuple(RANDOM_MODEL_SIZES))
 
 
 def test_scripted_play_imports_no_torch():
