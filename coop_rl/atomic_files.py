@@ -66,9 +66,6 @@ def remove_folder(path: str | Path) -> None:
     shutil.rmtree(aside)
 
 
-__all__ = ["atomic_path", "remove_folder", "write_text_atomic"]
-
-
 def check_out_dir(path: str | None, flag: str = "--out", files: tuple[str, ...] = ()) -> str | None:
     """``path`` if it can become the output directory (it is created when the results are written), checked before
     any match is played: the nearest existing folder on its way must be a writable directory, and none of the
@@ -87,3 +84,6 @@ def check_out_dir(path: str | None, flag: str = "--out", files: tuple[str, ...] 
     if blocked is not None:
         raise UsageError(f"cannot use {flag} {path!r}: {blocked} is a directory")
     return path
+
+
+__all__ = ["atomic_path", "check_out_dir", "remove_folder", "write_text_atomic"]

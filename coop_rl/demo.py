@@ -106,8 +106,8 @@ def _progress(total: int, desc: str):
 
 def ensure_tiny_model(spec: DemoSpec, tiny_dir: str | None = None) -> Path:
     """The demo's model directory, built (``coop-rl init-model``) when it is missing, or rebuilt when it was
-    warm-started on other game texts than today's (its ``corpus_sha256``) or, for a pretrained model, with other
-    warm-start settings."""
+    warm-started on other game texts than today's (its ``corpus_sha256``) or with other fixed build settings than
+    today's defaults (sizes, imitation) or, for a pretrained model, with other warm-start settings."""
     from coop_rl.tiny_model import TinyModelConfig, init_tiny_model
     from coop_rl.warm_start import collect_examples, corpus_fingerprint
 

@@ -73,8 +73,9 @@ def _recipe_loader() -> type:
     return RecipeLoader
 
 
-def check_recipe(path: str) -> None:
-    """A recipe is a YAML mapping of known settings, read with yaml.safe_load (no Python tags, nothing executed)."""
+def check_recipe(path: str) -> dict[str, Any]:
+    """The recipe at ``path``, a YAML mapping of known settings, each set once, read with a ``yaml.SafeLoader``
+    (no Python tags, nothing executed); a UsageError in one line otherwise."""
     import yaml
 
     try:
@@ -101,6 +102,7 @@ def check_recipe(path: str) -> None:
             raise UsageError(f"env in recipe {path}: {name!r} must be a name with a plain value")
         if name.upper().startswith(_LOADER_PREFIXES) or name.upper() in _LOADER_NAMES:  # what code processes load
             raise UsageError(f"env in recipe {path}: {name} may not be set from a recipe")
+    return recipe
 
 
 def check_lora_targets(model_dir: str, targets: str) -> None:
