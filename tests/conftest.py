@@ -11,6 +11,23 @@ sys.path.insert(0, str(Path(__file__).parent))
 # a timing probe, which a busy machine can sway. tests/test_precision.py tests the rule itself without it.
 os.environ["COOP_RL_PRECISION"] = "float32"
 
+# One numerical path on every x86 CPU the suite runs on, Intel's or AMD's: torch's own kernels and oneDNN take their
+# AVX2 code and MKL its vendor-neutral branch (MKL_CBWR, conditional numerical reproducibility: its AVX2 branch is
+# Intel's only; COMPATIBLE costs the tiny model's training 5%), with thread counts that never change mid-run. A
+# model's float sums otherwise follow the instruction set, and a learning test's seed is another experiment on
+# another CPU: the tiny model's AA run of seed 1 cooperated 0.93 with itself on an AVX-512 Xeon and 0.79 on a CI
+# machine. Set before torch is imported; the processes tests start inherit it. A user's run keeps its CPU's fastest
+# path. The thread counts themselves are fixed below (one test process per core).
+REPRODUCIBLE_CPU = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "MKL_CBWR": "COMPATIBLE",
+    "MKL_DYNAMIC": "FALSE",
+    "OMP_DYNAMIC": "FALSE",
+}
+for _name, _value in REPRODUCIBLE_CPU.items():
+    os.environ.setdefault(_name, _value)
+
 
 def _cores() -> int:
     """The cores this process may run on (a container's share, as `nproc` counts them, not the host's)."""

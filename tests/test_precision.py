@@ -66,6 +66,20 @@ def test_environment_pins_every_auto_and_the_suite_runs_in_float32(monkeypatch):
         choose_precision("cpu", "auto")
 
 
+def test_the_suite_takes_one_numerical_path_on_every_x86_cpu():
+    """conftest's REPRODUCIBLE_CPU reaches torch (its kernels take AVX2 code, whatever this CPU has) and the
+    processes the tests start, so a learning test's seed is meant to be one experiment on a Xeon and on an EPYC."""
+    import subprocess
+    import sys
+
+    import torch
+
+    assert torch.backends.cpu.get_cpu_capability() == "AVX2"
+    child = "import os, torch; print(torch.backends.cpu.get_cpu_capability(), os.environ['MKL_CBWR'])"
+    started = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True)
+    assert started.stdout.split() == ["AVX2", "COMPATIBLE"]
+
+
 def test_auto_on_this_cpu_follows_the_rule(monkeypatch):
     monkeypatch.delenv("COOP_RL_PRECISION")
     chosen = choose_precision("cpu", "auto", width=128)
