@@ -28,6 +28,8 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 #: an environment override of every "auto" (the test suite pins float32: its exact checks must not hang on a probe)
 PRECISION_ENV = "COOP_RL_PRECISION"
 #: CPU flags that matter for speed, as /proc/cpuinfo names them
+# Environment variables that change which kernels sum a model's floats, and so what a seed trains.
+NUMERICS_ENV = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 #: bf16 must beat float32 by this factor in the probe to be chosen. The probe is short and a loaded machine makes
 #: it noisy (measured 0.93-1.05 at width 128, 1.64-1.78 at 576 on one AMX Xeon): 1.3 keeps the choice stable.
@@ -74,16 +76,19 @@ def cpu_info() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        # set only where a run pinned its float sums (the test suite does): a seed's result depends on them
+        "numerics_env": {name: os.environ[name] for name in NUMERICS_ENV if os.environ.get(name)},
     }
 
 
 def describe_cpu(info: dict[str, Any] | None = None) -> str:
-    """One line naming the CPU for timings: model, flags that matter, cores, torch threads."""
+    """One line naming the CPU for timings: model, flags that matter, cores, torch threads, pinned numerics."""
     info = info or cpu_info()
     flags = ", ".join(info["flags"]) or "no AVX2"
     kernels = info.get("torch_cpu_capability", "unknown")  # ATEN_CPU_CAPABILITY can hold torch below the CPU's best
     threads = f"{info['cores']} cores, {info['torch_threads']} torch threads"
-    return f"{info['model']} ({flags}; {threads}, torch kernels {kernels})"
+    pinned = "".join(f", {name}={value}" for name, value in info.get("numerics_env", {}).items())
+    return f"{info['model']} ({flags}; {threads}, torch kernels {kernels}{pinned})"
 
 
 def describe_device(device: Any) -> str:

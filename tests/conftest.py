@@ -113,8 +113,9 @@ def tiny_model_dir(tmp_path_factory, request) -> Path:
 
             threads = torch.get_num_threads()
             # unlike the RL steps, the warm start's batches of 64 gain from every core (EPYC: 193 s with 2 threads,
-            # 346 s with 1 beside another worker), and a worker that needs the model waits for it anyway; the
-            # bytes built are the same (checked: one sha256 with 1 and with 2 threads)
+            # 346 s with 1 beside another worker), and a worker that needs the model waits for it anyway. The
+            # thread count changes the bytes built (2026-12-05, a tenth of the corpus: one sha256 per count, with and
+            # without REPRODUCIBLE_CPU), so the model is the same on machines with the same number of cores
             torch.set_num_threads(_cores())
             try:
                 init_tiny_model(shared)

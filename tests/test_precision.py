@@ -35,6 +35,8 @@ def test_native_bf16_needs_the_flags_and_torch_kernels_that_use_them():
 
 def test_describe_cpu_names_model_flags_cores_and_threads():
     assert describe_cpu(AVX2_EPYC) == "AMD EPYC (avx2; 2 cores, 2 torch threads, torch kernels AVX2)"
+    pinned = {**AVX2_EPYC, "numerics_env": {"MKL_CBWR": "COMPATIBLE"}}
+    assert describe_cpu(pinned) == "AMD EPYC (avx2; 2 cores, 2 torch threads, torch kernels AVX2, MKL_CBWR=COMPATIBLE)"
     info = cpu_info()
     assert info["cores"] >= 1 and info["torch_threads"] >= 1
     assert describe_cpu().startswith(info["model"])
@@ -78,6 +80,11 @@ def test_the_suite_takes_one_numerical_path_on_every_x86_cpu():
     child = "import os, torch; print(torch.backends.cpu.get_cpu_capability(), os.environ['MKL_CBWR'])"
     started = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True)
     assert started.stdout.split() == ["AVX2", "COMPATIBLE"]
+    assert cpu_info()["numerics_env"] == {
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "MKL_CBWR": "COMPATIBLE",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+    }
 
 
 def test_auto_on_this_cpu_follows_the_rule(monkeypatch):
