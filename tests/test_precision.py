@@ -87,10 +87,29 @@ def test_the_suite_takes_one_numerical_path_on_every_x86_cpu():
     }
 
 
-def test_auto_on_this_cpu_follows_the_rule(monkeypatch):
-    monkeypatch.delenv("COOP_RL_PRECISION")
-    chosen = choose_precision("cpu", "auto", width=128)
-    if not has_native_bf16():
+def _auto_on_this_cpu_unpinned() -> tuple[Precision, bool]:
+    """choose_precision("cpu", "auto") and has_native_bf16() in a child process on the CPU's own path: the suite's
+    REPRODUCIBLE_CPU holds torch at AVX2, where bf16 never counts as native and the probe would never run."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from coop_rl.precision import NUMERICS_ENV
+
+    env = {k: v for k, v in os.environ.items() if k not in {*NUMERICS_ENV, "COOP_RL_PRECISION"}}
+    child = (
+        "import json; from dataclasses import asdict; from coop_rl.precision import choose_precision, has_native_bf16;"
+        "print(json.dumps([asdict(choose_precision('cpu', 'auto', width=128)), has_native_bf16()]))"
+    )
+    printed = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, check=True)
+    chosen, native = json.loads(printed.stdout)
+    return Precision(**chosen), native
+
+
+def test_auto_on_this_cpu_follows_the_rule():
+    chosen, native = _auto_on_this_cpu_unpinned()
+    if not native:
         assert chosen == Precision("float32", "CPU without native bf16 (avx512_bf16/AMX): bf16 would be emulated")
         return
     # the probe decided, and the reason quotes its one measurement: the choice must agree with the threshold
