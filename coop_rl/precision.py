@@ -27,9 +27,9 @@ from typing import Any
 PRECISIONS = ("auto", "float32", "bfloat16")
 #: an environment override of every "auto" (the test suite pins float32: its exact checks must not hang on a probe)
 PRECISION_ENV = "COOP_RL_PRECISION"
-#: CPU flags that matter for speed, as /proc/cpuinfo names them
-# Environment variables that change which kernels sum a model's floats, and so what a seed trains.
+#: environment variables that change which kernels sum a model's floats, and so what a seed trains
 NUMERICS_ENV = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
+#: CPU flags that matter for speed, as /proc/cpuinfo names them
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 #: bf16 must beat float32 by this factor in the probe to be chosen. The probe is short and a loaded machine makes
 #: it noisy (measured 0.93-1.05 at width 128, 1.64-1.78 at 576 on one AMX Xeon): 1.3 keeps the choice stable.

@@ -13,7 +13,7 @@ os.environ["COOP_RL_PRECISION"] = "float32"
 
 # One numerical path on every x86 CPU the suite runs on, Intel's or AMD's: torch's own kernels and oneDNN take their
 # AVX2 code and MKL its vendor-neutral branch (MKL_CBWR, conditional numerical reproducibility: its AVX2 branch is
-# Intel's only; COMPATIBLE costs the tiny model's training 5%), with thread counts that never change mid-run. A
+# Intel's only; COMPATIBLE costs 5% of an RL run on the tiny model, 70% of its build), with fixed thread counts. A
 # model's float sums otherwise follow the instruction set, and a learning test's seed is another experiment on
 # another CPU: the tiny model's AA run of seed 1 cooperated 0.93 with itself on an AVX-512 Xeon and 0.79 on a CI
 # machine. Set before torch is imported; the processes tests start inherit it. A user's run keeps its CPU's fastest
