@@ -32,6 +32,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCa
 
 from coop_rl.aa_config import AAConfig
 from coop_rl.atomic_files import write_text_atomic
+from coop_rl.distributed import whole_weights, zero_stage
 from coop_rl.fault_guard import FaultGuard, NumericalFaultError
 from coop_rl.loss import loss_metrics, merge_identical_turns, token_loss
 from coop_rl.loss_batch import batch_rows, token_logprobs
@@ -115,7 +116,7 @@ class AATrainer(Trainer):
         # compute_loss returns the micro-batch's share of the iteration's loss (already normalised over every
         # generated token of the iteration), so the Trainer must not divide it by the accumulation steps again.
         self.loss_is_scaled_for_ga = True
-        if self._zero_stage() == 3 and (args.opponent == "pool" or args.rollout_backend != "hf"):
+        if zero_stage(self.accelerator) == 3 and (args.opponent == "pool" or args.rollout_backend != "hf"):
             raise ValueError(  # the weights would be saved or copied as ZeRO-3's empty shards
                 "opponent pool and the vLLM rollout backends copy the learner's weights, which ZeRO-3 shards: use "
                 "zero2, or opponent self_play with rollout_backend hf"
@@ -169,11 +170,19 @@ class AATrainer(Trainer):
         plan = self.opponents.assign_groups(num_groups, self.state.global_step // args.num_iterations)
         live = self._live_player()
         seed = args.seed * 1_000_003 + self.state.global_step * 10_007
-        with playing(self.accelerator.unwrap_model(self.model)), self._frozen_weights():
+        with self._playing():
             return play_groups(
                 args.game, self.game_params, plan, list(range(rank, num_groups, world)), args.group_size, seed,
                 lambda setting: self.opponents.seat_players(setting, live),
             )  # fmt: skip
+
+    @contextlib.contextmanager
+    def _playing(self):
+        """Around play (a rollout, an evaluation): the model whole on this process (ZeRO-3 shards it:
+        :func:`coop_rl.distributed.whole_weights`), in eval mode, with its weights fixed."""
+        model = self.accelerator.unwrap_model(self.model)
+        with whole_weights(self.model_wrapped, self.accelerator), playing(model), self._frozen_weights():
+            yield
 
     def _frozen_weights(self):
         """Around play with the weights fixed (a rollout, an evaluation): the hf engine reuses the rules' cache from
@@ -327,7 +336,7 @@ class AATrainer(Trainer):
 
         args, logs = self.args, {}
         live = self._live_player()
-        with playing(self.accelerator.unwrap_model(self.model)), self._frozen_weights():
+        with self._playing():
             for spec in [s.strip() for s in args.play_eval_opponents.split(",") if s.strip()]:
                 seats = [live] + [self.opponents.frozen_player(spec, for_eval=True)] * (self.num_seats - 1)
                 matches = args.play_eval_matches
@@ -396,11 +405,6 @@ class AATrainer(Trainer):
         if checkpoint is not None and (Path(checkpoint) / POOL_FILE).exists():
             self.opponents.load(Path(checkpoint) / POOL_FILE)
 
-    def _zero_stage(self) -> int | None:
-        if not self.is_deepspeed_enabled:
-            return None
-        return self.accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage")
-
     def _write_run_info(self) -> None:
         """Record how this run is distributed (engine, processes, ZeRO stage) in output_dir/coop_rl_run.json."""
         self._run_info_written = True
@@ -409,7 +413,7 @@ class AATrainer(Trainer):
         info = {
             "distributed_type": str(self.accelerator.distributed_type).split(".")[-1],
             "num_processes": self.accelerator.num_processes,
-            "deepspeed_zero_stage": self._zero_stage(),
+            "deepspeed_zero_stage": zero_stage(self.accelerator),
             "wrapped_model": type(self.model_wrapped).__name__,
             "trainable_parameters": sum(
                 getattr(p, "ds_numel", p.numel()) for p in self.model.parameters() if p.requires_grad

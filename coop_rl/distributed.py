@@ -1,4 +1,11 @@
-"""Ending a multi-process (``accelerate launch``) run cleanly.
+"""Multi-process (``accelerate launch``) runs: the whole weights for play under ZeRO-3, and ending a run cleanly.
+
+``whole_weights`` wraps every rollout and evaluation. Under ZeRO-3 each forward pass gathers the shards of its
+layers from every process, a collective call, so a sharded model plays only if every process runs each forward
+pass at the same moment; matches end at different rounds on different processes, and a shard gathered inside the
+players' ``torch.inference_mode`` comes back as a tensor autograd refuses to train (measured: two processes crashed
+at the first update). TRL's ``unwrap_model_for_generation`` gathers the whole model once and lifts DeepSpeed's hooks
+for the while, as TRL's GRPO does around generation.
 
 A rank of a gloo run that simply returns to the interpreter aborts now and then at exit with SIGABRT ("terminate
 called without an active exception"; measured: 8 of 30 two-process runs on CPU). Gloo's worker threads destroy
@@ -15,12 +22,33 @@ processes would otherwise outlive the rank (``atexit`` does not run under ``os._
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
-from typing import NoReturn
+from collections.abc import Iterator
+from typing import Any, NoReturn
 
 from accelerate import Accelerator
+
+
+def zero_stage(accelerator: Accelerator) -> int | None:
+    """The DeepSpeed ZeRO stage of this run, None without DeepSpeed."""
+    plugin = accelerator.state.deepspeed_plugin
+    return None if plugin is None else plugin.deepspeed_config.get("zero_optimization", {}).get("stage")
+
+
+@contextlib.contextmanager
+def whole_weights(model_wrapped: Any, accelerator: Accelerator) -> Iterator[None]:
+    """Under ZeRO-3, the whole weights on every process and no DeepSpeed hooks while the block runs (nothing to do
+    otherwise): each process may then run forward passes on its own."""
+    if zero_stage(accelerator) != 3:
+        yield
+        return
+    from trl.models.utils import unwrap_model_for_generation
+
+    with unwrap_model_for_generation(model_wrapped, accelerator):
+        yield
 
 
 def finish_distributed_run(accelerator: Accelerator, status: int = 0) -> None:

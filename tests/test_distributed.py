@@ -32,8 +32,9 @@ def _train(model_dir: Path, out: Path, *overrides: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _launch(config: str, *args: str) -> list[str]:
-    return [*ACCELERATE, "--config_file", config, "--main_process_port", str(free_port()), *args]
+def _launch(config: str, *args: str, processes: int | None = None) -> list[str]:
+    count = ["--num_processes", str(processes)] if processes else []
+    return [*ACCELERATE, "--config_file", config, *count, "--main_process_port", str(free_port()), *args]
 
 
 def _relative_error(update: dict, reference: dict) -> float:
@@ -136,9 +137,15 @@ def test_accelerate_launch_deepspeed_trains_on_cpu(tmp_path, tiny_model_dir, sta
     train = _train(tiny_model_dir, out, "--max_steps", "3", "--save_steps", "3")
     if lora:
         train += ["--use_peft", "true", "--lora_r", "8", "--lora_alpha", "16", "--kl_coef", "0.05"]
-    _run(_launch(f"recipes/accelerate/zero{stage}.yaml", *train))
+    # ZeRO-3 shards the weights over two processes, whose matches end at different rounds (continuation 0.5): a
+    # rollout on the sharded model needed every process to run each forward pass at once, and crashed.
+    processes = 2 if stage == 3 else None
+    if stage == 3:
+        train += ["--game_params", '{"continuation": 0.5}']
+    _run(_launch(f"recipes/accelerate/zero{stage}.yaml", *train, processes=processes))
     info = json.loads((out / "coop_rl_run.json").read_text())
     assert info["distributed_type"] == "DEEPSPEED" and info["deepspeed_zero_stage"] == stage
+    assert info["num_processes"] == (processes or 1)
     assert info["wrapped_model"] == "DeepSpeedEngine"
     state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
     steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
