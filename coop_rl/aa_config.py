@@ -106,8 +106,9 @@ class AAConfig(TrainingArguments):
     vllm_gpu_memory_utilization: float | None = field(
         default=None,
         metadata={
-            "help": "Share of GPU memory the colocated vLLM engine may take (None: 0.3, TRL's colocated default; "
-            "vLLM's own 0.9 would leave the trainer nothing)."
+            "help": "Share of GPU memory each vLLM engine the trainer starts may take: the colocated rollout "
+            "engine, a frozen vllm: opponent's (None: 0.3, TRL's colocated default; vLLM's own 0.9 would leave the "
+            "trainer nothing)."
         },
     )
     temperature: float = field(

@@ -225,8 +225,7 @@ class Opponents:
 
         options: dict[str, Any] = {
             "max_lora_rank": vllm_lora_rank(args.lora_r),
-            # the trainer holds its own share of the GPU (ignored on CPU); TRL's colocated default
-            "gpu_memory_utilization": args.vllm_gpu_memory_utilization or 0.3,
+            "gpu_memory_utilization": self.vllm_memory_share(),
         }
         if self.vllm_executor() == "external_launcher":
             options["distributed_executor_backend"] = "external_launcher"
@@ -235,6 +234,11 @@ class Opponents:
         )
         player.spec = "learner"
         return player
+
+    def vllm_memory_share(self) -> float:
+        """The share of GPU memory each vLLM engine the trainer starts may take (the colocated learner's, a frozen
+        ``vllm:`` opponent's): the trainer holds its own share of the GPU. TRL's colocated default, 0.3."""
+        return self.args.vllm_gpu_memory_utilization or 0.3
 
     def vllm_executor(self) -> str | None:
         """How the colocated vLLM engine runs (rollout_backend vllm; else None). Under several processes each rank's
@@ -318,7 +322,8 @@ class Opponents:
             # a second engine in a rank's process would start on the first GPU, whatever the rank's device
             raise UsageError(f"{spec}: vllm: opponents need one process; under several, serve them as openai: specs")
         if spec not in players:
-            players[spec] = make_player(spec, self.args.game, sampling=self.sampling, seed=self.seed_of(0))
+            share = {"gpu_memory_utilization": self.vllm_memory_share()}  # not vLLM's 0.9 beside a trainer
+            players[spec] = make_player(spec, self.args.game, self.sampling, self.seed_of(0), vllm_options=share)
             if not for_eval:
                 players[spec].reseed(self._rollout_seed)
         return players[spec]

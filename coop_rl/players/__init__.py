@@ -8,6 +8,8 @@ imported lazily so that scripted play never imports torch.
 
 from __future__ import annotations
 
+from typing import Any
+
 from coop_rl.players.base import Action, Player, PlayerSpecError, TurnRequest
 from coop_rl.players.sampling import SamplingConfig
 from coop_rl.players.scripted import ScriptedPlayer
@@ -24,12 +26,18 @@ def _backend(spec: str) -> str | None:
 
 
 def make_player(
-    spec: str, game_name: str, sampling: SamplingConfig | None = None, seed: int = 0, constrain: bool | None = None
+    spec: str,
+    game_name: str,
+    sampling: SamplingConfig | None = None,
+    seed: int = 0,
+    constrain: bool | None = None,
+    vllm_options: dict[str, Any] | None = None,
 ) -> Player:
     """Build the player a spec names, for a game (scripted strategies are per game).
 
     ``sampling`` (temperature, top_p, max_new_tokens) and ``seed`` apply to model players; ``constrain`` to local
     models (hf, vllm): True restricts answers to the game's declared answer sets, None follows the policy folder.
+    ``vllm_options`` go to a ``vllm:`` spec's engine if this call starts it (e.g. ``gpu_memory_utilization``).
     A local policy whose ``sampling`` is None or names no ``max_new_tokens`` answers at the length it was trained
     with on this game (:class:`~coop_rl.policy_folder.PolicyFolder`), else at ``DEFAULT_MAX_NEW_TOKENS``.
     """
@@ -48,7 +56,7 @@ def make_player(
     if backend == "vllm":
         from coop_rl.players.vllm_player import VLLMPlayer  # imports vllm itself only when an engine starts
 
-        return VLLMPlayer(spec, sampling=sampling, seed=seed, constrain=constrain)
+        return VLLMPlayer(spec, sampling=sampling, seed=seed, constrain=constrain, **(vllm_options or {}))
     return ScriptedPlayer(spec, game_name)
 
 

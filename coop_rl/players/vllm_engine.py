@@ -164,6 +164,8 @@ class VLLMEngine:
             logprobs_mode="raw_logprobs",  # the model's own distribution, not the temperature/top-p one
             enforce_eager=self.on_cpu if enforce_eager is None else enforce_eager,
         )
+        #: the share of GPU memory asked for (None: vLLM's own 0.9); a CPU engine sizes its cache by GiB instead
+        self.gpu_memory_utilization = gpu_memory_utilization
         if gpu_memory_utilization is not None and not self.on_cpu:
             options["gpu_memory_utilization"] = gpu_memory_utilization
         options.update(llm_kwargs)
