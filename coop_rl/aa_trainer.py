@@ -52,7 +52,7 @@ from coop_rl.opponents import (
 from coop_rl.players import SamplingConfig
 from coop_rl.players.base import Player, check_chat_template
 from coop_rl.policy_folder import POLICY_SETTINGS_FILE, write_policy_settings
-from coop_rl.precision import describe_device, precision_record
+from coop_rl.precision import describe_device, precision_record, weights_dtype
 from coop_rl.rollout import (
     LearnerTurn,
     Played,
@@ -94,7 +94,8 @@ class AATrainer(Trainer):
             from safetensors import SafetensorError
 
             try:
-                model = AutoModelForCausalLM.from_pretrained(model_id, dtype=torch.float32)
+                dtype = weights_dtype(args.resolved_precision, str(args.device), args.use_peft)
+                model = AutoModelForCausalLM.from_pretrained(model_id, dtype=getattr(torch, dtype))
             except SafetensorError as error:  # a truncated or corrupt weights file
                 raise ValueError(f"cannot load the weights in {model_id}: {error}") from None
         if processing_class is None:

@@ -12,6 +12,9 @@ minutes on an AVX2-only EPYC. So the rule is:
 ``precision: auto`` in a recipe (the default) applies that rule; ``float32`` or ``bfloat16`` force it, and so does
 the environment variable ``COOP_RL_PRECISION`` for every ``auto``. The choice
 and its reason are recorded beside the CPU's description in every run's info file and benchmark result.
+
+bf16 is mixed precision: the weights stay float32 and autocast runs the matmuls in bf16
+(:func:`weights_dtype` names the one exception, a LoRA base on a GPU).
 """
 
 from __future__ import annotations
@@ -164,6 +167,17 @@ def choose_precision(device: str = "cpu", requested: str = "auto", width: int = 
     return Precision(
         "float32", f"CPU with native bf16, but bf16 measured {speedup:.2f}x of float32 (< {BF16_MIN_SPEEDUP}x)"
     )
+
+
+def weights_dtype(precision: Precision, device: str, lora: bool) -> str:
+    """The dtype a trainer loads a model's weights in. float32, the optimizer's master weights, except the frozen
+    base under LoRA with bf16 on a GPU: bfloat16 there, half the memory (a 7B base takes 15 GB, not 30), as TRL
+    loads a hub model; peft keeps the adapter float32 (``autocast_adapter_dtype``). On a CPU the base stays
+    float32: a CPU model is small, and its float32 norms and embeddings keep the residual stream in float32 under
+    autocast, the path the CPU results were measured on."""
+    if lora and precision.bf16 and str(device).startswith("cuda"):
+        return "bfloat16"
+    return "float32"
 
 
 def precision_record(precision: Precision) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from coop_rl.precision import (
     describe_cpu,
     describe_device,
     has_native_bf16,
+    weights_dtype,
 )
 
 AVX2_EPYC = {"model": "AMD EPYC", "flags": ["avx2"], "cores": 2, "torch_threads": 2, "torch_cpu_capability": "AVX2"}
@@ -154,3 +155,34 @@ def test_a_gpu_whose_bf16_is_emulated_runs_float32(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # an A100, an H200
     assert choose_precision("cuda:0", "auto") == choose_precision("cuda", "auto")
     assert choose_precision("cuda", "auto").dtype == "bfloat16"
+
+
+def test_a_lora_base_loads_in_bf16_on_a_gpu_only():
+    bf16, fp32 = Precision("bfloat16", "test"), Precision("float32", "test")
+    assert weights_dtype(bf16, "cuda:0", lora=True) == "bfloat16"  # the frozen base: half the memory
+    assert weights_dtype(bf16, "cuda:0", lora=False) == "float32"  # an optimizer's master weights
+    assert weights_dtype(fp32, "cuda:0", lora=True) == "float32"
+    assert weights_dtype(bf16, "cpu", lora=True) == "float32"  # the CPU results' path
+
+
+def test_the_adapter_on_a_bf16_base_stays_float32_and_trains(tmp_path):
+    # What the GPU path does, on the CPU: a bfloat16 base, the trainer's LoRA, one autocast forward and backward.
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from coop_rl.aa_config import AAConfig
+    from coop_rl.opponents import add_lora
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
+    base = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    args = AAConfig(output_dir=str(tmp_path), max_steps=1, use_peft=True, lora_r=4, lora_alpha=8, report_to="none")
+    model = add_lora(base, args, num_seats=2)
+    dtypes = {(p.requires_grad, p.dtype) for p in model.parameters()}
+    assert dtypes == {(True, torch.float32), (False, torch.bfloat16)}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(input_ids=torch.tensor([[1, 2, 3, 4]]), labels=torch.tensor([[1, 2, 3, 4]])).loss
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
