@@ -180,17 +180,13 @@ class AATrainer(Trainer):
     @contextlib.contextmanager
     def _playing(self):
         """Around play (a rollout, an evaluation): the model whole on this process (ZeRO-3 shards it:
-        :func:`coop_rl.distributed.whole_weights`), in eval mode, with its weights fixed."""
+        :func:`coop_rl.distributed.whole_weights`), in eval mode, with its weights fixed, so that the hf engine
+        reuses the rules' cache from round to round (:meth:`coop_rl.players.hf.HFEngine.frozen_weights`)."""
+        hf = self.args.rollout_backend == "hf"
+        fixed = self.opponents.engine().frozen_weights() if hf else contextlib.nullcontext()
         model = self.accelerator.unwrap_model(self.model)
-        with whole_weights(self.model_wrapped, self.accelerator), playing(model), self._frozen_weights():
+        with whole_weights(self.model_wrapped, self.accelerator), playing(model), fixed:
             yield
-
-    def _frozen_weights(self):
-        """Around play with the weights fixed (a rollout, an evaluation): the hf engine reuses the rules' cache from
-        round to round (:meth:`coop_rl.players.hf.HFEngine.frozen_weights`)."""
-        if self.args.rollout_backend != "hf":
-            return contextlib.nullcontext()
-        return self.opponents.engine().frozen_weights()
 
     def _credit_rows(self, records, results, learner_seats, groups) -> dict[str, Any]:
         """Credit per learner (match, seat) and timestep, then per turn (:func:`coop_rl.rollout.assign_credit`)."""
