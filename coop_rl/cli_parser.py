@@ -204,7 +204,11 @@ def _add_init_model_command(sub: Any) -> None:
     )
     init_model.add_argument("--out", required=True, help="directory to save the model and tokenizer into")
     init_model.add_argument(
-        "--seed", type=int, default=None, help="seed of the data, initialisation and training (default 0)"
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the data, initialisation and training (default 0); with a pretrained kind's --warm-start, of "
+        "its corpus and data order (the initial draw of its LoRA adapter does not follow it)",
     )
     init_model.add_argument(
         "--data-scale",
