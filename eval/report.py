@@ -85,11 +85,13 @@ def write_eval(results: dict[str, Any], out_dir: str | Path) -> list[str]:
         plots.append(COOPERATION_PNG)
     results["plots"] = plots
     previous = _read_results(out)
-    if _about_the_same(previous, results) and "learned_exploiter" in previous and "learned_exploiter" not in results:
-        results["learned_exploiter"] = previous["learned_exploiter"]  # a learned exploiter of this policy: kept
+    if _about_the_same(previous, results) and "learned_exploiter" not in results:
+        kept = previous.get("learned_exploiter")
+        if kept is not None and _renders({**results, "learned_exploiter": kept}):
+            results["learned_exploiter"] = kept  # a learned exploiter of this policy: kept
     write_text_atomic(out / "results.json", json.dumps(json_ready(results), indent=1) + "\n")
     report = out / "report.md"
-    previous_exploit = split_exploit_section(report.read_text(encoding="utf-8"))[1] if report.exists() else ""
+    previous_exploit = split_exploit_section(_read_report(report))[1]
     text = eval_markdown(results)
     if previous_exploit and _about_the_same(
         _read_json(out / "exploit.json"), results
@@ -107,8 +109,8 @@ def write_exploit(result: dict[str, Any], out_dir: str | Path) -> list[str]:
     result["plots"] = [EXPLOIT_PNG]
     write_text_atomic(out / "exploit.json", json.dumps(json_ready(result), indent=1) + "\n")
     report = out / "report.md"
-    same = report.exists() and _about_the_same(_read_results(out), result)  # else another policy's report
-    rest = split_exploit_section(report.read_text(encoding="utf-8"))[0] if same else ""
+    same = _about_the_same(_read_results(out), result)  # else another policy's report
+    rest = split_exploit_section(_read_report(report))[0] if same else ""
     section = exploit_markdown(result)
     write_text_atomic(report, (rest.rstrip() + "\n\n" + section) if rest.strip() else section)
     return result["plots"]
@@ -117,6 +119,24 @@ def write_exploit(result: dict[str, Any], out_dir: str | Path) -> list[str]:
 def _read_results(out: Path) -> dict[str, Any]:
     """``out``/results.json, or {} when there is none (or it cannot be read)."""
     return _read_json(out / "results.json")
+
+
+def _read_report(path: Path) -> str:
+    """An earlier report.md, or "" when there is none or it cannot be read as text (then it is written anew)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def _renders(results: dict[str, Any]) -> bool:
+    """Whether the "Non-exploitability" section of ``results`` can be written: an earlier results.json is read, not
+    trusted, and an entry it holds that the section cannot show is dropped rather than copied on."""
+    try:
+        learned_exploit_markdown(results)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+        return False
+    return True
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -156,8 +176,8 @@ def write_learned_exploit(result: dict[str, Any], out_dir: str | Path) -> list[s
         return learned["plots"]
     write_text_atomic(out / "results.json", json.dumps(json_ready(result), indent=1) + "\n")
     report = out / "report.md"
-    same = report.exists() and _about_the_same(_read_json(out / "exploit.json"), result)  # its search's section
-    rest = split_exploit_section(report.read_text(encoding="utf-8"))[1] if same else ""
+    same = _about_the_same(_read_json(out / "exploit.json"), result)  # its search's section
+    rest = split_exploit_section(_read_report(report))[1] if same else ""
     section = learned_exploit_markdown(result)
     write_text_atomic(report, (rest.rstrip() + "\n\n" + section) if rest.strip() else section)
     return learned["plots"]

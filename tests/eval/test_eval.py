@@ -273,6 +273,30 @@ def test_a_report_never_mixes_two_settings_of_one_game(capsys, tmp_path):
     capsys.readouterr()
 
 
+def test_unreadable_or_malformed_earlier_reports_are_written_anew(capsys, tmp_path):
+    """What an output folder already holds is read, not trusted: a report.md that is not text, or a results.json
+    about the same task whose learned-exploiter entry the report cannot show, once crashed eval and exploit after
+    every match was played (a traceback, exit 1)."""
+    out = tmp_path / "run"
+    evaluation = ["eval", "--policy", "tft", "--game", "ipd", "--opponents", "alld", "--matches", "2"]
+    evaluation += ["--out", str(out)]
+    assert main([*evaluation, "--json"]) == 0
+    capsys.readouterr()
+    search = ["exploit", "--policy", "tft", "--game", "ipd", "--matches", "2", "--out", str(out)]
+    for command, heading in ((evaluation, "# Evaluation of `tft`"), (search, "## Exploitability of `tft`")):
+        (out / "report.md").write_bytes(b"\xe8\xff\x00 not text")
+        assert main([*command, "--json"]) == 0
+        json.loads(capsys.readouterr().out)  # one JSON object
+        assert heading in (out / "report.md").read_text(encoding="utf-8")
+    results = json.loads((out / "results.json").read_text())
+    for entry in (5, "x", [], None, {}, {"plots": []}):
+        (out / "results.json").write_text(json.dumps({**results, "learned_exploiter": entry}))
+        assert main(evaluation) == 0
+        assert "learned_exploiter" not in json.loads((out / "results.json").read_text()), entry  # dropped
+        assert "Non-exploitability" not in (out / "report.md").read_text()
+    capsys.readouterr()
+
+
 def test_suites_expand_and_deduplicate():
     assert resolve_opponents("tft,ipd-classic", "ipd")[:3] == ["tft", "allc", "alld"]
     assert len(resolve_opponents("ipd-classic,alld", "bos")) == 9
