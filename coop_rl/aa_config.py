@@ -263,8 +263,11 @@ class AAConfig(TrainingArguments):
             raise ValueError(  # a match alone in its group has no other to compare with: its baseline would be 0
                 "baseline loo needs group_size >= 2 (matches sharing a seed to compare); use baseline batch or none"
             )
-        if self.opponent == "frozen" and not self.opponents.strip():
+        named = [spec for spec in self.opponents.split(",") if spec.strip()]
+        if self.opponent == "frozen" and not named:
             raise ValueError("opponent='frozen' needs opponents (comma-separated player specs)")
+        if named and self.opponent != "frozen":  # else they would be ignored: the run would not be the one asked for
+            raise ValueError(f"opponents is for opponent frozen, not {self.opponent}")
         for name, low, strict in LOWER_BOUNDS:
             value = getattr(self, name)
             if not finite(value) or value < low or (strict and value == low):

@@ -32,6 +32,8 @@ LOWER_BOUNDS = (
     ("max_consecutive_faults", 1, False),
     # transformers' own settings that it does not check (a negative learning rate failed in the optimizer)
     ("learning_rate", 0.0, False),
+    ("adam_epsilon", 0.0, False),
+    ("dataloader_num_workers", 0, False),
     ("weight_decay", 0.0, False),
     ("max_grad_norm", 0.0, False),
     ("warmup_steps", 0, False),
@@ -52,6 +54,8 @@ RANGES = (
     ("top_p", 0.0, False, 1.0, True),
     ("lora_dropout", 0.0, True, 1.0, False),
     ("vllm_gpu_memory_utilization", 0.0, False, 1.0, True),
+    ("adam_beta1", 0.0, True, 1.0, False),  # torch's Adam refuses others, once the weights are loaded
+    ("adam_beta2", 0.0, True, 1.0, False),
     ("seed", 0, True, MAX_SEED, True),
     ("matches_per_iteration", 1, True, MAX_MATCHES, True),
 )

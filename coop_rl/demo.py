@@ -144,7 +144,9 @@ def _read_build_record(info_file: Path) -> dict[str, Any]:
     except (OSError, ValueError) as error:
         raise DemoError(f"cannot read {info_file}: {error}".splitlines()[0]) from None
     if not isinstance(info, dict):
-        raise DemoError(f"{info_file} is not a coop-rl build record (a JSON object); remove its folder or use --tiny")
+        raise DemoError(
+            f"{info_file} is not a coop-rl build record (a JSON object); remove its folder or point --tiny at another"
+        )
     return info
 
 

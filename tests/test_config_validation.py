@@ -57,6 +57,13 @@ def _train(model_dir, tmp_path, *extra, config=RECIPE):
         (["--game_params", "{not json"], ["game_params", "JSON"]),
         (["--opponent", "everyone"], ["opponent='everyone'", "self_play, pool, frozen"]),
         (["--opponent", "frozen"], ["opponents"]),
+        (["--opponent", "frozen", "--opponents", " , "], ["opponent='frozen' needs opponents"]),  # was randrange(0)
+        (["--opponents", "tft"], ["opponents is for opponent frozen, not self_play"]),  # else silently ignored
+        (["--opponent", "pool", "--opponents", "tft"], ["opponents is for opponent frozen, not pool"]),
+        (["--adam_beta1", "2"], ["adam_beta1=2.0: must be in [0, 1)"]),  # torch's Adam refused it after loading
+        (["--adam_beta2", "1"], ["adam_beta2=1.0: must be in [0, 1)"]),
+        (["--adam_epsilon", "-1"], ["adam_epsilon=-1.0: must be >= 0.0"]),
+        (["--dataloader_num_workers", "-1"], ["dataloader_num_workers=-1: must be >= 0"]),
         (["--credit", "magic"], ["credit='magic'", "aa, naive, sum"]),
         (["--baseline", "median"], ["baseline='median'", "loo, batch, none"]),
         (["--loss_type", "dpo"], ["loss_type='dpo'", "reinforce, ppo"]),
