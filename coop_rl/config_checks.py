@@ -89,7 +89,9 @@ def check_trackers(report_to: list[str] | str | None) -> None:
     """Every name of ``report_to`` is a tracker transformers knows (it says so only when the trainer is built)."""
     from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 
-    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    names = [report_to] if isinstance(report_to, str) else report_to or []
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ValueError(f"report_to={report_to!r}: expected a tracker's name or a list of them")
     unknown = [name for name in names if name not in INTEGRATION_TO_CALLBACK and name not in ("all", "none")]
     if unknown:
         raise ValueError(f"report_to={unknown[0]!r}: expected none, all or one of {', '.join(INTEGRATION_TO_CALLBACK)}")

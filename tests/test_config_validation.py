@@ -236,3 +236,12 @@ def test_resume_of_a_zero_checkpoint_with_another_number_of_processes_is_one_lin
     line = _error_line(capsys)
     assert "holds DeepSpeed ZeRO optimizer states of 2 processes, this run has 1" in line
     assert "accelerate launch --num_processes 2" in line
+
+
+@pytest.mark.parametrize("value", [{"a": 1}, [1], 5, ["tensorboard", ["x"]]])
+def test_report_to_that_names_no_tracker_is_refused_in_one_line(value):
+    # a recipe's `report_to: {a: 1}` once read "unhashable type: 'dict'"
+    from coop_rl.config_checks import check_trackers
+
+    with pytest.raises(ValueError, match=r"^report_to=.*: expected a tracker's name or a list of them$"):
+        check_trackers(value)
