@@ -308,6 +308,11 @@ class AAConfig(TrainingArguments):
             raise ValueError("kl_coef > 0 needs use_peft: the reference policy is the model with its adapter off")
         if self.play_eval_every and not [s for s in self.play_eval_opponents.split(",") if s.strip()]:
             raise ValueError("play_eval_every > 0 needs play_eval_opponents (comma-separated player specs)")
+        frozen = self.opponents.split(",") if self.opponent == "frozen" else []
+        evaluated = self.play_eval_opponents.split(",") if self.play_eval_every else []
+        engines = backend == "vllm" or any(spec.strip().startswith("vllm:") for spec in [*frozen, *evaluated])
+        if self.vllm_gpu_memory_utilization is not None and not engines:  # else silently unused
+            raise ValueError("vllm_gpu_memory_utilization is for rollout_backend vllm or vllm: opponents")
 
     def _resolve_precision(self) -> None:
         """Set ``bf16`` from ``precision`` (before TrainingArguments derives its mixed-precision mode from it)."""

@@ -86,6 +86,11 @@ def _train(model_dir, tmp_path, *extra, config=RECIPE):
         (["--use_peft", "true", "--lora_dropout", "1.5"], ["lora_dropout=1.5: must be in [0, 1)"]),
         (["--vllm_gpu_memory_utilization", "5"], ["vllm_gpu_memory_utilization=5.0: must be in (0, 1]"]),
         (["--vllm_gpu_memory_utilization", "nan"], ["vllm_gpu_memory_utilization=nan: must be in (0, 1]"]),
+        (["--vllm_gpu_memory_utilization", "0.5"],  # hf rollouts, no vllm: opponent: it would be silently unused
+         ["vllm_gpu_memory_utilization is for rollout_backend vllm or vllm: opponents"]),
+        (["--vllm_gpu_memory_utilization", "0.5", "--opponent", "frozen", "--opponents", "tft",
+          "--play_eval_every", "0", "--play_eval_opponents", "vllm:/no/such"],
+         ["vllm_gpu_memory_utilization is for rollout_backend vllm or vllm: opponents"]),
         (["--matches_per_iteration", "1000000002"], ["matches_per_iteration=1000000002: must be in [1, 1000000]"]),
         (["--max_consecutive_faults", "0"], ["max_consecutive_faults", ">= 1"]),
         (["--use_peft", "true", "--lora_target_modules", "q_proj,attn_c"],
@@ -245,3 +250,19 @@ def test_report_to_that_names_no_tracker_is_refused_in_one_line(value):
 
     with pytest.raises(ValueError, match=r"^report_to=.*: expected a tracker's name or a list of them$"):
         check_trackers(value)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"opponent": "frozen", "opponents": "tft, vllm:/models/x"},
+        {"play_eval_every": 5, "play_eval_opponents": "tft,vllm:/models/x"},
+        {"rollout_backend": "vllm", "use_peft": True, "constrain_answers": False},
+    ],
+)
+def test_a_vllm_memory_share_is_taken_where_a_vllm_engine_starts(settings, tmp_path):
+    from coop_rl.aa_config import AAConfig
+
+    config = AAConfig(output_dir=str(tmp_path), max_steps=1, report_to="none", vllm_gpu_memory_utilization=0.2,
+                      **settings)  # fmt: skip
+    assert config.vllm_gpu_memory_utilization == 0.2
