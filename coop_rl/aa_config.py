@@ -234,6 +234,12 @@ class AAConfig(TrainingArguments):
 
     def __post_init__(self) -> None:
         check_types(self)
+        # the bounds first: transformers' own checks of its fields (warmup_steps) name no bound
+        for name, low, strict in LOWER_BOUNDS:
+            value = getattr(self, name)
+            if not finite(value) or value < low or (strict and value == low):
+                raise ValueError(f"{name}={value}: must be {'>' if strict else '>='} {low}")
+        check_ranges(self)
         # The trainer's dataset is a range of placeholder indices: no model-signature filtering, and read in order
         # (a random sampler would permute every index up front).
         self.remove_unused_columns = False
@@ -252,7 +258,6 @@ class AAConfig(TrainingArguments):
         for name, (value, allowed) in checks.items():
             if value not in allowed:
                 raise ValueError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
-        check_ranges(self)
         if self.group_size < 1:
             raise ValueError("group_size must be >= 1")
         if self.matches_per_iteration % self.group_size:
@@ -268,10 +273,6 @@ class AAConfig(TrainingArguments):
             raise ValueError("opponent='frozen' needs opponents (comma-separated player specs)")
         if named and self.opponent != "frozen":  # else they would be ignored: the run would not be the one asked for
             raise ValueError(f"opponents is for opponent frozen, not {self.opponent}")
-        for name, low, strict in LOWER_BOUNDS:
-            value = getattr(self, name)
-            if not finite(value) or value < low or (strict and value == low):
-                raise ValueError(f"{name}={value}: must be {'>' if strict else '>='} {low}")
         for name in ("temperature", "top_p"):
             if getattr(self, name) != 1.0:
                 raise ValueError(

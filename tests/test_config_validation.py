@@ -62,6 +62,7 @@ def _train(model_dir, tmp_path, *extra, config=RECIPE):
         (["--opponent", "pool", "--opponents", "tft"], ["opponents is for opponent frozen, not pool"]),
         (["--adam_beta1", "2"], ["adam_beta1=2.0: must be in [0, 1)"]),  # torch's Adam refused it after loading
         (["--adam_beta2", "1"], ["adam_beta2=1.0: must be in [0, 1)"]),
+        (["--warmup_steps", "-1"], ["warmup_steps=-1.0: must be >= 0"]),  # transformers said "an integer or a float"
         (["--adam_epsilon", "-1"], ["adam_epsilon=-1.0: must be >= 0.0"]),
         (["--dataloader_num_workers", "-1"], ["dataloader_num_workers=-1: must be >= 0"]),
         (["--credit", "magic"], ["credit='magic'", "aa, naive, sum"]),
