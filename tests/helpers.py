@@ -1,4 +1,5 @@
-"""Small helpers shared by the tests: drive a game with scripted strategies, without the runner."""
+"""Small helpers shared by the tests: drive a game with scripted strategies, without the runner; a small random
+Qwen2 model; a free port; a running vLLM server."""
 
 from __future__ import annotations
 
@@ -63,6 +64,18 @@ def run_play_json(game: str, specs: list[str], *options: str, env: dict | None =
 
 
 VLLM_SERVER_START_TIMEOUT_S = 480.0  # generous: under `make test` another worker shares the cores
+
+
+def small_qwen2():
+    """A small random Qwen2 causal LM (vocabulary 64, width 32, 2 layers), the same weights every call (seed 0), in
+    train mode: for tests of code around a model that need no trained one."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
+    return Qwen2ForCausalLM(config)
 
 
 def copy_without_chat_template(model_dir: Path, out: Path) -> Path:

@@ -12,6 +12,8 @@ import torch
 from coop_rl.loss import token_entropy
 from coop_rl.loss_batch import batch_rows, constrained_support, token_logprobs
 
+from helpers import small_qwen2
+
 PREFIX = list(range(10, 20))  # a common opening of 10 tokens (the rules, in a real prompt)
 
 
@@ -82,12 +84,7 @@ def test_constrained_support_restricts_only_the_constrained_positions():
 
 
 def _model():
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
-    return Qwen2ForCausalLM(config)
+    return small_qwen2()
 
 
 def _whole_row_logprobs(model, row):

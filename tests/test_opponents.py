@@ -21,6 +21,8 @@ from coop_rl.opponents import (
 )
 from coop_rl.players import Player, SamplingConfig
 
+from helpers import small_qwen2
+
 
 def _config(tmp_path, **overrides):
     from coop_rl.aa_config import AAConfig
@@ -30,12 +32,7 @@ def _config(tmp_path, **overrides):
 
 
 def _model():
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
-    return Qwen2ForCausalLM(config).eval()
+    return small_qwen2().eval()
 
 
 def _tokenizer():

@@ -168,15 +168,13 @@ def test_a_lora_base_loads_in_bf16_on_a_gpu_only():
 def test_the_adapter_on_a_bf16_base_stays_float32_and_trains(tmp_path):
     # What the GPU path does, on the CPU: a bfloat16 base, the trainer's LoRA, one autocast forward and backward.
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from coop_rl.aa_config import AAConfig
     from coop_rl.opponents import add_lora
 
-    torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
-    base = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    from helpers import small_qwen2
+
+    base = small_qwen2().to(torch.bfloat16)
     args = AAConfig(output_dir=str(tmp_path), max_steps=1, use_peft=True, lora_r=4, lora_alpha=8, report_to="none")
     model = add_lora(base, args, num_seats=2)
     dtypes = {(p.requires_grad, p.dtype) for p in model.parameters()}

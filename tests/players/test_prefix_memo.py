@@ -8,17 +8,15 @@ import torch
 
 from coop_rl.players.prefix_memo import PrefixMemo, common_length, weights_state
 
+from helpers import small_qwen2
+
 RULES = list(range(10, 22))  # 12 tokens every opening starts with
 
 
 def _model():
     from peft import LoraConfig, get_peft_model
-    from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
-    model = get_peft_model(Qwen2ForCausalLM(config), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    model = get_peft_model(small_qwen2(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     model.add_adapter("other", LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     for name, parameter in model.named_parameters():
         if "lora_B" in name:  # B starts at zero (a no-op adapter): make both adapters change the keys and values
