@@ -268,10 +268,9 @@ class AAConfig(TrainingArguments):
             raise ValueError(  # a match alone in its group has no other to compare with: its baseline would be 0
                 "baseline loo needs group_size >= 2 (matches sharing a seed to compare); use baseline batch or none"
             )
-        named = [spec for spec in self.opponents.split(",") if spec.strip()]
-        if self.opponent == "frozen" and not named:
+        if self.opponent == "frozen" and not self.opponent_specs:
             raise ValueError("opponent='frozen' needs opponents (comma-separated player specs)")
-        if named and self.opponent != "frozen":  # else they would be ignored: the run would not be the one asked for
+        if self.opponent_specs and self.opponent != "frozen":  # else they would be ignored
             raise ValueError(f"opponents is for opponent frozen, not {self.opponent}")
         for name in ("temperature", "top_p"):
             if getattr(self, name) != 1.0:
@@ -307,11 +306,9 @@ class AAConfig(TrainingArguments):
             raise ValueError(f"rollout_servers is for rollout_backend vllm_server, not {backend}")
         if self.kl_coef > 0 and not self.use_peft:
             raise ValueError("kl_coef > 0 needs use_peft: the reference policy is the model with its adapter off")
-        if self.play_eval_every and not [s for s in self.play_eval_opponents.split(",") if s.strip()]:
+        if self.play_eval_every and not self.play_eval_specs:
             raise ValueError("play_eval_every > 0 needs play_eval_opponents (comma-separated player specs)")
-        frozen = self.opponents.split(",") if self.opponent == "frozen" else []
-        evaluated = self.play_eval_opponents.split(",") if self.play_eval_every else []
-        engines = backend == "vllm" or any(spec.strip().startswith("vllm:") for spec in [*frozen, *evaluated])
+        engines = backend == "vllm" or any(spec.startswith("vllm:") for spec in self.played_specs())
         if self.vllm_gpu_memory_utilization is not None and not engines:  # else silently unused
             raise ValueError("vllm_gpu_memory_utilization is for rollout_backend vllm or vllm: opponents")
 
@@ -361,6 +358,22 @@ class AAConfig(TrainingArguments):
             make_game(self.game, **params)
         except ValueError as error:
             raise ValueError(f"game_params: {error}") from None
+
+    @property
+    def opponent_specs(self) -> list[str]:
+        """The player specs of ``opponents`` (blanks dropped), whatever ``opponent`` is."""
+        return [spec.strip() for spec in self.opponents.split(",") if spec.strip()]
+
+    @property
+    def play_eval_specs(self) -> list[str]:
+        """The player specs of ``play_eval_opponents`` (blanks dropped), whatever ``play_eval_every`` is."""
+        return [spec.strip() for spec in self.play_eval_opponents.split(",") if spec.strip()]
+
+    def played_specs(self) -> list[str]:
+        """The player specs this run makes: the frozen opponents (opponent frozen), then the in-training
+        evaluation's (play_eval_every > 0)."""
+        frozen = self.opponent_specs if self.opponent == "frozen" else []
+        return frozen + (self.play_eval_specs if self.play_eval_every else [])
 
     @property
     def num_seats(self) -> int:

@@ -334,7 +334,7 @@ class AATrainer(Trainer):
         args, logs = self.args, {}
         live = self._live_player()
         with self._playing():
-            for spec in [s.strip() for s in args.play_eval_opponents.split(",") if s.strip()]:
+            for spec in args.play_eval_specs:
                 seats = [live] + [self.opponents.frozen_player(spec, for_eval=True)] * (self.num_seats - 1)
                 matches = args.play_eval_matches
                 results = run_matches(args.game, self.game_params, seats, matches=matches, seed=args.seed)

@@ -287,7 +287,7 @@ class Opponents:
                 if self.pool and self.rng.random() < args.pool_prob:
                     key = f"pool:{self.rng.randrange(len(self.pool))}"
             else:
-                specs = [s.strip() for s in args.opponents.split(",") if s.strip()]
+                specs = args.opponent_specs
                 key = f"frozen:{specs[self.rng.randrange(len(specs))]}"
             plan.append(((learner_seat,), key))
         return plan

@@ -236,9 +236,7 @@ def _check_opponents(config: AAConfig) -> None:
     """The frozen opponents and the in-training evaluation's opponents name players that can be made."""
     from coop_rl.players import check_player_spec
 
-    lists = [config.opponents if config.opponent == "frozen" else ""]
-    lists.append(config.play_eval_opponents if config.play_eval_every else "")
-    for spec in [s.strip() for specs in lists for s in specs.split(",") if s.strip()]:
+    for spec in config.played_specs():
         try:
             check_player_spec(spec, config.game)
         except ValueError as error:
