@@ -99,8 +99,8 @@ class AAConfig(TrainingArguments):
             "each started as VLLM_ALLOW_RUNTIME_LORA_UPDATING=True vllm serve BASE_MODEL --enable-lora "
             "--max-lora-rank R --max-loras P --max-cpu-loras 2P --logprobs-mode raw_logprobs --generation-config vllm "
             "(BASE_MODEL: model_name_or_path; R >= lora_r; P >= the training processes; on CPU add --dtype float32); "
-            "the adapter is saved under output_dir, which every server must be able to read. Each iteration's "
-            "matches are split evenly across them."
+            "the adapter is saved under output_dir, which every server must be able to read. Each batch of "
+            "turns the learner answers is split evenly across them."
         },
     )
     vllm_gpu_memory_utilization: float | None = field(
@@ -125,8 +125,9 @@ class AAConfig(TrainingArguments):
     constrain_answers: bool = field(
         default=False,
         metadata={
-            "help": "Restrict the learner's answers to the game's finite set of valid answers where there is one (the "
-            "option labels of a matrix game) and train the policy renormalised over them, as guided decoding does."
+            "help": "Restrict the learner's answers to the game's finite set of valid answers where there is one (a "
+            "matrix game's option labels, a proposal of tas or split, an spgg contribution level) and train the policy "
+            "renormalised over them, as guided decoding does."
         },
     )
 

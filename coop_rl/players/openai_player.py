@@ -14,6 +14,11 @@ at INFO on its own logger. Timeouts, connection errors, HTTP 429 and 5xx, and ma
 exponential backoff; any other HTTP error (401, 404 unknown model, 400 prompt too long, ...) fails fast. A request
 that still fails raises :class:`OpenAIPlayerError` from ``act()``: a failure never turns into an empty answer.
 An answer whose content is empty or ``None`` is a valid (empty) answer, which the game counts as invalid.
+
+``timeout_s`` bounds a whole attempt (connection, headers and body), not only each read: the HTTP client's own
+timeouts are per read, and a server that trickles a byte every few seconds would keep an attempt alive without end
+(:mod:`coop_rl.players.http_deadline` ends it when bytes arrive past the deadline; a silent server is cut off by
+the per-read timeout, so an attempt lasts at most about twice ``timeout_s``).
 """
 
 from __future__ import annotations
@@ -76,7 +81,7 @@ class OpenAIPlayer(Player):
         model: the served model name (what the server's ``/v1/models`` lists).
         base_url: the API root, e.g. ``http://127.0.0.1:8000/v1``.
         temperature, top_p, max_new_tokens: sampling parameters (``max_new_tokens`` is sent as ``max_tokens``).
-        timeout_s: per-request timeout in seconds.
+        timeout_s: the time one attempt may take in seconds, body included (see the module's docstring).
         max_retries: retries after the first attempt (so at most ``max_retries + 1`` requests per turn).
         concurrency: at most this many requests in flight at once.
         api_key_env: the environment variable holding the key (read once, here).
@@ -108,7 +113,9 @@ class OpenAIPlayer(Player):
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
-        from openai import OpenAI
+        from openai import DefaultHttpx2Client, OpenAI
+
+        from coop_rl.players.http_deadline import DeadlineTransport
 
         self.model = model
         self.base_url = base_url.rstrip("/")
@@ -125,7 +132,10 @@ class OpenAIPlayer(Player):
         self._where = f"{redact_url(self.base_url)} (model {model!r})"
         # The key goes to the client and nowhere else (not an attribute of the player).
         api_key = os.environ.get(api_key_env) or "EMPTY"
-        self._client = OpenAI(base_url=self.base_url, api_key=api_key, timeout=timeout_s, max_retries=0)
+        self._client = OpenAI(
+            base_url=self.base_url, api_key=api_key, timeout=timeout_s, max_retries=0,
+            http_client=DefaultHttpx2Client(transport=DeadlineTransport(timeout_s)),
+        )  # fmt: skip
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="openai-player")
         self._closed = False
         self._aborts: set[threading.Event] = set()  # one per act() in progress; close() sets them all

@@ -45,6 +45,7 @@ class Reply:
     delay: float = 0.0
     content_type: str = "application/json"
     headers: dict[str, str] | None = None
+    trickle: float = 0.0  # > 0: the body is sent one byte at a time, this many seconds apart
 
 
 def completion(text: str | None) -> dict[str, Any]:
@@ -121,15 +122,26 @@ class FakeServer:
                         for key, value in (reply.headers or {}).items():
                             self.send_header(key, value)
                         self.end_headers()
-                        self.wfile.write(payload)
+                        self.send_body(payload, reply.trickle)
                     except OSError:  # the client gave up (timeout) and closed the connection
-                        pass
+                        with server.lock:
+                            server.hung_up += 1
                 finally:
                     if not answered:
                         with server.lock:
                             server.in_flight -= 1
                     with server.lock:
                         server.settled.notify_all()
+
+            def send_body(self, payload: bytes, trickle: float) -> None:
+                if not trickle:
+                    self.wfile.write(payload)
+                    return
+                for k in range(len(payload)):
+                    if server.stopping.wait(trickle):
+                        return
+                    self.wfile.write(payload[k : k + 1])
+                    self.wfile.flush()
 
             def client_hangs_up_within(self, delay: float) -> bool:
                 """Wait ``delay`` seconds before replying, or until the client closes the connection (True)."""
@@ -335,6 +347,23 @@ def test_timeout_is_retried_then_raises(fake_server):
     assert server.count == 2
     assert server.hung_up == 2  # each attempt closed its connection while the server still held the reply back
     assert_clear_error(info.value, server, "timed out", "2 attempt")
+
+
+def test_a_trickling_answer_times_out_as_a_whole(fake_server):
+    # a byte every 50 ms never trips a per-read timeout; the whole body would take about 10 s
+    server = fake_server(lambda n, body: Reply(trickle=0.05))
+    with pytest.raises(OpenAIPlayerError) as info:
+        act_once(server, timeout_s=0.5, max_retries=1)
+    with server.settled:  # each attempt closed its connection mid-body (the server sees it at its next write)
+        assert server.settled.wait_for(lambda: server.hung_up == 2, 10)
+    assert server.count == 2
+    assert_clear_error(info.value, server, "timed out after 0.5 s", "2 attempt")
+
+
+def test_a_slow_whole_answer_within_the_deadline_counts(fake_server):
+    server = fake_server(lambda n, body: Reply(trickle=0.001, text="D"))  # about 0.3 s for the whole body
+    assert [a.text for a in act_once(server, timeout_s=20)] == ["D"]
+    assert (server.count, server.hung_up) == (1, 0)
 
 
 def test_timeout_then_ok(fake_server):
