@@ -229,7 +229,9 @@ class AAConfig(TrainingArguments):
         metadata={
             "help": "A non-finite (NaN/inf) loss or gradient skips that optimizer step (weights unchanged, a warning, "
             "the metric fault/skipped_steps); this many consecutive faults stop the run with an error, before any "
-            "checkpoint of the faulty state is written."
+            "checkpoint of the faulty state is written. Under fp16 a gradient overflow is the loss scaler's to "
+            "skip, not a fault; under DeepSpeed the first non-finite loss stops the run (its engine steps inside "
+            "backward, before the guard can look)."
         },
     )
 

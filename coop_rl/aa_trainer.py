@@ -32,6 +32,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCa
 
 from coop_rl.aa_config import AAConfig
 from coop_rl.atomic_files import write_text_atomic
+from coop_rl.config_checks import check_processes
 from coop_rl.distributed import gathered, whole_weights, zero_stage
 from coop_rl.fault_guard import FaultGuard, NumericalFaultError
 from coop_rl.loss import loss_metrics, merge_identical_turns, token_loss
@@ -117,21 +118,7 @@ class AATrainer(Trainer):
         # compute_loss returns the micro-batch's share of the iteration's loss (already normalised over every
         # generated token of the iteration), so the Trainer must not divide it by the accumulation steps again.
         self.loss_is_scaled_for_ga = True
-        if zero_stage(self.accelerator) == 3 and args.opponent == "pool":
-            raise ValueError(  # the pool's copies would be ZeRO-3's empty shards
-                "opponent pool copies the learner's weights, which ZeRO-3 shards: use zero2, or another opponent"
-            )
-        if args.seat_adapters and self.accelerator.num_processes > 1:
-            raise ValueError(  # DDP's reducer marks a weight ready once per backward, and one runs per seat here
-                "seat_adapters trains on one process: its loss runs a forward pass per seat's adapter before one "
-                "backward, which DDP and DeepSpeed refuse"
-            )
-        num_groups, world = args.matches_per_iteration // args.group_size, self.accelerator.num_processes
-        if num_groups % world:  # each process plays whole seed groups: the baseline needs them
-            raise ValueError(
-                f"{num_groups} seed groups (matches_per_iteration / group_size) cannot be split evenly over {world} "
-                "processes: make them a multiple of the process count"
-            )
+        check_processes(args, self.accelerator.num_processes, zero_stage(self.accelerator))
         self.sampling = SamplingConfig(args.temperature, args.top_p, args.max_new_tokens)
         self.opponents = Opponents(  # the model through a function: DDP or DeepSpeed wrap it later
             args, self.num_seats, lambda: self.accelerator.unwrap_model(self.model), processing_class, self.sampling,
@@ -142,7 +129,8 @@ class AATrainer(Trainer):
         self._metrics = MetricLog()
         self._iteration_started, self._iteration_scoring_s = 0.0, 0.0
         self._run_info_written = self._trajectory_dir_clean = False
-        self._faults = FaultGuard(args.max_consecutive_faults, self.is_deepspeed_enabled, self._on_any_process)
+        scaled = self.accelerator.scaler is not None  # fp16's loss scaler: it skips the steps the guard marks
+        self._faults = FaultGuard(args.max_consecutive_faults, self.is_deepspeed_enabled, self._on_any_process, scaled)
         # The loss runs the rows' shared prompt prefix once, then each distinct prompt once (exact; see
         # loss_batch.token_logprobs). One process only: a second forward call before backward is outside what DDP
         # and DeepSpeed's engines are tested for. Not under gradient checkpointing either: its layers drop the cache

@@ -1,6 +1,6 @@
 """The checks of a training configuration that read its values alone (:class:`coop_rl.aa_config.AAConfig` calls
-them): types of YAML values, numeric lower bounds, tracker names and vLLM server URLs. Each raises ValueError in
-one line that names the setting."""
+them): types of YAML values, numeric lower bounds, tracker names and vLLM server URLs; and what the launch rules out
+(:func:`check_processes`, which the trainer calls). Each raises ValueError in one line that names the setting."""
 
 from __future__ import annotations
 
@@ -140,3 +140,28 @@ def check_types(config: Any) -> None:
         if not ok:
             expected = " or ".join(_TYPE_NAMES[o] for o in options) + (" or null" if optional else "")
             raise ValueError(f"{item.name}={value!r}: expected {expected}, got {type(value).__name__}")
+
+
+def check_processes(config: Any, num_processes: int, zero_stage: int | None) -> None:
+    """What the launch (its process count, its ZeRO stage) rules out, checked when the trainer is built: a
+    ValueError naming the setting, before any rollout."""
+    if zero_stage == 3 and config.opponent == "pool":  # the pool's copies would be ZeRO-3's empty shards
+        raise ValueError(
+            "opponent pool copies the learner's weights, which ZeRO-3 shards: use zero2, or another opponent"
+        )
+    if num_processes == 1:
+        return
+    if config.seat_adapters:  # DDP's reducer marks a weight ready once per backward, and one runs per seat here
+        raise ValueError(
+            "seat_adapters trains on one process: its loss runs a forward pass per seat's adapter before one "
+            "backward, which DDP and DeepSpeed refuse"
+        )
+    num_groups = config.matches_per_iteration // config.group_size
+    if num_groups % num_processes:  # each process plays whole seed groups: the baseline needs them
+        raise ValueError(
+            f"{num_groups} seed groups (matches_per_iteration / group_size) cannot be split evenly over "
+            f"{num_processes} processes: make them a multiple of the process count"
+        )
+    engines = [spec.strip() for spec in config.played_specs() if spec.strip().startswith("vllm:")]
+    if engines:  # a second engine in a rank's process would start on the first GPU, whatever the rank's device
+        raise ValueError(f"{engines[0]}: vllm: opponents need one process; under several, serve them as openai: specs")

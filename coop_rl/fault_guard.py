@@ -6,7 +6,13 @@ accumulated, skips that optimizer step: the gradients are dropped (set to None, 
 moment update, no weight decay, weights unchanged), a warning is logged and the count of skipped steps (the metric
 ``fault/skipped_steps``) goes up. ``max_consecutive_faults`` faulty steps in a row raise
 :class:`NumericalFaultError` before the step and before any checkpoint of it. Under DeepSpeed the engine steps
-inside backward, so there the guard can only stop the run at the first fault it sees.
+inside backward, so there the guard can only stop the run at the first fault it sees, and it sees a non-finite loss
+only (the engine has applied and cleared the gradients by then).
+
+Under fp16 mixed precision a loss scaler (torch's ``GradScaler``) steps the optimizer: a step whose scaled
+gradients overflow is how it finds its scale (it skips the step and halves the scale), not a fault, so there only
+a non-finite loss is one. The scaler skips only what it sees: a faulty step's gradients are set to NaN for it, not
+dropped (a scaler that finds no gradient to check raises "No inf checks were recorded for this optimizer").
 """
 
 from __future__ import annotations
@@ -27,14 +33,20 @@ class FaultGuard:
     """Counts faulty optimizer steps and drops their gradients (see the module docstring).
 
     ``any_process`` turns this process's verdict into the verdict of all processes (every process skips, or none
-    does); ``steps_inside_backward`` is true under DeepSpeed, whose engine has stepped before the guard can look.
+    does); ``steps_inside_backward`` is true under DeepSpeed, whose engine has stepped before the guard can look;
+    ``loss_scaled`` is true under fp16's loss scaler, which skips the steps the guard marks.
     """
 
     def __init__(
-        self, limit: int, steps_inside_backward: bool, any_process: Callable[[bool], bool] = lambda faulty: faulty
+        self,
+        limit: int,
+        steps_inside_backward: bool,
+        any_process: Callable[[bool], bool] = lambda faulty: faulty,
+        loss_scaled: bool = False,
     ) -> None:
         self.limit = limit
         self.steps_inside_backward = steps_inside_backward
+        self.loss_scaled = loss_scaled
         self.any_process = any_process
         self.skipped_steps = 0
         self.consecutive = 0
@@ -48,15 +60,18 @@ class FaultGuard:
         """After the last micro-batch of optimizer step ``step``: whether it is skipped (its gradients dropped).
         Raises :class:`NumericalFaultError` when the run must stop."""
         grads = [p.grad for p in model.parameters() if p.grad is not None]
-        faulty = self._loss_fault or not all(bool(torch.isfinite(g).all()) for g in grads)
+        overflow = not self.loss_scaled and not all(bool(torch.isfinite(g).all()) for g in grads)
+        faulty = self.any_process(self._loss_fault or overflow)
         self._loss_fault = False
-        faulty = self.any_process(faulty)
         self.consecutive = self.consecutive + 1 if faulty else 0
         self.skipped_steps += faulty
         if not faulty:
             return False
         for parameter in model.parameters():
-            parameter.grad = None
+            if not self.loss_scaled:
+                parameter.grad = None
+            elif parameter.grad is not None:
+                parameter.grad.fill_(float("nan"))  # the scaler sees an overflow and skips the step
         logger.warning(
             "non-finite loss or gradient in the iteration of step %d: optimizer step skipped (%d in a row, stop at "
             "%d; %d skipped in all)", step, self.consecutive, self.limit, self.skipped_steps,

@@ -20,7 +20,6 @@ from typing import Any
 import torch
 
 from coop_rl.atomic_files import atomic_path, write_text_atomic
-from coop_rl.errors import UsageError
 from coop_rl.players import SamplingConfig, make_player
 from coop_rl.players.base import Player
 from coop_rl.players.hf import HFEngine, HFPlayer
@@ -318,9 +317,6 @@ class Opponents:
         """A fixed opponent by player spec (one per spec for the run). The in-training evaluation has its own, so
         that it draws nothing from the training opponents' random state."""
         players = self._eval_players if for_eval else self._frozen_players
-        if spec not in players and self.world_size > 1 and spec.strip().startswith("vllm:"):
-            # a second engine in a rank's process would start on the first GPU, whatever the rank's device
-            raise UsageError(f"{spec}: vllm: opponents need one process; under several, serve them as openai: specs")
         if spec not in players:
             share = {"gpu_memory_utilization": self.vllm_memory_share()}  # not vLLM's 0.9 beside a trainer
             players[spec] = make_player(spec, self.args.game, self.sampling, self.seed_of(0), vllm_options=share)
@@ -346,7 +342,7 @@ class Opponents:
                         state[name].copy_(value)
                 for parameter in frozen.parameters():
                     parameter.requires_grad_(False)
-                copy_engine = HFEngine.from_model(frozen, engine.tokenizer)
+                copy_engine = HFEngine.from_model(frozen, engine.tokenizer, engine.precision)  # as the learner samples
                 player = LivePolicyPlayer(copy_engine, self.sampling, self.seed_of(index), f"pool[{index}]", constrain)
                 self._pool_players[index] = player
             self._pool_players[index].reseed(self._rollout_seed)

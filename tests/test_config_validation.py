@@ -7,6 +7,7 @@ a check that comes too late shows up as a test failure, not as a slow pass.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -267,3 +268,31 @@ def test_a_vllm_memory_share_is_taken_where_a_vllm_engine_starts(settings, tmp_p
     config = AAConfig(output_dir=str(tmp_path), max_steps=1, report_to="none", vllm_gpu_memory_utilization=0.2,
                       **settings)  # fmt: skip
     assert config.vllm_gpu_memory_utilization == 0.2
+
+
+@pytest.mark.parametrize(
+    "settings,processes,zero_stage,refusal",
+    [
+        # a second vLLM engine in a rank's process would start on the first GPU, whatever the rank's device; the
+        # in-training evaluation's opponent was refused only at the first evaluation, after that much training
+        ({"opponent": "frozen", "opponents": "tft, vllm:/models/x"}, 2, None, "vllm:/models/x: vllm: opponents need"),
+        ({"play_eval_every": 5, "play_eval_opponents": "tft,vllm:/models/x"}, 2, 2, "vllm:/models/x: vllm: opponents"),
+        ({"play_eval_every": 5, "play_eval_opponents": "tft,vllm:/models/x"}, 1, None, None),
+        ({"opponent": "frozen", "opponents": "tft,alld"}, 2, 3, None),
+        ({"opponent": "pool"}, 1, 3, "opponent pool copies the learner's weights, which ZeRO-3 shards"),
+        ({"opponent": "pool"}, 2, 2, None),
+        ({"use_peft": True, "seat_adapters": True}, 2, None, "seat_adapters trains on one process"),
+        ({"matches_per_iteration": 24, "group_size": 8}, 2, None, "3 seed groups (matches_per_iteration / group_size)"),
+        ({"matches_per_iteration": 24, "group_size": 8}, 3, None, None),
+    ],
+)
+def test_what_the_launch_rules_out_is_refused_before_a_rollout(settings, processes, zero_stage, refusal, tmp_path):
+    from coop_rl.aa_config import AAConfig
+    from coop_rl.config_checks import check_processes
+
+    config = AAConfig(output_dir=str(tmp_path), max_steps=1, report_to="none", **settings)
+    if refusal is None:
+        check_processes(config, processes, zero_stage)
+    else:
+        with pytest.raises(ValueError, match="^" + re.escape(refusal)):
+            check_processes(config, processes, zero_stage)

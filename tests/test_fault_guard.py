@@ -53,3 +53,43 @@ def test_every_process_skips_when_any_process_found_a_fault():
     guard = FaultGuard(limit=3, steps_inside_backward=False, any_process=lambda faulty: True)  # another rank's
     model = model_with_grad(1.0)
     assert guard.check_step(model, 1) is True and all(p.grad is None for p in model.parameters())
+
+
+def test_under_fp16s_loss_scaler_an_overflow_is_its_own_and_a_faulty_step_is_skipped_by_it():
+    model = torch.nn.Linear(2, 1)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    guard = FaultGuard(limit=3, steps_inside_backward=False, loss_scaled=True)
+    # an overflow of the scaled gradients (the loss finite): how the scaler finds its scale, not a fault
+    loss = model(torch.ones(1, 2)).sum()
+    scaler.scale(loss).backward()
+    for parameter in model.parameters():
+        parameter.grad.fill_(float("inf"))
+    guard.note_loss(loss)
+    assert guard.check_step(model, 1) is False and guard.skipped_steps == 0
+    scaler.step(optimizer)
+    scaler.update()
+    assert scaler.get_scale() == 2.0**15
+    # a non-finite loss is a fault: its gradients (finite here) are set to NaN, so the scaler skips the step
+    optimizer.zero_grad()
+    scaler.scale(model(torch.ones(1, 2)).sum()).backward()
+    guard.note_loss(torch.tensor(float("nan")))
+    assert guard.check_step(model, 2) is True and guard.skipped_steps == 1
+    scaler.step(optimizer)  # dropped gradients (None) would raise "No inf checks were recorded for this optimizer"
+    scaler.update()
+    assert scaler.get_scale() == 2.0**14
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+    assert optimizer.state == {}  # no step reached AdamW
+
+
+def test_a_scaler_finds_nothing_to_check_in_dropped_gradients():
+    # why the guard fills the gradients with NaN under the scaler instead of dropping them
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+    scaler.scale(model(torch.ones(1, 2)).sum()).backward()
+    for parameter in model.parameters():
+        parameter.grad = None
+    with pytest.raises(AssertionError, match="No inf checks were recorded for this optimizer"):
+        scaler.step(optimizer)

@@ -130,7 +130,7 @@ def test_pool_entries_under_lora_are_adapters_on_the_live_model(tmp_path):
 
 
 def test_pool_entries_without_lora_are_frozen_copies(tmp_path):
-    args = _config(tmp_path, opponent="pool", pool_every=1)
+    args = _config(tmp_path, opponent="pool", pool_every=1, precision="bfloat16")
     model = _model()
     for parameter in model.parameters():
         parameter.requires_grad_(True)
@@ -142,6 +142,8 @@ def test_pool_entries_without_lora_are_frozen_copies(tmp_path):
     assert isinstance(player, LivePolicyPlayer) and player.spec == "pool[0]"
     assert player.engine.model is not model and not any(p.requires_grad for p in player.engine.model.parameters())
     assert torch.equal(_logits(player.engine.model), _logits(past))
+    # a past copy samples in the learner's precision, not the machine's automatic choice
+    assert player.engine.precision == opponents.engine().precision and player.engine.precision.dtype == "bfloat16"
 
 
 def test_seat_adapters_play_each_seat_under_its_adapter(tmp_path):
@@ -191,17 +193,6 @@ def test_the_pool_grows_every_pool_every_rollouts(tmp_path, step, grows):
     model = torch.nn.Linear(2, 1)
     opponents.grow(model, step)
     assert len(opponents.pool) == int(grows)
-
-
-def test_vllm_opponents_are_refused_under_several_processes(tmp_path):
-    # Each would start a second engine in the rank's process, on the first GPU whatever the rank's device.
-    from coop_rl.errors import UsageError
-
-    args = _config(tmp_path, opponent="frozen", opponents="vllm:/models/x")
-    opponents = Opponents(args, 2, lambda: _model(), _tokenizer(), SamplingConfig(), lambda salt: salt, 1, 2)
-    with pytest.raises(UsageError, match="vllm: opponents need one process; under several, serve them as openai:"):
-        opponents.frozen_player("vllm:/models/x")
-    assert opponents.frozen_player("tft").spec == "tft"  # other opponents are fine
 
 
 class _SeedRecorder(Player):
