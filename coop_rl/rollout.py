@@ -231,13 +231,15 @@ def rollout_metrics(played: Played, scored: dict[str, Any], num_seats: int) -> d
     learner_returns = [sum(results[m].rewards[s]) for m, seats in enumerate(learner_seats) for s in seats]
     out["rollout/learner_return"] = sum(learner_returns) / max(1, len(learner_returns))
     out["rollout/invalid_rate"] = sum(not r.valid for r in records) / max(1, len(records))
+    # rates pooled over rounds, as play and eval pool them (runner.pooled_over_rounds)
     coop = [r.metrics.get("cooperation_rate") for r in results]
     if coop and coop[0] is not None:
-        rates = [c[s] for m, c in enumerate(coop) for s in learner_seats[m]]
-        out["rollout/cooperation_rate"] = sum(rates) / len(rates)
+        rounds = [(c[s], len(results[m].rewards[s])) for m, c in enumerate(coop) for s in learner_seats[m]]
+        out["rollout/cooperation_rate"] = sum(rate * n for rate, n in rounds) / max(1, sum(n for _, n in rounds))
     mutual = [r.metrics.get("mutual_cooperation_rate") for r in results]
     if mutual and mutual[0] is not None:
-        out["rollout/mutual_cooperation_rate"] = sum(mutual) / len(mutual)
+        rounds = [(rate, len(result.rewards[0])) for rate, result in zip(mutual, results, strict=True)]
+        out["rollout/mutual_cooperation_rate"] = sum(rate * n for rate, n in rounds) / max(1, sum(n for _, n in rounds))
     for seat in range(num_seats):
         seat_returns = [sum(result.rewards[seat]) for result in results]
         out[f"rollout/return_seat{seat}"] = sum(seat_returns) / max(1, len(seat_returns))

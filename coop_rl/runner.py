@@ -203,8 +203,24 @@ def aggregate_metrics(results: Sequence[MatchResult]) -> dict[str, Any]:
     return out
 
 
+def pooled_over_rounds(results: Sequence[MatchResult], key: str | None, seat: int) -> float | None:
+    """A seat's per-round rate over ``results`` (a per-match, per-seat metric ``key``: the fraction of cooperative
+    rounds, a mean contribution or claim) pooled over rounds, sum_m rate_m * rounds_m / sum_m rounds_m: a one-round
+    match under ``continuation < 1`` weighs one round, not as much as a ten-round one. None where a match lacks it.
+    ``play``, ``tournament``, ``eval`` and the training's rollout metrics all read a seat's rate this way."""
+    values = [r.metrics.get(key) if key else None for r in results]
+    if not values or not all(isinstance(v, list) and seat < len(v) for v in values):
+        return None
+    rounds = [len(r.rewards[seat]) for r in results]
+    total = sum(rounds)
+    if not total:
+        return None
+    return math.fsum(float(v[seat]) * n for v, n in zip(values, rounds, strict=True)) / total
+
+
 def summarize(game_name: str, specs: Sequence[str], results: Sequence[MatchResult]) -> dict[str, Any]:
-    """The ``coop-rl play --json`` object (architecture.md's command-line contract)."""
+    """The ``coop-rl play --json`` object (architecture.md's command-line contract). A player's rates are pooled
+    over rounds (:func:`pooled_over_rounds`); ``metrics`` averages each match's own metrics over matches."""
     metrics = aggregate_metrics(results)
     players = []
     for seat, spec in enumerate(specs):
@@ -217,7 +233,7 @@ def summarize(game_name: str, specs: Sequence[str], results: Sequence[MatchResul
         }
         for key in ("cooperation_rate", "mean_contribution", "mean_claim"):
             if isinstance(metrics.get(key), list) and len(metrics[key]) == len(specs):
-                entry[key] = metrics[key][seat]
+                entry[key] = pooled_over_rounds(results, key, seat)
         players.append(entry)
     return {
         "game": game_name,

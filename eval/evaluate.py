@@ -62,7 +62,7 @@ from coop_rl.envs import game_class
 from coop_rl.envs.base import MatchResult
 from coop_rl.eval.suites import resolve_opponents, suite_names
 from coop_rl.players import Player, PlayerSpecError, SamplingConfig, make_player
-from coop_rl.runner import aggregate_metrics, mean, progress_bar, reseed_players, run_matches
+from coop_rl.runner import aggregate_metrics, mean, pooled_over_rounds, progress_bar, reseed_players, run_matches
 
 BOOTSTRAP_RESAMPLES = 2000
 CI_LEVEL = 0.95
@@ -88,21 +88,6 @@ def bootstrap_ci(
     return [float(low), float(high)]
 
 
-def _cooperation(key: str | None, results: Sequence[MatchResult], seat: int) -> float | None:
-    """A seat's cooperation over ``results``: the game's per-match cooperation metric ``key``
-    (``TextGame.cooperation_metric``: the fraction of C/J rounds in matrix games, the mean contribution level in
-    spgg) pooled over rounds, sum_m rate_m * rounds_m / sum_m rounds_m, so a one-round match under
-    ``continuation < 1`` weighs one round, not as much as a ten-round one; None where there is none."""
-    values = [r.metrics.get(key) if key else None for r in results]
-    if not values or not all(isinstance(v, list) and seat < len(v) for v in values):
-        return None
-    rounds = [len(r.rewards[seat]) for r in results]
-    total = sum(rounds)
-    if not total:
-        return None
-    return math.fsum(float(v[seat]) * n for v, n in zip(values, rounds, strict=True)) / total
-
-
 def _invalid_rate(results: Sequence[MatchResult], seats: Sequence[int]) -> float:
     invalid = sum(r.invalid_counts[s] for r in results for s in seats)
     acted = sum(r.action_counts[s] for r in results for s in seats)
@@ -117,14 +102,14 @@ def seat_row(game: str, opponent: str, results: Sequence[MatchResult], policy_se
     cooperation = game_class(game).cooperation_metric
     policy_returns = [float(r.returns[policy_seat]) for r in results]
     opponent_returns = [mean([r.returns[s] for s in others]) for r in results]
-    opponent_coop = [_cooperation(cooperation, results, s) for s in others]
+    opponent_coop = [pooled_over_rounds(results, cooperation, s) for s in others]
     return {
         "opponent": opponent,
         "policy_seat": policy_seat,
         "policy_mean_return": mean(policy_returns),
         "policy_ci95": bootstrap_ci(policy_returns, seed=ci_seed),
         "opponent_mean_return": mean(opponent_returns),
-        "policy_cooperation_rate": _cooperation(cooperation, results, policy_seat),
+        "policy_cooperation_rate": pooled_over_rounds(results, cooperation, policy_seat),
         "opponent_cooperation_rate": None if None in opponent_coop else mean(opponent_coop),
         "welfare": mean([math.fsum(r.returns) for r in results]),
         "policy_invalid_rate": _invalid_rate(results, [policy_seat]),

@@ -87,19 +87,24 @@ def _self_play_return(summary: dict[str, Any]) -> float | None:
     return summary.get("self_play_policy_return", summary.get("self_play_return"))
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _summary_paragraph(results: dict[str, Any], what: str) -> str:
     summary = results["summary"]
     best, worst = summary["best_opponent"], summary["worst_opponent"]
     paragraph = (
-        f"Against the {len(results['opponents'])} opponents, `{results['policy']}` averages a return of "
+        f"Against the {_count(len(results['opponents']), 'opponent')}, `{results['policy']}` averages a return of "
         f"{fmt(summary['mean_return'])} per match (opponents: {fmt(summary['mean_opponent_return'])}; welfare "
         f"{fmt(summary['mean_welfare'])}). It scores most against `{best['opponent']}` "
         f"({fmt(best['policy_mean_return'])}) and least against `{worst['opponent']}` "
         f"({fmt(worst['policy_mean_return'])}); in self-play it gets {fmt(_self_play_return(summary))}."
     )
     if summary.get("mean_cooperation_rate") is not None:
+        mean_of = what if what.startswith("mean ") else f"mean {what}"  # spgg's label is a mean already
         paragraph += (
-            f" Its mean {what} is {fmt(summary['mean_cooperation_rate'], 3)} "
+            f" Its {mean_of} is {fmt(summary['mean_cooperation_rate'], 3)} "
             f"(opponents: {fmt(summary['mean_opponent_cooperation_rate'], 3)})."
         )
     paragraph += f" Invalid answer rate: {fmt(summary['policy_invalid_rate'], 3)}."
@@ -265,10 +270,9 @@ def learned_exploit_markdown(results: dict[str, Any]) -> str:
     ]
     for row in results.get("opponents", []):  # model and API opponents of an evaluation (policy in seat 0)
         if row["opponent"].startswith(MODEL_PREFIXES):
-            gain = row["opponent_mean_return"] - self_play
-            rows.append(
-                [f"`{row['opponent']}` (evaluated)", _ci(row), f"{fmt(row['opponent_mean_return'])} ({gain:+.2f})"]
-            )
+            # its return in seat 1, the exploiter's seat (opponent_mean_return averages every other seat: spgg)
+            seat1 = math.fsum(match["returns"][1] for match in row["per_match"]) / len(row["per_match"])
+            rows.append([f"`{row['opponent']}` (evaluated)", _ci(row), f"{fmt(seat1)} ({seat1 - self_play:+.2f})"])
     over = learned["gain_over_memory_one"]
     lines = [
         LEARNED_START,

@@ -1,7 +1,7 @@
 """Named opponent suites for ``coop-rl eval --opponents``.
 
 ``--opponents`` takes a comma-separated list that mixes suite names and player specs, for instance
-``ipd-classic,axelrod:Grofman,hf:runs/old``. Suite names expand in place to their members; duplicates are
+``ipd-classic,axelrod:FirstByGrofman,hf:runs/old``. Suite names expand in place to their members; duplicates are
 dropped (the first occurrence keeps its place).
 
 Suites (each usable only with the games it lists):

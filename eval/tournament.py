@@ -60,13 +60,15 @@ def round_robin(
     sampling: SamplingConfig | None = None,
     constrain: bool | None = None,
 ) -> TournamentResult:
-    """Play every ordered pair (including self-play) of a two-player game.
+    """Play every ordered pair (including self-play) of a two-player game. A spec named twice plays once (its
+    first place kept), so that no player's average counts one opponent twice.
 
     ``sampling``, ``seed`` and ``constrain`` apply to model players as in :func:`~coop_rl.runner.play`; each pairing
     starts their sampling from ``seed``, so no cell depends on the pairings played before it.
     """
     from coop_rl.envs import game_class
 
+    specs = list(dict.fromkeys(specs))
     players: dict[str, Player] = {}
     seat_stats: dict[tuple[str, str], list[dict[str, Any]]] = {}  # (seat 0, seat 1) -> summarize's two players
     try:

@@ -144,6 +144,22 @@ def test_trajectory_file_is_sorted_by_match_and_written_whole(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["iteration-000007.jsonl", "iteration-000008.jsonl"]
 
 
+def test_rollout_cooperation_is_pooled_over_rounds_when_matches_differ_in_length():
+    # the learner (tft) meets alld under continuation 0.5: it cooperates in the first round of each match only
+    plan = [((0,), "frozen:alld")] * 8
+
+    def seat_players(setting):
+        return [ScriptedPlayer("tft", "ipd"), ScriptedPlayer("alld", "ipd")]
+
+    played = play_groups("ipd", {"continuation": 0.5}, plan, list(range(8)), 2, 7, seat_players)
+    scored = assign_credit(played, 2, {}, method="aa", gamma=0.9, scale=5.0, beta=0.5, gamma_a=0.9)
+    lengths = [len(result.rewards[0]) for result in played.results]
+    assert len(set(lengths)) > 1  # the case this is about
+    metrics = rollout_metrics(played, scored, 2)
+    assert metrics["rollout/cooperation_rate"] == 16 / sum(lengths)
+    assert metrics["rollout/mutual_cooperation_rate"] == 0.0
+
+
 def test_rollout_metrics_of_allc_against_alld():
     played, _ = _play()
     scored = assign_credit(played, 2, {}, method="aa", gamma=0.9, scale=5.0, beta=0.5, gamma_a=0.9)

@@ -435,6 +435,14 @@ def test_cooperation_is_pooled_over_rounds_when_matches_differ_in_length(tmp_pat
     assert len(set(lengths)) > 1  # the case this is about
     assert row["policy_cooperation_rate"] == 20 / sum(lengths)
     assert row["opponent_cooperation_rate"] == 0.0
+    # play and the tournament read the same matches the same way
+    from coop_rl.eval.tournament import round_robin
+    from coop_rl.runner import play
+
+    played = play("ipd", {"continuation": 0.5}, ["tft", "alld"], matches=20, seed=0)
+    assert [p["cooperation_rate"] for p in played["players"]] == [20 / sum(lengths), 0.0]
+    cells = round_robin("ipd", ["tft", "alld"], matches=20, seed=0, game_params={"continuation": 0.5}).cooperation
+    assert cells[0][1] == 20 / sum(lengths) and cells[1][0] == 0.0
 
 
 @pytest.mark.slow

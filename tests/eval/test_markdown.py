@@ -48,3 +48,14 @@ def test_report_keeps_its_old_names():
     assert report.eval_table is markdown.eval_table and report.exploit_table is markdown.exploit_table
     assert report.plot_returns is plots.plot_returns and report.DPI == plots.DPI == 100
     assert report.LEARNING_CURVES_PNG == "learning_curves.png" and report.CROSSPLAY_PNG == "crossplay.png"
+
+
+def test_the_summary_names_each_games_metric_once_and_counts_its_opponents():
+    from coop_rl.eval.evaluate import evaluate
+    from coop_rl.eval.markdown import eval_markdown
+
+    spgg = eval_markdown(evaluate("conditional", "spgg", "free_rider", matches=2, seed=0))
+    assert "Against the 1 opponent, `conditional` averages" in spgg
+    assert "Its mean contribution level is " in spgg and "mean mean" not in spgg
+    ipd = eval_markdown(evaluate("tft", "ipd", "alld,allc", matches=2, seed=0))
+    assert "Against the 2 opponents, `tft`" in ipd and "Its mean cooperation rate is " in ipd

@@ -19,6 +19,13 @@ def test_a_symmetric_game_scores_the_row_player_in_seat_0():
     assert "(row player in seat 0)" in result.table().splitlines()[0]
 
 
+def test_a_spec_named_twice_plays_once():
+    # tft's average once counted tft twice: (30 + 30 + 9) / 3
+    result = round_robin("ipd", ["tft", "tft", "alld", "tft"], matches=2)
+    assert result.specs == ["tft", "alld"] and result.mean_return == [[30.0, 9.0], [14.0, 10.0]]
+    assert result.to_dict()["average"] == [19.5, 12.0]
+
+
 def test_an_asymmetric_game_averages_the_row_players_two_seats():
     # BoS pays the seats differently: alld in self-play gets 70 as the first player and 100 as the second
     first, second = _seat_returns("bos", ["alld", "alld"])
