@@ -103,6 +103,8 @@ class AATrainer(Trainer):
             name = model_id or model.config._name_or_path
             processing_class = AutoTokenizer.from_pretrained(name, padding_side="left")
         check_chat_template(processing_class, model_id or "the model", "train")  # before any rollout
+        if processing_class.pad_token_id is None:  # the loss pads its rows (Llama-3's tokenizer has no pad token)
+            processing_class.pad_token = processing_class.eos_token  # as the transformers engine pads its batches
         self.game_params = args.parsed_game_params
         self.num_seats = args.num_seats
         if args.use_peft:

@@ -439,3 +439,20 @@ def test_the_step_count_costs_no_memory_however_large(tmp_path, tiny_model_dir):
     tracemalloc.stop()
     assert len(trainer.train_dataset) == 2 * 10**12 and first == [0]
     assert peak < 500 * 2**20  # the model and its tokenizer, not 10^12 items
+
+
+@pytest.mark.slow
+def test_a_tokenizer_without_a_pad_token_pads_with_its_eos_before_any_rollout(tiny_model_dir, tmp_path):
+    # only the transformers engine set it, when made: on the vLLM backends the loss padded its rows with None
+    from transformers import AutoTokenizer
+
+    from coop_rl.aa_config import AAConfig
+    from coop_rl.aa_trainer import AATrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir, padding_side="left")
+    tokenizer.pad_token = None
+    assert tokenizer.pad_token_id is None
+    args = AAConfig(output_dir=str(tmp_path), max_steps=1, report_to="none", use_cpu=True)
+    trainer = AATrainer(model=str(tiny_model_dir), args=args, processing_class=tokenizer)
+    assert trainer.opponents._engine is None  # no engine made yet
+    assert trainer.processing_class.pad_token_id == tokenizer.eos_token_id is not None
