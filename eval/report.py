@@ -83,6 +83,8 @@ def write_eval(results: dict[str, Any], out_dir: str | Path) -> list[str]:
     ):
         plot_cooperation(results, out / COOPERATION_PNG)
         plots.append(COOPERATION_PNG)
+    else:  # an earlier evaluation's plot in this folder would sit beside results it does not show
+        (out / COOPERATION_PNG).unlink(missing_ok=True)
     results["plots"] = plots
     previous = _read_results(out)
     if _about_the_same(previous, results) and "learned_exploiter" not in results:

@@ -405,6 +405,13 @@ def test_evaluation_reads_the_game_traits(monkeypatch, tmp_path):
     assert "## Seats swapped" not in report
 
 
+def test_an_evaluation_without_cooperation_numbers_leaves_no_earlier_cooperation_plot(tmp_path):
+    evaluate("tft", "ipd", "alld", matches=2, seed=0, out_dir=str(tmp_path))
+    assert (tmp_path / "cooperation.png").exists()
+    results = evaluate("greedy", "tas", "fair", matches=2, seed=0, out_dir=str(tmp_path))  # into the same folder
+    assert results["plots"] == ["returns.png"] and not (tmp_path / "cooperation.png").exists()
+
+
 def test_spgg_cooperation_is_the_mean_contribution_level(tmp_path):
     results = evaluate("full", "spgg", "free_rider", matches=2, seed=0, out_dir=str(tmp_path))
     row = results["opponents"][0]
