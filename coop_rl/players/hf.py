@@ -281,10 +281,17 @@ class HFEngine:
                 **extra,
             )
         completions = output.sequences[:, input_ids.shape[1] :]
-        # Raw logits (before temperature/top-p): the model's own distribution, as vLLM reports logprobs.
-        raw_logits = torch.stack(output.logits, dim=1).float()
-        logprobs = torch.log_softmax(raw_logits, dim=-1)
-        token_logprobs = logprobs.gather(-1, completions.unsqueeze(-1)).squeeze(-1)
+        # Raw logits (before temperature/top-p): the model's own distribution, as vLLM reports logprobs. One step at
+        # a time: a float32 copy of every step at once is batch x tokens x vocabulary (16 GB for 64 answers of 400
+        # tokens over Qwen's 152k vocabulary), and its log-softmax as much again.
+        raw_logits = output.logits  # per step: [batch, vocabulary]
+        token_logprobs = torch.stack(
+            [
+                torch.log_softmax(step.float(), dim=-1).gather(-1, completions[:, k, None]).squeeze(-1)
+                for k, step in enumerate(raw_logits)
+            ],
+            dim=1,
+        )
         actions = []
         for row, prompt in enumerate(prompts):
             ids = completions[row].tolist()
@@ -297,9 +304,7 @@ class HFEngine:
                 # The policy is the model renormalised over the allowed continuations at each position.
                 allowed = constraint.allowed_per_position(ids)
                 row_logprobs = [
-                    (raw_logits[row, k, token] - torch.logsumexp(raw_logits[row, k, options], dim=-1)).item()
-                    if options
-                    else 0.0
+                    _renormalised(raw_logits[k][row].float(), token, options) if options else 0.0
                     for k, (token, options) in enumerate(zip(ids, allowed, strict=True))
                 ]
             actions.append(
@@ -370,6 +375,11 @@ class HFEngine:
 
 
 _ENGINES: dict[tuple[Path, str | None], HFEngine] = {}
+
+
+def _renormalised(logits: Any, token: int, options: list[int]) -> float:
+    """log p(token) under the model renormalised over ``options`` (a constrained answer's next tokens)."""
+    return (logits[token] - logits[options].logsumexp(-1)).item()
 
 
 def get_engine(model_dir: Path, device: str | None = None) -> HFEngine:
