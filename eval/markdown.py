@@ -54,9 +54,14 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 
 
 # ----- evaluation ---------------------------------------------------------------------------------------------
-def _ci(row: dict[str, Any]) -> str:
+def _interval(row: dict[str, Any]) -> str:
+    """A row's 95% interval, or "n/a" from a single match (its bootstrap interval has no width to speak of)."""
     low, high = row["policy_ci95"]
-    return f"{row['policy_mean_return']:.2f} [{low:.2f}, {high:.2f}]"
+    return "[n/a]" if len(row.get("policy_returns", ())) == 1 else f"[{low:.2f}, {high:.2f}]"
+
+
+def _ci(row: dict[str, Any]) -> str:
+    return f"{row['policy_mean_return']:.2f} {_interval(row)}"
 
 
 def _opponent_rows(results: dict[str, Any], key: str | None = None) -> list[list[str]]:
@@ -88,7 +93,7 @@ def _self_play_return(summary: dict[str, Any]) -> float | None:
 
 
 def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}es" if noun.endswith("ch") else f"{n} {noun}s"
 
 
 def _summary_paragraph(results: dict[str, Any], what: str) -> str:
@@ -159,12 +164,11 @@ def eval_table(results: dict[str, Any]) -> str:
     columns = ["opponent", "return", "ci95", "opp_return", "coop", "opp_coop", "welfare", "invalid"]
     rows = []
     for row in rows_with_self_play(results):
-        low, high = row["policy_ci95"]
         rows.append(
             [
                 row_label(row),
                 fmt(row["policy_mean_return"]),
-                f"[{low:.2f}, {high:.2f}]",
+                _interval(row),
                 fmt(row["opponent_mean_return"]),
                 fmt(row["policy_cooperation_rate"], 3),
                 fmt(row["opponent_cooperation_rate"], 3),
@@ -172,9 +176,10 @@ def eval_table(results: dict[str, Any]) -> str:
                 fmt(row["policy_invalid_rate"], 3),
             ]
         )
-    head = f"{results['policy']} on {results['game']} | {results['matches']} matches | seed {results['seed']}"
+    head = f"{results['policy']} on {results['game']} | {_count(results['matches'], 'match')} | seed {results['seed']}"
     lines = [head + " | policy in seat 0", text_table(columns, rows)]
-    lines.append(f"mean return {fmt(results['summary']['mean_return'])} over {len(results['opponents'])} opponents")
+    over = _count(len(results["opponents"]), "opponent")
+    lines.append(f"mean return {fmt(results['summary']['mean_return'])} over {over}")
     if results.get("plots"):
         lines.append("plots: " + ", ".join(results["plots"]))
     return "\n".join(lines)
@@ -324,7 +329,7 @@ def exploit_table(result: dict[str, Any], top: int = 5) -> str:
     """A short plain-text summary of an exploitability search, for the terminal."""
     best = result["best"]
     lines = [
-        f"{result['policy']} on {result['game']} | {result['matches']} matches | "
+        f"{result['policy']} on {result['game']} | {_count(result['matches'], 'match')} | "
         f"{len(result['candidates'])} candidates",
         f"best exploiter  {best['exploiter']}: {best['description']}",
         f"exploiter return {result['exploiter_return']:.2f} | policy return {result['policy_return']:.2f} | "
@@ -348,7 +353,7 @@ def play_table(summary: dict[str, Any], seed: int) -> str:
         [str(seat), p["spec"], f"{p['mean_return']:.2f}", f"{p['invalid_rate']:.3f}", *(f"{p[k]:.3f}" for k in extra)]
         for seat, p in enumerate(summary["players"])
     ]
-    lines = [f"game {summary['game']} | {summary['matches']} matches | seed {seed}"]
+    lines = [f"game {summary['game']} | {_count(summary['matches'], 'match')} | seed {seed}"]
     lines.append(text_table(["seat", "player", "mean_return", "invalid_rate", *extra], rows))
     lines.append(f"welfare {summary['welfare']:.2f}")
     for key, value in summary["metrics"].items():

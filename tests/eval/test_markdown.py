@@ -59,3 +59,18 @@ def test_the_summary_names_each_games_metric_once_and_counts_its_opponents():
     assert "Its mean contribution level is " in spgg and "mean mean" not in spgg
     ipd = eval_markdown(evaluate("tft", "ipd", "alld,allc", matches=2, seed=0))
     assert "Against the 2 opponents, `tft`" in ipd and "Its mean cooperation rate is " in ipd
+
+
+def test_one_match_gives_no_interval_to_show():
+    from coop_rl.eval.evaluate import evaluate
+    from coop_rl.eval.markdown import eval_markdown, eval_table
+
+    one = evaluate("tft", "ipd", "alld", matches=1, seed=0)
+    assert one["opponents"][0]["policy_ci95"] == [9.0, 9.0]  # the bootstrap's, kept in results.json
+    assert "| alld | 9.00 [n/a] | 14.00 |" in eval_markdown(one)
+    table = eval_table(one).splitlines()
+    assert table[0] == "tft on ipd | 1 match | seed 0 | policy in seat 0"
+    assert table[-1] == "mean return 9.00 over 1 opponent"
+    assert table[2].split()[:3] == ["alld", "9.00", "[n/a]"]
+    two = evaluate("tft", "ipd", "alld", matches=2, seed=0)
+    assert "| alld | 9.00 [9.00, 9.00] | 14.00 |" in eval_markdown(two)
