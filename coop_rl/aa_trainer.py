@@ -52,6 +52,7 @@ from coop_rl.opponents import (
 )
 from coop_rl.players import SamplingConfig
 from coop_rl.players.base import Player, check_chat_template
+from coop_rl.players.sampling import stop_token_ids
 from coop_rl.policy_folder import POLICY_SETTINGS_FILE, write_policy_settings
 from coop_rl.precision import describe_device, precision_record, weights_dtype
 from coop_rl.rollout import (
@@ -183,8 +184,8 @@ class AATrainer(Trainer):
     def _credit_rows(self, records, results, learner_seats, groups) -> dict[str, Any]:
         """Credit per learner (match, seat) and timestep, then per turn (:func:`coop_rl.rollout.assign_credit`)."""
         args = self.args
-        eos = self.processing_class.eos_token_id
-        penalties = format_penalties(records, args.invalid_penalty, eos, args.max_new_tokens)
+        stops = stop_token_ids(self.processing_class, self.accelerator.unwrap_model(self.model).generation_config)
+        penalties = format_penalties(records, args.invalid_penalty, stops, args.max_new_tokens)
         settings = dict(method=args.credit, gamma=args.gamma, scale=args.reward_scale, beta=args.beta,
                         gamma_a=args.gamma_a, baseline=args.baseline, whiten=args.whiten)  # fmt: skip
         return assign_credit(Played(records, results, learner_seats, groups), self.num_seats, penalties, **settings)

@@ -170,16 +170,17 @@ def play_groups(
 
 # ----- 2. credit ----------------------------------------------------------------------------------------------
 def format_penalties(
-    records: Sequence[TurnRecord], penalty: float, eos_id: int | None, max_new_tokens: int
+    records: Sequence[TurnRecord], penalty: float, stop_ids: Sequence[int], max_new_tokens: int
 ) -> dict[tuple[int, int, int], float]:
     """Penalty per (match, seat, timestep): ``penalty`` for each learner turn that the game could not parse or that
-    ran out of ``max_new_tokens`` without ending (its last token not ``eos_id``)."""
+    ran out of ``max_new_tokens`` without ending (its last token none of ``stop_ids``: the tokens that end an
+    answer, :func:`coop_rl.players.sampling.stop_token_ids`)."""
     if not penalty:
         return {}
     out: dict[tuple[int, int, int], float] = defaultdict(float)
     for r in records:
         ids = r.action.completion_ids
-        truncated = bool(ids) and ids[-1] != eos_id and len(ids) >= max_new_tokens
+        truncated = bool(ids) and ids[-1] not in stop_ids and len(ids) >= max_new_tokens
         if not r.valid or truncated:
             out[(r.match_id, r.seat, r.timestep)] += penalty
     return out

@@ -73,7 +73,7 @@ def test_assign_credit_gives_each_turn_its_timestep_credit_with_penalties():
     results = [_result([[1.0, 0.0], [3.0, 3.0]]), _result([[0.0, 2.0], [1.0, 1.0]])]
     records = [_record(m, s, t, valid=(m, s, t) != (0, 0, 1)) for m in (0, 1) for s in (0, 1) for t in (0, 1)]
     played = Played(records, results, [(0, 1), (0, 1)], [0, 0])
-    penalties = format_penalties(records, 1.0, eos_id=1, max_new_tokens=16)
+    penalties = format_penalties(records, 1.0, stop_ids=[1], max_new_tokens=16)
     assert penalties == {(0, 0, 1): 1.0}  # the invalid turn; the others end with eos
     scored = assign_credit(played, 2, penalties, method="naive", gamma=0.5, scale=1.0, baseline="loo")
     # returns, gamma 0.5: m0 s0 rewards [1, -1] -> G [0.5, -1]; m1 s0 [0, 2] -> [1, 2];
@@ -107,10 +107,12 @@ def test_format_penalties_counts_invalid_and_unfinished_turns():
         _record(0, 1, 0, completion=(7, 8, 1)),  # finished
         _record(1, 0, 0, valid=False, completion=(7, 8, 9, 9)),  # both: still one penalty per turn
         _record(1, 1, 0, completion=()),  # a scripted turn: no tokens, valid
+        _record(2, 0, 0, completion=(7, 8, 9, 5)),  # ended by another stop token at max_new_tokens: finished
     ]
-    penalties = format_penalties(records, 2.0, eos_id=1, max_new_tokens=4)
+    penalties = format_penalties(records, 2.0, stop_ids=[1, 5], max_new_tokens=4)
     assert penalties == {(0, 0, 0): 2.0, (0, 0, 1): 2.0, (1, 0, 0): 2.0}
-    assert format_penalties(records, 0.0, eos_id=1, max_new_tokens=4) == {}
+    assert format_penalties(records, 0.0, stop_ids=[1, 5], max_new_tokens=4) == {}
+    assert format_penalties(records, 2.0, stop_ids=[1], max_new_tokens=4)[(2, 0, 0)] == 2.0
 
 
 def test_learner_turns_feed_both_the_loss_rows_and_the_trajectory_lines():

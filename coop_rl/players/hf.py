@@ -19,7 +19,7 @@ from typing import Any
 from coop_rl.players.base import Action, Player, PlayerSpecError, TurnRequest, check_chat_template
 from coop_rl.players.constraints import ChoiceConstraint, ConstrainedLogitsProcessor, room_for_choices, sample_choices
 from coop_rl.players.prefix_memo import PrefixMemo, weights_state
-from coop_rl.players.sampling import NEUTRAL_GENERATION, SamplingConfig
+from coop_rl.players.sampling import NEUTRAL_GENERATION, SamplingConfig, stop_token_ids
 from coop_rl.policy_folder import parse_policy_spec
 from coop_rl.precision import Precision, choose_precision
 from coop_rl.prefix_batch import shared_prefix_batch
@@ -258,7 +258,7 @@ class HFEngine:
         input_ids = batch["input_ids"].to(self.device)
         attention_mask = batch["attention_mask"].to(self.device)
         prefix = batch["prefix_length"]
-        eos = self.tokenizer.eos_token_id
+        stops = stop_token_ids(self.tokenizer, getattr(self.model, "generation_config", None))
         with self.lock, torch.inference_mode(), self._autocast(), self._adapter_context(adapter):
             cache = self._prefill(input_ids, attention_mask, prefix)
             extra: dict[str, Any] = {"past_key_values": cache} if cache is not None else {}
@@ -276,7 +276,7 @@ class HFEngine:
                 return_dict_in_generate=True,
                 output_logits=True,
                 pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=eos,
+                eos_token_id=stops,
                 **NEUTRAL_GENERATION,
                 **extra,
             )
@@ -295,7 +295,8 @@ class HFEngine:
         actions = []
         for row, prompt in enumerate(prompts):
             ids = completions[row].tolist()
-            length = ids.index(eos) + 1 if eos in ids else len(ids)  # keep EOS: its probability is learned too
+            # up to the first stop token, kept: its probability is learned too
+            length = next((k + 1 for k, token in enumerate(ids) if token in stops), len(ids))
             ids = ids[:length]
             row_logprobs = token_logprobs[row, :length].tolist()
             allowed = None

@@ -19,6 +19,16 @@ class SamplingConfig:
     max_new_tokens: int | None = DEFAULT_MAX_NEW_TOKENS
 
 
+def stop_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
+    """The tokens that end an answer: the tokenizer's EOS, then any other EOS the model folder's
+    generation_config.json names (Qwen2.5-Instruct: ``<|endoftext|>`` besides ``<|im_end|>``), as vLLM stops, on
+    every backend alike. An answer keeps the token it stopped at (its probability is learned too)."""
+    named = getattr(generation_config, "eos_token_id", None)
+    extra = named if isinstance(named, (list, tuple)) else [named]
+    ids = [tokenizer.eos_token_id, *extra]
+    return list(dict.fromkeys(int(i) for i in ids if isinstance(i, int) and not isinstance(i, bool)))
+
+
 #: named in every transformers generate() call (coop_rl.players.hf): transformers fills any generation setting
 #: left unset from the model folder's generation_config.json (Qwen2.5-Instruct's sets repetition_penalty 1.05),
 #: and each of these would change the distribution sampled away from the model's own, whose log-probabilities the

@@ -126,6 +126,24 @@ def test_a_model_folders_generation_config_does_not_change_the_policy_sampled(ti
     assert rows() == plain
 
 
+@pytest.mark.slow
+def test_an_answer_stops_at_any_eos_the_model_folder_names_as_vllm_stops(tiny_model_dir, own_hf_engines):
+    # Qwen2.5-Instruct's generation_config.json names <|endoftext|> besides the tokenizer's <|im_end|>: vLLM stops
+    # at either, and so must the transformers engine, or one policy would answer differently on the two backends
+    def rows():
+        player = HFPlayer(f"hf:{tiny_model_dir}", seed=3, sampling=SamplingConfig(temperature=1.0, max_new_tokens=16))
+        rollout = collect_rollout("ipd", {"rounds": 2}, [player, ScriptedPlayer("tft", "ipd")], matches=8)
+        return player, [row["completion_ids"] for row in rollout.rows]
+
+    player, plain = rows()
+    eos = player.engine.tokenizer.eos_token_id
+    assert all(ids[-1] == eos for ids in plain) and all(len(ids) > 1 for ids in plain)
+    first = plain[0][0]  # a token every answer starting like the first one stops at now
+    player.engine.model.generation_config.eos_token_id = [eos, first]
+    _, stopped = rows()
+    assert [ids for ids in stopped if ids[0] == first] == [[first]] * sum(ids[0] == first for ids in stopped) != []
+
+
 @pytest.mark.parametrize(
     ("device", "dtype", "expected"),
     [
