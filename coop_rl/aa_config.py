@@ -7,6 +7,7 @@ command line overrides them (``coop-rl train --config recipes/ipd/aa_tiny.yaml -
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from transformers import TrainingArguments
 
@@ -17,6 +18,8 @@ BASELINES = ("loo", "batch", "none")
 OPPONENT_SCHEMES = ("self_play", "pool", "frozen")
 LOSS_TYPES = ("reinforce", "ppo")
 ROLLOUT_BACKENDS = ("hf", "vllm", "vllm_server")
+#: in output_dir: what the run is (engine, processes, precision, ...), written by the trainer at its first rollout
+RUN_INFO_FILE = "coop_rl_run.json"
 
 
 @dataclass
@@ -28,6 +31,18 @@ class AAConfig(TrainingArguments):
     TRL's GRPO, so a run plays ceil(max_steps / num_iterations) rollouts. Training samples at temperature 1 and
     top_p 1 only: the loss differentiates the policy whose logprobs the sampler reports.
     """
+
+    # ----- TrainingArguments fields that mean something else here -------------------------------------------
+    max_steps: int = field(
+        default=-1,
+        metadata={"help": "Optimizer steps to train, >= 1 (the default -1 is refused: a recipe or the command line "
+                  "names it); a rollout feeds num_iterations of them."},
+    )  # fmt: skip
+    per_device_train_batch_size: int = field(
+        default=1,
+        metadata={"help": "Fixed at 1 (any other value is refused): an iteration's batch is its rollout, "
+                  "matches_per_iteration matches split over gradient_accumulation_steps micro-batches."},
+    )  # fmt: skip
 
     # ----- model --------------------------------------------------------------------------------------------
     model_name_or_path: str | None = field(
@@ -55,7 +70,9 @@ class AAConfig(TrainingArguments):
         metadata={
             "help": "Numeric precision of the update and the hf rollout: 'auto' (the machine's choice: bf16 on a GPU; "
             "on a CPU float32, unless it has native bf16 and a short probe measures bf16 faster), 'float32' or "
-            "'bfloat16'. With 'auto', an explicit bf16/fp16 flag is kept. The choice is recorded in coop_rl_run.json."
+            "'bfloat16'. With 'auto', bf16 true or fp16 true is kept (bf16 false is the default, not a choice: "
+            "use 'float32'), and a resumed run keeps the precision its coop_rl_run.json records. The choice is "
+            "recorded in coop_rl_run.json."
         },
     )
     lora_target_modules: str = field(
@@ -247,7 +264,11 @@ class AAConfig(TrainingArguments):
         # (a random sampler would permute every index up front).
         self.remove_unused_columns = False
         self.train_sampling_strategy = "sequential"
-        self.per_device_train_batch_size = 1
+        if self.per_device_train_batch_size != 1:  # one placeholder item per micro-batch: the rollout makes the data
+            raise ValueError(
+                f"per_device_train_batch_size={self.per_device_train_batch_size}: fixed at 1 here (the batch is the "
+                "rollout: set matches_per_iteration and gradient_accumulation_steps)"
+            )
         self._resolve_precision()
         super().__post_init__()
         checks = {
@@ -317,7 +338,7 @@ class AAConfig(TrainingArguments):
 
     def _resolve_precision(self) -> None:
         """Set ``bf16`` from ``precision`` (before TrainingArguments derives its mixed-precision mode from it)."""
-        from coop_rl.precision import PRECISIONS, Precision, choose_precision
+        from coop_rl.precision import PRECISIONS, Precision, choose_precision, recorded_precision
 
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r}: expected one of {', '.join(PRECISIONS)}")
@@ -329,7 +350,12 @@ class AAConfig(TrainingArguments):
             # as well, so sampler and trainer logprobs compare exactly
             self.resolved_precision = Precision("float32", "vLLM rollouts on CPU run in float32")
         else:
-            self.resolved_precision = choose_precision(self._device(), self.precision, width=self._model_width())
+            resumed = None  # a resume continues in its run's precision: the CPU's bf16 probe is noisy
+            if isinstance(self.resume_from_checkpoint, str):
+                resumed = recorded_precision(Path(self.resume_from_checkpoint).parent / RUN_INFO_FILE)
+            self.resolved_precision = choose_precision(
+                self._device(), self.precision, width=self._model_width(), resumed=resumed
+            )
         self.bf16 = self.resolved_precision.bf16
         if self.bf16 and self._device() == "cpu":
             self.use_cpu = True  # no GPU here: TrainingArguments accepts bf16 on the CPU only with use_cpu
@@ -342,7 +368,6 @@ class AAConfig(TrainingArguments):
     def _model_width(self) -> int:
         """The model's hidden size from its config.json (the precision probe's width); 128 when unknown."""
         import json
-        from pathlib import Path
 
         try:
             config = json.loads((Path(str(self.model_name_or_path)) / "config.json").read_text())

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback
 
-from coop_rl.aa_config import AAConfig
+from coop_rl.aa_config import RUN_INFO_FILE, AAConfig
 from coop_rl.atomic_files import write_text_atomic
 from coop_rl.config_checks import check_processes
 from coop_rl.distributed import gathered, whole_weights, zero_stage
@@ -72,7 +72,6 @@ __all__ = ["AATrainer", "CheckpointError", "NumericalFaultError", "load_pool_fil
 logger = logging.getLogger("coop_rl.trainer")
 
 TRAJECTORY_DIR = "trajectories"
-RUN_INFO_FILE = "coop_rl_run.json"
 
 
 class AATrainer(Trainer):

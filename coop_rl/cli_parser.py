@@ -174,7 +174,12 @@ def _add_other_commands(sub: Any) -> None:
     )
     demo.add_argument("--game", default="ipd", help="ipd (default) or tas")
     demo.add_argument("--out", default=None, help="output directory (default runs/demo, runs/demo-tas for tas)")
-    demo.add_argument("--tiny", default=None, help="tiny model directory, built if missing (default runs/tiny[-tas])")
+    demo.add_argument(
+        "--tiny",
+        default=None,
+        help="model directory, built if missing (default runs/tiny, runs/tiny-tas or, with --model smollm2, "
+        "runs/smollm2-ipd)",
+    )
     demo.add_argument("--max-steps", type=int, default=None, help="override the recipes' training iterations")
     demo.add_argument("--matches", type=int, default=None, help="evaluation matches per opponent")
     demo.add_argument("--seed", type=int, default=0, help="evaluation seed (default 0)")

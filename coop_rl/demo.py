@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -163,17 +163,30 @@ def build_model_stage(spec: DemoSpec, tiny_dir: str | None) -> Path:
 
 
 def _ensure_pretrained_model(spec: DemoSpec, path: Path) -> Path:
-    """``init-model <spec.model> [--warm-start]`` into ``path`` unless that build is there already (it reuses a
-    folder built with the same settings and rebuilds one of its own built otherwise); a model the user put there,
-    not built by init-model, is used as it is."""
-    from coop_rl.pretrained import PretrainedWarmStart, init_pretrained_model, read_info
+    """``init-model <spec.model> [--warm-start]`` into ``path`` unless that build is there already (it reuses the
+    demo's build, rebuilding it when stale: another wheel, other game texts); any other model there (the user's, or
+    a build with other settings: no warm start, another seed, free answers) is used as it is, never rebuilt in its
+    place, as :func:`ensure_tiny_model` does."""
+    from coop_rl import pretrained
 
-    if (path / "config.json").exists() and read_info(path) is None:
-        return path
     warm_start = None
     if spec.tiny_games:
-        warm_start = PretrainedWarmStart(games=spec.tiny_games, data_scale=spec.tiny_data_scale)
-    return init_pretrained_model(path, spec.model, warm_start=warm_start)
+        warm_start = pretrained.PretrainedWarmStart(games=spec.tiny_games, data_scale=spec.tiny_data_scale)
+    if (path / "config.json").exists() and not _demos_build(pretrained.read_info(path) or {}, spec.model, warm_start):
+        return path
+    return pretrained.init_pretrained_model(path, spec.model, warm_start=warm_start)
+
+
+def _demos_build(info: dict[str, Any], model: str, warm_start: Any) -> bool:
+    """Whether a pretrained build record is the demo's: its model, answers constrained, and the demo's games, scale
+    and seed (the warm start's other settings are fixed defaults: a build under older ones is the demo's, stale)."""
+    built = (info.get("warm_start") or {}).get("settings")
+    wanted = json.loads(json.dumps(asdict(warm_start))) if warm_start is not None else None
+    if info.get("kind") != f"coop-rl pretrained {model}" or info.get("constrain_answers") is not True:
+        return False
+    if built is None or wanted is None:
+        return built is None and wanted is None
+    return isinstance(built, dict) and all(built.get(k) == wanted[k] for k in ("games", "data_scale", "seed"))
 
 
 def model_stage(spec: DemoSpec) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import random
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 
 from coop_rl.atomic_files import atomic_path, write_text_atomic
-from coop_rl.players import SamplingConfig, make_player
+from coop_rl.players import SamplingConfig, make_player, trained_answer_length
 from coop_rl.players.base import Player
 from coop_rl.players.hf import HFEngine, HFPlayer
 
@@ -315,11 +316,14 @@ class Opponents:
 
     def frozen_player(self, spec: str, for_eval: bool = False) -> Player:
         """A fixed opponent by player spec (one per spec for the run). The in-training evaluation has its own, so
-        that it draws nothing from the training opponents' random state."""
+        that it draws nothing from the training opponents' random state. A trained policy answers at the length it
+        was trained with on this game (its folder says), any other model at the learner's ``max_new_tokens``."""
         players = self._eval_players if for_eval else self._frozen_players
         if spec not in players:
             share = {"gpu_memory_utilization": self.vllm_memory_share()}  # not vLLM's 0.9 beside a trainer
-            players[spec] = make_player(spec, self.args.game, self.sampling, self.seed_of(0), vllm_options=share)
+            length = trained_answer_length(spec, self.args.game)  # a trained policy answers as it was trained
+            sampling = dataclasses.replace(self.sampling, max_new_tokens=length) if length else self.sampling
+            players[spec] = make_player(spec, self.args.game, sampling, self.seed_of(0), vllm_options=share)
             if not for_eval:
                 players[spec].reseed(self._rollout_seed)
         return players[spec]

@@ -138,8 +138,12 @@ def bf16_speedup(width: int = 128) -> float:
     return statistics.median(timed(False) / timed(True) for _ in range(9))
 
 
-def choose_precision(device: str = "cpu", requested: str = "auto", width: int = 128) -> Precision:
-    """Resolve ``requested`` (auto, float32, bfloat16) for ``device`` ("cpu" or "cuda[:k]"): see the module doc."""
+def choose_precision(
+    device: str = "cpu", requested: str = "auto", width: int = 128, resumed: Precision | None = None
+) -> Precision:
+    """Resolve ``requested`` (auto, float32, bfloat16) for ``device`` ("cpu" or "cuda[:k]"): see the module doc.
+    ``resumed``: what the run being resumed chose, kept where the probe would decide again (a CPU with native bf16:
+    the probe is noisy near its threshold, and a resume must not switch precision midway)."""
     if requested == "auto" and os.environ.get(PRECISION_ENV):
         requested = os.environ[PRECISION_ENV]
         if requested not in PRECISIONS:  # a user error wherever a model loads (play, eval, train): one line
@@ -161,6 +165,8 @@ def choose_precision(device: str = "cpu", requested: str = "auto", width: int = 
         return Precision("float32", "GPU without native bf16")
     if not has_native_bf16():
         return Precision("float32", "CPU without native bf16 (avx512_bf16/AMX): bf16 would be emulated")
+    if resumed is not None:
+        return resumed
     speedup = bf16_speedup(width)
     if speedup >= BF16_MIN_SPEEDUP:
         return Precision("bfloat16", f"CPU with native bf16, measured {speedup:.2f}x faster than float32")
@@ -178,6 +184,19 @@ def weights_dtype(precision: Precision, device: str, lora: bool) -> str:
     if lora and precision.bf16 and str(device).startswith("cuda"):
         return "bfloat16"
     return "float32"
+
+
+def recorded_precision(run_info: str | os.PathLike) -> Precision | None:
+    """The precision a run's info file (``coop_rl_run.json``) records, None where it records none (or is no such
+    file): a resumed run continues in it."""
+    import json
+    from pathlib import Path
+
+    try:
+        dtype = json.loads(Path(run_info).read_text(encoding="utf-8"))["precision"]["dtype"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return Precision(dtype, "kept from the run resumed") if dtype in ("float32", "bfloat16") else None
 
 
 def precision_record(precision: Precision) -> dict[str, Any]:

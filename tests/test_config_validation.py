@@ -122,6 +122,8 @@ def _train(model_dir, tmp_path, *extra, config=RECIPE):
         (["--play_eval_every", "5", "--play_eval_opponents", "tft,hf:/no/such/model"],
          ["opponent 'hf:/no/such/model'", "model directory not found"]),
         (["--opponent", "frozen", "--opponents", "openai:m"], ["opponent 'openai:m'", "no '@'"]),
+        # silently set back to 1 once: the batch is the rollout
+        (["--per_device_train_batch_size", "8"], ["per_device_train_batch_size=8", "fixed at 1"]),
     ],
 )  # fmt: skip
 def test_bad_setting_is_one_line_exit_2_before_weights(extra, needles, model_config_dir, tmp_path, capsys, no_weights):

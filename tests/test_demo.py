@@ -355,3 +355,34 @@ def test_the_demos_own_model_is_rebuilt_when_its_build_settings_are_not_todays(t
     (folder / "coop_rl_tiny.json").write_text("[]")
     with pytest.raises(DemoError, match="coop_rl_tiny.json is not a coop-rl build record"):
         ensure_tiny_model(spec, str(folder))
+
+
+def test_a_pretrained_model_built_with_other_settings_is_used_as_it_is(tmp_path, monkeypatch):
+    # `demo --model smollm2 --tiny DIR` rebuilt (warm-started) a DIR that `init-model smollm2` had built without a
+    # warm start: the user's model was lost. Converting takes minutes: the builder records the call instead.
+    from dataclasses import asdict
+
+    from coop_rl import pretrained
+    from coop_rl.demo import ensure_tiny_model
+
+    spec = DEMOS["ipd-smollm2"]
+    builds = []
+    monkeypatch.setattr(pretrained, "init_pretrained_model", lambda path, *a, **k: builds.append(path) or path)
+    folder = tmp_path / "smollm2"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    settings = json.loads(json.dumps(asdict(pretrained.PretrainedWarmStart(spec.tiny_games, spec.tiny_data_scale))))
+    demos = {"kind": "coop-rl pretrained smollm2", "constrain_answers": True, "warm_start": {"settings": settings}}
+    others = [{**demos, "warm_start": None}, {**demos, "constrain_answers": False},
+              {**demos, "warm_start": {"settings": {**settings, "seed": 1}}}, None]  # fmt: skip
+    for record in others:  # no warm start, free answers, another seed, not built here
+        (folder / pretrained.INFO_FILE).unlink(missing_ok=True)
+        if record is not None:
+            (folder / pretrained.INFO_FILE).write_text(json.dumps(record))
+        assert ensure_tiny_model(spec, str(folder)) == folder
+    assert builds == []
+    (folder / pretrained.INFO_FILE).write_text(json.dumps(demos))  # the demo's own build: reused or rebuilt there
+    assert ensure_tiny_model(spec, str(folder)) == folder and builds == [folder]
+    older = {**demos, "warm_start": {"settings": {**settings, "epochs": 2.0}}}  # under an older default: stale
+    (folder / pretrained.INFO_FILE).write_text(json.dumps(older))
+    assert ensure_tiny_model(spec, str(folder)) == folder and builds == [folder, folder]

@@ -225,3 +225,19 @@ def test_every_player_kept_across_rollouts_restarts_from_the_rollouts_seed(tmp_p
     expected = [opponents.seed_of(step) for step in (0, 2, 2)]
     assert learner.seeds == frozen.seeds == expected
     assert len(learner.synced) == 3 and (learner.synced[0] / "adapter_config.json").exists()
+
+
+@pytest.mark.slow
+def test_a_trained_policy_as_opponent_answers_at_its_own_length(tmp_path, tiny_model_dir):
+    # it was cut to the learner's max_new_tokens (an exploiter's 4 against a policy trained to answer in 400)
+    import shutil
+
+    from coop_rl.policy_folder import write_policy_settings
+
+    policy = shutil.copytree(tiny_model_dir, tmp_path / "policy")
+    write_policy_settings(policy, {"constrain_answers": False, "game": "ipd", "max_new_tokens": 9})
+    args = _config(tmp_path, opponent="frozen", opponents=f"hf:{policy},hf:{tiny_model_dir}", max_new_tokens=4)
+    opponents = Opponents(args, 2, lambda: _model(), _tokenizer(), SamplingConfig(max_new_tokens=4), lambda s: s)
+    assert opponents.frozen_player(f"hf:{policy}").sampling.max_new_tokens == 9
+    assert opponents.frozen_player(f"hf:{tiny_model_dir}").sampling.max_new_tokens == 4  # none recorded: the learner's
+    assert opponents.frozen_player(f"hf:{policy}", for_eval=True).sampling.max_new_tokens == 9

@@ -184,3 +184,28 @@ def test_the_adapter_on_a_bf16_base_stays_float32_and_trains(tmp_path):
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert grads and all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+
+
+def test_a_resumed_run_keeps_the_precision_its_run_recorded(tmp_path, monkeypatch):
+    # the bf16 probe is noisy near its threshold (0.93x to 1.89x measured on one CPU within minutes): a resume that
+    # probed again could continue in the other precision
+    import json
+
+    import coop_rl.precision as precision
+    from coop_rl.aa_config import AAConfig
+
+    monkeypatch.delenv("COOP_RL_PRECISION", raising=False)
+    monkeypatch.setattr(precision, "has_native_bf16", lambda *args: True)
+    monkeypatch.setattr(precision, "bf16_speedup", lambda width: 0.5)  # this time the probe says float32
+    out = tmp_path / "run"
+    (out / "checkpoint-2").mkdir(parents=True)
+    settings = dict(output_dir=str(out), use_cpu=True, max_steps=4, report_to="none")
+    assert AAConfig(**settings).resolved_precision.dtype == "float32"  # a fresh run: the probe decides
+    record = {"precision": {"dtype": "bfloat16", "reason": "CPU with native bf16, measured 1.42x faster"}}
+    (out / "coop_rl_run.json").write_text(json.dumps(record))
+    resumed = AAConfig(**settings, resume_from_checkpoint=str(out / "checkpoint-2"))
+    assert resumed.resolved_precision == precision.Precision("bfloat16", "kept from the run resumed") and resumed.bf16
+    forced = AAConfig(**settings, resume_from_checkpoint=str(out / "checkpoint-2"), precision="float32")
+    assert forced.resolved_precision.dtype == "float32"  # a precision named is the user's choice
+    (out / "coop_rl_run.json").write_text("{")  # unreadable: the probe decides
+    assert AAConfig(**settings, resume_from_checkpoint=str(out / "checkpoint-2")).resolved_precision.dtype == "float32"

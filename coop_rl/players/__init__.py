@@ -61,19 +61,26 @@ def make_player(
 
 
 def _with_answer_length(spec: str, backend: str | None, sampling: SamplingConfig, game: str) -> SamplingConfig:
-    """``sampling`` with the answer length a local policy was trained with on ``game`` (its folder says; another
-    game's answers are another length), else the default."""
+    """``sampling`` with the answer length a local policy was trained with on ``game``, else the default."""
     import dataclasses
 
     from coop_rl.players.sampling import DEFAULT_MAX_NEW_TOKENS
 
-    length = None
-    if backend in ("hf", "vllm"):
-        from coop_rl.policy_folder import parse_policy_spec
-
-        folder = parse_policy_spec(spec, backend)
-        length = folder.max_new_tokens if folder.settings().get("game") == game else None
+    length = trained_answer_length(spec, game) if backend in ("hf", "vllm") else None
     return dataclasses.replace(sampling, max_new_tokens=length or DEFAULT_MAX_NEW_TOKENS)
+
+
+def trained_answer_length(spec: str, game: str) -> int | None:
+    """The answer length a local policy (``hf:``, ``vllm:``) was trained with on ``game``, as its folder records
+    (another game's answers are another length); None for any other player or folder."""
+    spec = spec.strip()
+    backend = _backend(spec)
+    if backend not in ("hf", "vllm"):
+        return None
+    from coop_rl.policy_folder import parse_policy_spec
+
+    folder = parse_policy_spec(spec, backend)
+    return folder.max_new_tokens if folder.settings().get("game") == game else None
 
 
 def check_player_spec(spec: str, game_name: str) -> None:
@@ -116,4 +123,7 @@ def _make_openai_player(spec: str, sampling: SamplingConfig | None) -> Player:
     return OpenAIPlayer(model, base_url, spec=f"openai:{model}@{redact_url(base_url)}", **options)
 
 
-__all__ = ["Action", "Player", "PlayerSpecError", "SamplingConfig", "TurnRequest", "check_player_spec", "make_player"]
+__all__ = [
+    "Action", "Player", "PlayerSpecError", "SamplingConfig", "TurnRequest", "check_player_spec", "make_player",
+    "trained_answer_length",
+]  # fmt: skip
