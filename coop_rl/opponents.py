@@ -316,7 +316,8 @@ class Opponents:
 
     def frozen_player(self, spec: str, for_eval: bool = False) -> Player:
         """A fixed opponent by player spec (one per spec for the run). The in-training evaluation has its own, so
-        that it draws nothing from the training opponents' random state. A trained policy answers at the length it
+        that it draws nothing from the training opponents' random state, and restarts its sampling at each call (one
+        per evaluation). A trained policy answers at the length it
         was trained with on this game (its folder says), any other model at the learner's ``max_new_tokens``."""
         players = self._eval_players if for_eval else self._frozen_players
         if spec not in players:
@@ -326,6 +327,8 @@ class Opponents:
             players[spec] = make_player(spec, self.args.game, sampling, self.seed_of(0), vllm_options=share)
             if not for_eval:
                 players[spec].reseed(self._rollout_seed)
+        if for_eval:  # every evaluation plays it from the same start: a resumed run's evaluations too
+            players[spec].reseed(self.seed_of(0))
         return players[spec]
 
     # ----- the pool -----------------------------------------------------------------------------------------

@@ -227,6 +227,19 @@ def test_every_player_kept_across_rollouts_restarts_from_the_rollouts_seed(tmp_p
     assert len(learner.synced) == 3 and (learner.synced[0] / "adapter_config.json").exists()
 
 
+def test_an_evaluation_opponent_restarts_its_sampling_at_every_evaluation(tmp_path):
+    # its random state carried over from one evaluation to the next, and started afresh after a resume: a resumed
+    # run's eval/ metrics differed from the unbroken run's
+    args = _config(tmp_path, play_eval_every=1, play_eval_opponents="model")
+    opponents = _opponents(args, _model())
+    judge = _SeedRecorder("model")
+    opponents._eval_players = {"model": judge}
+    for step in (0, 1, 2):
+        opponents.live_player(step)
+        assert opponents.frozen_player("model", for_eval=True) is judge
+    assert judge.seeds == [opponents.seed_of(0)] * 3
+
+
 @pytest.mark.slow
 def test_a_trained_policy_as_opponent_answers_at_its_own_length(tmp_path, tiny_model_dir):
     # it was cut to the learner's max_new_tokens (an exploiter's 4 against a policy trained to answer in 400)
