@@ -162,6 +162,6 @@ def check_processes(config: Any, num_processes: int, zero_stage: int | None) -> 
             f"{num_groups} seed groups (matches_per_iteration / group_size) cannot be split evenly over "
             f"{num_processes} processes: make them a multiple of the process count"
         )
-    engines = [spec.strip() for spec in config.played_specs() if spec.strip().startswith("vllm:")]
+    engines = [spec for spec in config.played_specs() if spec.startswith("vllm:")]
     if engines:  # a second engine in a rank's process would start on the first GPU, whatever the rank's device
         raise ValueError(f"{engines[0]}: vllm: opponents need one process; under several, serve them as openai: specs")

@@ -317,8 +317,8 @@ class Opponents:
     def frozen_player(self, spec: str, for_eval: bool = False) -> Player:
         """A fixed opponent by player spec (one per spec for the run). The in-training evaluation has its own, so
         that it draws nothing from the training opponents' random state, and restarts its sampling at each call (one
-        per evaluation). A trained policy answers at the length it
-        was trained with on this game (its folder says), any other model at the learner's ``max_new_tokens``."""
+        per evaluation). A trained policy answers at the length it was trained with on this game (its folder says),
+        any other model at the learner's ``max_new_tokens``."""
         players = self._eval_players if for_eval else self._frozen_players
         if spec not in players:
             share = {"gpu_memory_utilization": self.vllm_memory_share()}  # not vLLM's 0.9 beside a trainer

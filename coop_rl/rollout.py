@@ -225,6 +225,11 @@ def assign_credit(
     return {"turn_credit": turn_credit, "credit": credit, "mask": mask, "pairs": pairs}
 
 
+def _per_round(rates: list[tuple[float, int]]) -> float:
+    """The mean of per-match rates weighted by their matches' rounds: (rate, rounds) pairs."""
+    return sum(rate * n for rate, n in rates) / max(1, sum(n for _, n in rates))
+
+
 def rollout_metrics(played: Played, scored: dict[str, Any], num_seats: int) -> dict[str, float]:
     """The iteration's rollout and credit metrics (``rollout/...``, ``credit/...``), this process's share."""
     records, results, learner_seats = played.records, played.results, played.learner_seats
@@ -235,12 +240,12 @@ def rollout_metrics(played: Played, scored: dict[str, Any], num_seats: int) -> d
     # rates pooled over rounds, as play and eval pool them (runner.pooled_over_rounds)
     coop = [r.metrics.get("cooperation_rate") for r in results]
     if coop and coop[0] is not None:
-        rounds = [(c[s], len(results[m].rewards[s])) for m, c in enumerate(coop) for s in learner_seats[m]]
-        out["rollout/cooperation_rate"] = sum(rate * n for rate, n in rounds) / max(1, sum(n for _, n in rounds))
+        rates = [(c[s], len(results[m].rewards[s])) for m, c in enumerate(coop) for s in learner_seats[m]]
+        out["rollout/cooperation_rate"] = _per_round(rates)
     mutual = [r.metrics.get("mutual_cooperation_rate") for r in results]
     if mutual and mutual[0] is not None:
-        rounds = [(rate, len(result.rewards[0])) for rate, result in zip(mutual, results, strict=True)]
-        out["rollout/mutual_cooperation_rate"] = sum(rate * n for rate, n in rounds) / max(1, sum(n for _, n in rounds))
+        rates = [(rate, len(result.rewards[0])) for rate, result in zip(mutual, results, strict=True)]
+        out["rollout/mutual_cooperation_rate"] = _per_round(rates)
     for seat in range(num_seats):
         seat_returns = [sum(result.rewards[seat]) for result in results]
         out[f"rollout/return_seat{seat}"] = sum(seat_returns) / max(1, len(seat_returns))

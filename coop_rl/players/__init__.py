@@ -46,7 +46,7 @@ def make_player(
     if sampling is None and backend in ("hf", "vllm"):  # a local policy: at the length it was trained with
         sampling = SamplingConfig(max_new_tokens=None)
     if sampling is not None and sampling.max_new_tokens is None:
-        sampling = _with_answer_length(spec, backend, sampling, game_name)
+        sampling = _with_answer_length(spec, sampling, game_name)
     if backend == "openai":
         return _make_openai_player(spec, sampling)
     if backend == "hf":
@@ -60,14 +60,13 @@ def make_player(
     return ScriptedPlayer(spec, game_name)
 
 
-def _with_answer_length(spec: str, backend: str | None, sampling: SamplingConfig, game: str) -> SamplingConfig:
+def _with_answer_length(spec: str, sampling: SamplingConfig, game: str) -> SamplingConfig:
     """``sampling`` with the answer length a local policy was trained with on ``game``, else the default."""
     import dataclasses
 
     from coop_rl.players.sampling import DEFAULT_MAX_NEW_TOKENS
 
-    length = trained_answer_length(spec, game) if backend in ("hf", "vllm") else None
-    return dataclasses.replace(sampling, max_new_tokens=length or DEFAULT_MAX_NEW_TOKENS)
+    return dataclasses.replace(sampling, max_new_tokens=trained_answer_length(spec, game) or DEFAULT_MAX_NEW_TOKENS)
 
 
 def trained_answer_length(spec: str, game: str) -> int | None:

@@ -132,11 +132,11 @@ def test_a_policy_is_played_at_its_training_answer_length_unless_told(tmp_path):
     policy.mkdir()
     (policy / "config.json").write_text("{}")
     unset = SamplingConfig(temperature=0.5, max_new_tokens=None)  # the command line without --max-new-tokens
-    assert _with_answer_length(f"hf:{policy}", "hf", unset, "tas") == SamplingConfig(0.5, 1.0, 128)  # none recorded
+    assert _with_answer_length(f"hf:{policy}", unset, "tas") == SamplingConfig(0.5, 1.0, 128)  # none recorded
     write_policy_settings(policy, {"constrain_answers": False, "game": "tas", "max_new_tokens": 400})
-    assert _with_answer_length(f"vllm:{policy}", "vllm", unset, "tas").max_new_tokens == 400  # as it was trained
-    assert _with_answer_length(f"hf:{policy}", "hf", unset, "ipd").max_new_tokens == 128  # another game's length
-    assert _with_answer_length("openai:m@http://127.0.0.1:1/v1", "openai", unset, "tas").max_new_tokens == 128
+    assert _with_answer_length(f"vllm:{policy}", unset, "tas").max_new_tokens == 400  # as it was trained
+    assert _with_answer_length(f"hf:{policy}", unset, "ipd").max_new_tokens == 128  # another game's length
+    assert _with_answer_length("openai:m@http://127.0.0.1:1/v1", unset, "tas").max_new_tokens == 128
 
 
 def test_an_adapter_of_another_base_model_is_told_from_the_file_headers(tmp_path):
