@@ -6,6 +6,7 @@ command line overrides them (``coop-rl train --config recipes/ipd/aa_tiny.yaml -
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -353,8 +354,9 @@ class AAConfig(TrainingArguments):
             resumed = None  # a resume continues in its run's precision: the CPU's bf16 probe is noisy
             if isinstance(self.resume_from_checkpoint, str):
                 resumed = recorded_precision(Path(self.resume_from_checkpoint).parent / RUN_INFO_FILE)
+            processes = int(os.environ.get("WORLD_SIZE") or 1)  # set by accelerate launch / torchrun
             self.resolved_precision = choose_precision(
-                self._device(), self.precision, width=self._model_width(), resumed=resumed
+                self._device(), self.precision, width=self._model_width(), resumed=resumed, processes=processes
             )
         self.bf16 = self.resolved_precision.bf16
         if self.bf16 and self._device() == "cpu":

@@ -139,11 +139,17 @@ def bf16_speedup(width: int = 128) -> float:
 
 
 def choose_precision(
-    device: str = "cpu", requested: str = "auto", width: int = 128, resumed: Precision | None = None
+    device: str = "cpu",
+    requested: str = "auto",
+    width: int = 128,
+    resumed: Precision | None = None,
+    processes: int = 1,
 ) -> Precision:
     """Resolve ``requested`` (auto, float32, bfloat16) for ``device`` ("cpu" or "cuda[:k]"): see the module doc.
     ``resumed``: what the run being resumed chose, kept where the probe would decide again (a CPU with native bf16:
-    the probe is noisy near its threshold, and a resume must not switch precision midway)."""
+    the probe is noisy near its threshold, and a resume must not switch precision midway). ``processes``: how many
+    processes train together; above 1 a CPU with native bf16 takes float32 without probing, because each process
+    would probe on its own and the ranks of one run could choose differently."""
     if requested == "auto" and os.environ.get(PRECISION_ENV):
         requested = os.environ[PRECISION_ENV]
         if requested not in PRECISIONS:  # a user error wherever a model loads (play, eval, train): one line
@@ -167,6 +173,8 @@ def choose_precision(
         return Precision("float32", "CPU without native bf16 (avx512_bf16/AMX): bf16 would be emulated")
     if resumed is not None:
         return resumed
+    if processes > 1:
+        return Precision("float32", f"{processes} CPU processes: bf16 is not probed (each rank would choose alone)")
     speedup = bf16_speedup(width)
     if speedup >= BF16_MIN_SPEEDUP:
         return Precision("bfloat16", f"CPU with native bf16, measured {speedup:.2f}x faster than float32")

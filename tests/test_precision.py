@@ -209,3 +209,30 @@ def test_a_resumed_run_keeps_the_precision_its_run_recorded(tmp_path, monkeypatc
     assert forced.resolved_precision.dtype == "float32"  # a precision named is the user's choice
     (out / "coop_rl_run.json").write_text("{")  # unreadable: the probe decides
     assert AAConfig(**settings, resume_from_checkpoint=str(out / "checkpoint-2")).resolved_precision.dtype == "float32"
+
+
+def test_several_cpu_processes_take_float32_without_probing(tmp_path, monkeypatch):
+    # each rank of a CPU DDP run parses its config alone: a noisy probe could give one rank bf16, another float32
+    import coop_rl.precision as precision
+    from coop_rl.aa_config import AAConfig
+
+    monkeypatch.delenv("COOP_RL_PRECISION", raising=False)
+    monkeypatch.setattr(precision, "has_native_bf16", lambda *args: True)
+    monkeypatch.setattr(precision, "bf16_speedup", lambda width: 2.0)  # alone, the probe would take bf16
+    assert precision.choose_precision("cpu", "auto").bf16
+    two = precision.Precision("float32", "2 CPU processes: bf16 is not probed (each rank would choose alone)")
+    assert precision.choose_precision("cpu", "auto", processes=2) == two
+    assert precision.choose_precision("cpu", "bfloat16", processes=2).bf16  # named: the user's choice
+    assert precision.choose_precision("cuda", "float32", processes=2).dtype == "float32"
+
+    class Chosen(Exception):  # stops the config before TrainingArguments sets up a 2-process state
+        pass
+
+    def spy(*args, processes=1, **kwargs):
+        raise Chosen(processes)
+
+    monkeypatch.setattr(precision, "choose_precision", spy)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what accelerate launch sets in every rank
+    with pytest.raises(Chosen) as chosen:
+        AAConfig(output_dir=str(tmp_path / "run"), use_cpu=True, max_steps=4, report_to="none")
+    assert chosen.value.args == (2,)
