@@ -34,13 +34,13 @@ from coop_rl.aa_config import RUN_INFO_FILE, AAConfig
 from coop_rl.atomic_files import write_text_atomic
 from coop_rl.config_checks import check_processes
 from coop_rl.distributed import gathered, whole_weights, zero_stage
-from coop_rl.fault_guard import FaultGuard, NumericalFaultError
+from coop_rl.errors import CheckpointError
+from coop_rl.fault_guard import FAULTS_FILE, FaultGuard, NumericalFaultError
 from coop_rl.loss import loss_metrics, merge_identical_turns, token_loss
 from coop_rl.loss_batch import batch_rows, token_logprobs
 from coop_rl.metric_log import MetricLog, over_processes
 from coop_rl.opponents import (
     POOL_FILE,
-    CheckpointError,
     Opponents,
     active_adapter,
     adapters_off,
@@ -362,7 +362,9 @@ class AATrainer(Trainer):
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
         if self.args.should_save:
-            self.opponents.save(Path(self._get_output_dir(trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            checkpoint = Path(self._get_output_dir(trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            self.opponents.save(checkpoint)
+            write_text_atomic(checkpoint / FAULTS_FILE, json.dumps(self._faults.state()) + "\n")
         super()._save_checkpoint(model, trial)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -393,6 +395,8 @@ class AATrainer(Trainer):
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is not None and (Path(checkpoint) / POOL_FILE).exists():
             self.opponents.load(Path(checkpoint) / POOL_FILE)
+        if checkpoint is not None and (Path(checkpoint) / FAULTS_FILE).exists():  # absent in older checkpoints
+            self._faults.restore(Path(checkpoint) / FAULTS_FILE)
 
     def _write_run_info(self) -> None:
         """Record how this run is distributed (engine, processes, ZeRO stage) in output_dir/coop_rl_run.json."""

@@ -14,4 +14,8 @@ class UsageError(Exception):
     """An error in what the user asked for: reported in one line, exit status 2."""
 
 
-__all__ = ["UsageError"]
+class CheckpointError(ValueError):
+    """A checkpoint file that is not what coop-rl wrote (a user error: exit status 2)."""
+
+
+__all__ = ["CheckpointError", "UsageError"]

@@ -13,16 +13,24 @@ Under fp16 mixed precision a loss scaler (torch's ``GradScaler``) steps the opti
 gradients overflow is how it finds its scale (it skips the step and halves the scale), not a fault, so there only
 a non-finite loss is one. The scaler skips only what it sees: a faulty step's gradients are set to NaN for it, not
 dropped (a scaler that finds no gradient to check raises "No inf checks were recorded for this optimizer").
+
+The counts are part of each checkpoint (:meth:`FaultGuard.state`, in ``FAULTS_FILE``): a resumed run goes on
+counting where it stopped, its consecutive run included.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
+from coop_rl.errors import CheckpointError
+
 logger = logging.getLogger("coop_rl.trainer")  # the trainer's logger: these warnings are the run's
+FAULTS_FILE = "coop_rl_faults.json"  # in each checkpoint: FaultGuard.state()
 
 
 class NumericalFaultError(RuntimeError):
@@ -51,6 +59,20 @@ class FaultGuard:
         self.skipped_steps = 0
         self.consecutive = 0
         self._loss_fault = False
+
+    def state(self) -> dict[str, int]:
+        """The counts a checkpoint keeps (JSON-ready)."""
+        return {"skipped_steps": self.skipped_steps, "consecutive": self.consecutive}
+
+    def restore(self, path: str | Path) -> None:
+        """Go on from the :meth:`state` a checkpoint's ``FAULTS_FILE`` at ``path`` holds."""
+        try:
+            state = json.loads(Path(path).read_text(encoding="utf-8"))
+            skipped, consecutive = int(state["skipped_steps"]), int(state["consecutive"])
+        except (OSError, ValueError, KeyError, TypeError):
+            expected = "expected skipped_steps and consecutive"
+            raise CheckpointError(f"{path}: not a coop-rl fault-count file ({expected})") from None
+        self.skipped_steps, self.consecutive = skipped, consecutive
 
     def note_loss(self, loss: torch.Tensor) -> None:
         """Record one micro-batch's loss (before the optimizer step it feeds)."""

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from coop_rl.atomic_files import atomic_path, write_text_atomic
+from coop_rl.errors import CheckpointError
 from coop_rl.players import SamplingConfig, make_player, trained_answer_length
 from coop_rl.players.base import Player
 from coop_rl.players.hf import HFEngine, HFPlayer
@@ -29,10 +30,6 @@ from coop_rl.players.hf import HFEngine, HFPlayer
 Setting = tuple[tuple[int, ...], str]
 POOL_FILE = "coop_rl_pool.pt"  # in each checkpoint: the pool and the RNG (Opponents.save)
 POOL_STATE_FILE = "coop_rl_trainer_state.json"  # in each checkpoint: the pool's size, readable as plain JSON
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that is not what coop-rl wrote (a user error: exit status 2)."""
 
 
 class LivePolicyPlayer(HFPlayer):

@@ -1,6 +1,8 @@
 """coop_rl.fault_guard: which optimizer steps are skipped, what is dropped, when the run stops (the trainer's use of
 it, with real models and DeepSpeed, is in tests/test_numerical_faults.py)."""
 
+import json
+
 import pytest
 import torch
 
@@ -93,3 +95,19 @@ def test_a_scaler_finds_nothing_to_check_in_dropped_gradients():
         parameter.grad = None
     with pytest.raises(AssertionError, match="No inf checks were recorded for this optimizer"):
         scaler.step(optimizer)
+
+
+def test_the_counts_a_checkpoint_keeps_come_back_and_a_bad_file_is_one_error(tmp_path):
+    from coop_rl.errors import CheckpointError
+
+    guard = FaultGuard(limit=3, steps_inside_backward=False)
+    guard.skipped_steps, guard.consecutive = 5, 2
+    (tmp_path / "faults.json").write_text(json.dumps(guard.state()))
+    resumed = FaultGuard(limit=3, steps_inside_backward=False)
+    resumed.restore(tmp_path / "faults.json")
+    assert (resumed.skipped_steps, resumed.consecutive) == (5, 2)
+    for bad in ("{", "[]", '{"skipped_steps": 1}', '{"skipped_steps": "x", "consecutive": 0}'):
+        (tmp_path / "bad.json").write_text(bad)
+        with pytest.raises(CheckpointError, match="not a coop-rl fault-count file"):
+            resumed.restore(tmp_path / "bad.json")
+    assert (resumed.skipped_steps, resumed.consecutive) == (5, 2)

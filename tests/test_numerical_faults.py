@@ -117,6 +117,15 @@ def test_faulty_steps_are_skipped_and_k_in_a_row_stop_the_run(kind, tmp_path, ti
 
     saved = load_file(out / "checkpoint-5" / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in saved.values())
+    assert json.loads((out / "checkpoint-5" / "coop_rl_faults.json").read_text()) == {
+        "skipped_steps": 3, "consecutive": 2,
+    }  # fmt: skip
+    # a resume goes on counting: the faulty step 6 is the third in a row (it was the first, restarted from 0)
+    trainer, _ = _run(tmp_path, tiny_model_dir, {6}, kind, resume_from_checkpoint=str(out / "checkpoint-5"))
+    with pytest.raises(NumericalFaultError) as stop:
+        trainer.train(resume_from_checkpoint=str(out / "checkpoint-5"))
+    assert "stopped at step 6: 3 consecutive" in str(stop.value)
+    assert trainer._faults.skipped_steps == 4
 
 
 def test_gradient_accumulation_skips_the_whole_step_when_one_micro_batch_faults(tmp_path, tiny_model_dir):
