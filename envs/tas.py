@@ -7,7 +7,9 @@ Trust-and-Split (rock-paper-scissors variant). Two players, ``rounds`` rounds, `
 start of each round each player privately draws a different hand of rock-paper-scissors from the game's seeded
 generator (the draws never depend on what the players do, so every match of one seed gets the same hands). The
 winning hand is the "upper" hand (each coin worth ``upper_value``), the losing one the "lower" hand (each coin
-worth ``lower_value``); a player knows only its own hand. Each round has two phases:
+worth ``lower_value``); a player knows only its own hand, and so not its coin value, which depends on the other's
+hand: the prompt names the seat's hand and nothing more (as AdAlignLLM's: "You don't know the other agent's hand
+yet"). The chat is where hands can be told, truly or not. Each round has two phases:
 
 * ``chat``: each player sends exactly one message, one after the other. The first speaker of round 0 is drawn
   from the game's seeded generator at reset (one draw per match, before the hands: the same seed gives the same
@@ -220,7 +222,9 @@ class TrustAndSplit(TextGame):
             f"both of you draw different rock-paper-scissors hands (rock beats scissors, scissors beats paper, "
             f"paper beats rock). The player whose hand wins has the upper hand: each coin is worth "
             f"{points_text(p['upper_value'])} to them. The other has the lower hand: each coin is worth "
-            f"{points_text(p['lower_value'])} to them. You know only your own hand. {p['coins']} coins are split each "
+            f"{points_text(p['lower_value'])} to them. You know only your own hand, so not your coin value: it "
+            f"depends on the other's hand, which you can learn only from what the other tells you. "
+            f"{p['coins']} coins are split each "
             f"round. First each player sends one message to the other (who speaks first in the first round is "
             f"drawn at random; then the first speaker alternates). Then both propose at the same time how many "
             f"of the {p['coins']} coins they keep. If the two claims add up to "
@@ -245,12 +249,10 @@ class TrustAndSplit(TextGame):
 
     def _prompt(self, seat: int) -> str:
         p = self.params
-        kind = self.kind(seat)
         parts = [
             round_line(self.round, p["rounds"], p["show_horizon"]),
             self._last_round_line(seat),
-            f"Your hand this round: {self.hands[self.round][seat]}. You have the {kind} hand: each coin is worth "
-            f"{points_text(self.value(seat))} to you.",
+            f"Your hand this round: {self.hands[self.round][seat]}. You do not know the other player's hand.",
         ]
         if self.messages:
             lines = [
@@ -347,9 +349,7 @@ class TrustAndSplit(TextGame):
             "round": self.round,
             "phase": self.phase if current else "done",
             "coins": self.params["coins"],
-            "hand": self.hands[self.round][seat] if current else None,
-            "kind": self.kind(seat) if current else None,
-            "value": self.value(seat) if current else None,
+            "hand": self.hands[self.round][seat] if current else None,  # not its kind: the seat does not know it
             "messages": [{"seat": s, "text": m} for s, m in self.messages] if current else [],
             # what this seat learned about each finished round
             "history": [
@@ -399,18 +399,30 @@ class TasGreedy(ScriptedStrategy):
         return _propose(game.view(turn.seat)["coins"])
 
 
+_HAND_WORD = re.compile(r"\b(rock|paper|scissors)\b", re.IGNORECASE)
+
+
+def stated_hand(message: str) -> str | None:
+    """The hand a chat message states: the first of rock, paper and scissors it names as a word, or None."""
+    match = _HAND_WORD.search(message)
+    return match.group(1).lower() if match else None
+
+
 @register(("tas",), "honest")
 class TasHonest(ScriptedStrategy):
-    """Welfare-maximizing and honest: tells its true hand; claims all coins with the upper hand, none with the lower."""
+    """Welfare-maximizing, honest and trusting: tells its true hand and believes the hand the other's message states
+    (:func:`stated_hand`); claims all coins when that makes its hand the upper one, none when the lower. When the
+    other states no hand (or its own), it does not know its value and claims half (rounded down)."""
 
     def act(self, game: TextGame, turn: Turn) -> str:
         view = game.view(turn.seat)
         if turn.phase == "chat":
-            return (
-                f"<message>My hand is {view['hand']}, so I have the {view['kind']} hand: each coin is worth "
-                f"{view['value']:g} to me. The upper hand should take all the coins.</message>"
-            )
-        return _propose(view["coins"] if view["kind"] == "upper" else 0)
+            return f"<message>My hand is {view['hand']}. The upper hand should take all the coins.</message>"
+        theirs = [stated_hand(m["text"]) for m in view["messages"] if m["seat"] != turn.seat]
+        other = theirs[0] if theirs else None
+        if other is None or other == view["hand"]:
+            return _propose(view["coins"] // 2)
+        return _propose(view["coins"] if BEATS[view["hand"]] == other else 0)
 
 
 @register(("tas",), "fair")

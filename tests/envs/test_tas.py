@@ -19,6 +19,7 @@ from coop_rl.envs.tas import (
     parse_proposal,
     parse_split_proposal,
     split_amounts,
+    stated_hand,
 )
 
 from helpers import play_scripted
@@ -103,9 +104,12 @@ def test_tas_greedy_vs_honest(seed):
     game = play_scripted("tas", ["greedy", "honest"], seed)
     greedy_up = upper_rounds(game, 0)
     honest_up = 10 - greedy_up
-    # greedy upper: honest claims 0 -> greedy takes all 10 coins at 10 each (100), honest 0.
-    # honest upper: both claim 10 -> 5 coins each: honest 5 * 10 = 50, greedy 5 * 1 = 5.
-    assert game.returns() == [100.0 * greedy_up + 5.0 * honest_up, 50.0 * honest_up]
+    # greedy states no hand, so honest does not know its value and claims 5 against greedy's 10: 15 > 10 coins,
+    # greedy gets 10 * 10 / 15 coins, honest 10 * 5 / 15, each at its own value (thirds: approx)
+    greedy, honest = 100 / 15, 50 / 15
+    expected = [greedy * (10 * greedy_up + honest_up), honest * (greedy_up + 10 * honest_up)]
+    assert game.returns() == pytest.approx(expected)
+    assert game.metrics()["mean_claim"] == [10.0, 5.0]
 
 
 def test_tas_greedy_vs_honest_seed0_exact():
@@ -113,9 +117,48 @@ def test_tas_greedy_vs_honest_seed0_exact():
     # seed 0: seat 0 holds the upper hand in rounds 1, 2, 3 and 7 (4 rounds), seat 1 in the other 6
     upper = {1, 2, 3, 7}
     assert [game.kind(0, r) for r in range(10)] == ["upper" if r in upper else "lower" for r in range(10)]
-    # greedy upper: 10 coins * 10 = 100 (x4); honest upper: 5 coins each, 5 * 1 = 5 for greedy, 50 for honest (x6)
-    assert game.returns() == [430.0, 300.0]
-    assert game.metrics()["efficiency"] == 0.73
+    # 6.67 coins to greedy and 3.33 to honest every round: greedy 4 * 66.67 + 6 * 6.67, honest 4 * 3.33 + 6 * 33.33
+    assert game.returns() == pytest.approx([920 / 3, 640 / 3])
+    assert game.metrics()["efficiency"] == pytest.approx(0.52)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_honest_believes_the_hand_the_other_states(seed):
+    # a liar in seat 0 names the hand that beats honest's (it reads the game: a scripted worst case) and claims 10
+    class Liar:
+        def act(self, game, turn):
+            if turn.phase == "chat":
+                honest_hand = game.hands[game.round][1 - turn.seat]
+                winner = next(h for h in HANDS if BEATS[h] == honest_hand)
+                return f"<message>My hand is {winner}.</message>"
+            return "<propose>10</propose>"
+
+    game = TrustAndSplit()
+    game.reset(seed)
+    honest = make_strategy("tas", "honest")
+    while not game.done:
+        turns = game.pending_turns()
+        game.step({t.seat: (Liar() if t.seat == 0 else honest).act(game, t) for t in turns})
+    # told every round that it has the lower hand, honest claims 0: the liar takes all 10 coins every round
+    assert [h["claims"] for h in game.history] == [(10, 0)] * 10
+    assert game.returns()[1] == 0.0
+    assert game.returns()[0] == 100.0 * upper_rounds(game, 0) + 10.0 * (10 - upper_rounds(game, 0))
+
+
+@pytest.mark.parametrize(
+    ("message", "hand"),
+    [
+        ("My hand is rock.", "rock"),
+        ("I have PAPER, you?", "paper"),
+        ("scissors", "scissors"),
+        ("I hold paper; paper beats rock", "paper"),  # the first named
+        ("rocks and papers", None),  # whole words only
+        ("", None),
+        ("no idea", None),
+    ],
+)
+def test_stated_hand(message, hand):
+    assert stated_hand(message) == hand
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -200,8 +243,10 @@ def test_tas_kind_and_value():
     upper = 0 if BEATS[h0] == h1 else 1
     assert game.kind(upper) == "upper" and game.kind(1 - upper) == "lower"
     assert game.value(upper) == 8.0 and game.value(1 - upper) == 2.0
-    view = game.view(upper)
-    assert view["hand"] == game.hands[0][upper] and view["kind"] == "upper" and view["value"] == 8.0
+    view = game.view(upper)  # the seat's own hand, not its kind or value: it knows only its hand
+    assert view["hand"] == game.hands[0][upper] and "kind" not in view and "value" not in view
+    prompt = game.pending_turns()[0].messages[1]["content"]
+    assert "upper hand" not in prompt and "lower hand" not in prompt and "worth" not in prompt
 
 
 # ----- turn order, timesteps, prompts and views ---------------------------------------------------------------
