@@ -75,6 +75,9 @@ def check_out_dir(path: str | None, flag: str = "--out", files: tuple[str, ...] 
     if not path.strip():
         raise UsageError(f"{flag} needs a folder path")
     target = Path(path)
+    dangling = next((p for p in (target, *target.parents) if p.is_symlink() and not p.exists()), None)
+    if dangling is not None:  # exists() is false through it, yet nothing can be created there
+        raise UsageError(f"cannot use {flag} {path!r}: {dangling} is a link to nothing")
     existing = next((p for p in (target, *target.parents) if p.exists()), Path("."))
     if not existing.is_dir():
         raise UsageError(f"cannot use {flag} {path!r}: {existing} is not a directory")

@@ -18,7 +18,12 @@ DESCRIPTION = (
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports errors in one line (no usage block) with exit status 2."""
+    """argparse that reports errors in one line (no usage block) with exit status 2, and takes options by their
+    whole names only (argparse's default takes ``--mat`` for ``--matches``: a typo would run)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")

@@ -104,10 +104,32 @@ def server_urls(value: object) -> list[str] | None:
     if isinstance(items, list) and all(isinstance(item, str) for item in items):
         items = [url.strip() for item in items for url in item.split(",") if url.strip()]
         if all(url.startswith(("http://", "https://")) for url in items):
+            problem = next((f"{url}: {url_problem(url)}" for url in items if url_problem(url)), None)
+            if problem:
+                raise ValueError(f"rollout_servers: {problem}")
             return items or None
     if value is None:
         return None
     raise ValueError(f"rollout_servers={items!r}: expected a list of http:// or https:// URLs")
+
+
+def url_problem(url: str) -> str | None:
+    """What makes ``url`` (http or https) unusable as a server address, or None: the HTTP client would raise on it
+    at the first request, or retry a port that cannot exist as if the server were down."""
+    from urllib.parse import urlsplit
+
+    if any(c.isspace() for c in url):
+        return "the server URL holds a space"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError: not a number, or outside 0..65535
+    except ValueError as error:
+        return f"the server URL is malformed ({error})"
+    if not parts.hostname:
+        return "the server URL names no host"
+    if port == 0:
+        return "the server URL's port must be 1 to 65535"
+    return None
 
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}

@@ -136,7 +136,12 @@ def _parser() -> Any:
 
     from coop_rl.aa_config import AAConfig
 
-    parser = TrlParser(AAConfig, prog=PROG)
+    parser = TrlParser(
+        AAConfig, prog=PROG, allow_abbrev=False,  # --bet is no beta: a misspelt key is refused
+        usage=f"{PROG} --config RECIPE.yaml [--key value ...]",
+        description="Train with the settings of a YAML recipe (recipes/<game>/*.yaml; every key below may be set "
+        "there), each overridden by --key value on the command line.",
+    )  # fmt: skip
 
     def one_line_error(message: str) -> NoReturn:
         raise UsageError(message)
@@ -157,6 +162,8 @@ def load_recipe(argv: Sequence[str]) -> AAConfig:
     LoRA targets and checkpoint after: all before any weights load.
     """
     argv = [part for arg in argv for part in (arg.split("=", 1) if arg.startswith("--config=") else [arg])]
+    if argv.count("--config") > 1:
+        raise UsageError("--config given more than once: one recipe per run (override its keys with --key value)")
     if "--config" in argv:
         index = argv.index("--config")
         if index + 1 >= len(argv):

@@ -101,3 +101,18 @@ def test_check_out_dir_accepts_a_folder_to_be_made_and_names_the_flag_when_it_re
         check_out_dir(str(tmp_path / "out"), files=("results.json", "report.md"))
     with pytest.raises(UsageError, match="^--out needs a folder path$"):
         check_out_dir("  ")
+
+
+def test_check_out_dir_refuses_a_link_to_nothing_before_any_match(tmp_path, capsys):
+    # exists() is false through a dangling link, so it passed, and eval failed (FileExistsError) after every match
+    from coop_rl.cli import main
+
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "nowhere")
+    for path in (link, link / "sub"):
+        with pytest.raises(UsageError, match=f"^cannot use --out '{path}': {link} is a link to nothing$"):
+            check_out_dir(str(path))
+    argv = ["eval", "--policy", "tft", "--game", "ipd", "--opponents", "alld", "--matches", "1", "--out", str(link)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"coop-rl: error: cannot use --out '{link}': {link} is a link to nothing"]

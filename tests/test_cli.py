@@ -105,6 +105,7 @@ def test_transcripts_hold_the_prompt_each_answer_answered(capsys, tmp_path, extr
         (["play", "--game", "ipd", "--players", "tft,alld,allc"], "takes 2 players"),
         (["play", "--game", "ipd", "--players", "axelrod:NoSuchThing,tft"], "NoSuchThing"),
         (["play", "--game", "ipd"], "required"),
+        (["play", "--game", "ipd", "--players", "tft,alld", "--mat", "2"], "unrecognized arguments: --mat 2"),
         (["solve", "--game", "ipd"], "spgg only"),
         (["games", ""], "unknown game ''; known: ipd, bos, tas, split, spgg"),
         (["tournament", "--game", "spgg", "--players", "full,free_rider"], "round robins of two-player games"),

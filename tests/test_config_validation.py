@@ -37,6 +37,7 @@ def _train(model_dir, tmp_path, *extra, config=RECIPE):
     [
         (["--no_such_key", "1"], ["unknown option", "--no_such_key", "train --help"]),
         (["--betta", "0.1"], ["--betta", "did you mean beta"]),
+        (["--bet", "1"], ["unknown option '--bet'", "did you mean beta"]),  # argparse took a prefix for the key
         (["--beta", "-0.5"], ["beta=-0.5", ">= 0"]),
         (["--gamma", "0"], ["gamma=0.0", "(0, 1]"]),
         (["--gamma", "1.01"], ["gamma=1.01", "(0, 1]"]),
@@ -111,6 +112,9 @@ def _train(model_dir, tmp_path, *extra, config=RECIPE):
          ["rollout_backend vllm_server needs use_peft true"]),
         (["--rollout_backend", "vllm_server", "--rollout_servers", "http://h:1,127.0.0.1:8000"],
          ["rollout_servers=['http://h:1', '127.0.0.1:8000']", "http://"]),
+        (["--rollout_backend", "vllm_server", "--rollout_servers", "http://h:1,http://h:99999/v1"],
+         ["rollout_servers: http://h:99999/v1: the server URL is malformed (Port out of range"]),
+        (["--opponent", "frozen", "--opponents", "openai:m@http://[::1"], ["bad player spec", "Invalid IPv6 URL"]),
         (["--rollout_backend", "vllm_server", "--use_peft", "true", "--rollout_servers", "http://h:1,http://h:2"],
          ["rollout_backend vllm_server does not support constrain_answers"]),
         (["--rollout_servers", "http://127.0.0.1:8000"], ["rollout_servers is for rollout_backend vllm_server, not"]),
@@ -163,6 +167,8 @@ def test_missing_model_and_recipe(tmp_path, capsys, no_weights):
     assert "recipe not found" in _error_line(capsys)
     assert main(["train", "--config"]) == 2
     assert "--config needs a recipe file" in _error_line(capsys)
+    assert main(["train", "--config", RECIPE, "--config", RECIPE]) == 2
+    assert "--config given more than once" in _error_line(capsys)
     assert main(["train", "--config", RECIPE, "--model_name_or_path", str(tmp_path / "no-model")]) == 2
     line = _error_line(capsys)
     assert "model directory not found" in line and "build it with coop-rl init-model" in line

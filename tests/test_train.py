@@ -106,7 +106,8 @@ def test_train_help_lists_every_setting(capsys):
 
     assert main(["train", "--help"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("usage: coop-rl train")
+    assert out.startswith("usage: coop-rl train --config RECIPE.yaml [--key value ...]")  # how a run is given
+    assert "YAML recipe" in out
     for option in ("--beta", "--gamma_a", "--matches_per_iteration", "--use_peft", "--output_dir"):
         assert option in out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from coop_rl.config_checks import url_problem
 from coop_rl.players.base import Action, Player, PlayerSpecError, TurnRequest
 from coop_rl.players.sampling import SamplingConfig
 from coop_rl.players.scripted import ScriptedPlayer
@@ -109,6 +110,9 @@ def parse_openai_spec(spec: str) -> tuple[str, str]:
         raise PlayerSpecError(f"bad player spec {spec!r}: empty model name; {usage}")
     if not base_url.startswith(("http://", "https://")) or len(base_url.split("://", 1)[1]) == 0:
         raise PlayerSpecError(f"bad player spec {spec!r}: the server URL must start with http:// or https://; {usage}")
+    problem = url_problem(base_url)
+    if problem:
+        raise PlayerSpecError(f"bad player spec {spec!r}: {problem}; {usage}")
     return model, base_url
 
 

@@ -554,6 +554,13 @@ def test_make_player_drops_url_credentials_from_the_spec():
         ("openai:m@ftp://host/v1", "http:// or https://"),
         ("openai:m@", "http:// or https://"),
         ("openai:m@http://", "http:// or https://"),
+        # URLs the HTTP client raised on at the first request (a traceback), or retried as if the server were down
+        ("openai:m@http://[::1", "malformed (Invalid IPv6 URL)"),
+        ("openai:m@http://127.0.0.1:abc/v1", "malformed (Port could not be cast"),
+        ("openai:m@http://127.0.0.1:99999/v1", "malformed (Port out of range"),
+        ("openai:m@http://127.0.0.1:0/v1", "port must be 1 to 65535"),
+        ("openai:m@http://host name/v1", "holds a space"),
+        ("openai:m@http://:8000/v1", "names no host"),
     ],
 )
 def test_make_player_rejects_malformed_specs(spec, why):
