@@ -54,6 +54,8 @@ def resolve_model_dir(path: str) -> tuple[Path, Path | None]:
         raise PlayerSpecError(f"model directory not found: {path}")
     if (directory / "config.json").exists():
         _check_config_file(directory / "config.json")
+        if not has_weights(directory):  # else transformers and vLLM fail with a traceback, vLLM in its own process
+            raise PlayerSpecError(f"{path} holds a model config but no weights ({', '.join(WEIGHT_FILES)})")
         return directory.resolve(), None
     adapter_config = directory / "adapter_config.json"
     if adapter_config.exists():
@@ -68,6 +70,15 @@ def resolve_model_dir(path: str) -> tuple[Path, Path | None]:
             raise PlayerSpecError(f"adapter {path} needs base model {base}, which is not a local model directory")
         return base_dir.resolve(), directory.resolve()
     raise PlayerSpecError(f"{path} holds neither a model (config.json) nor a peft adapter (adapter_config.json)")
+
+
+#: the files a model's weights may lie in (vLLM's patterns): one of them must be beside its config.json
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt")
+
+
+def has_weights(directory: Path) -> bool:
+    """Whether ``directory`` holds a weights file (:data:`WEIGHT_FILES`)."""
+    return any(next(Path(directory).glob(pattern), None) for pattern in WEIGHT_FILES)
 
 
 def _check_config_file(path: Path) -> None:

@@ -147,7 +147,8 @@ def own_hf_engines(monkeypatch) -> None:
 
 @pytest.fixture(scope="session")
 def model_config_dir(tmp_path_factory) -> Path:
-    """A model directory holding only the tiny model's config.json: no weights, no tokenizer (built in no time).
+    """A model directory holding only the tiny model's config.json and an empty stand-in for its weights file (the
+    checks ask for one): no weights, no tokenizer (built in no time).
 
     For tests of what `coop-rl train` checks before it loads weights (the model path, LoRA target modules, which
     are checked on the config): any attempt to load weights or a tokenizer from it fails.
@@ -168,4 +169,5 @@ def model_config_dir(tmp_path_factory) -> Path:
         max_position_embeddings=sizes.max_position_embeddings,
         tie_word_embeddings=True,
     ).save_pretrained(directory)
+    (directory / "model.safetensors").touch()  # empty: loading it fails, as no weights should load here
     return directory

@@ -38,7 +38,7 @@ from typing import Any
 
 from coop_rl.players.base import Action, PlayerSpecError, check_chat_template
 from coop_rl.players.sampling import SamplingConfig
-from coop_rl.policy_folder import adapter_misfit
+from coop_rl.policy_folder import WEIGHT_FILES, adapter_misfit, has_weights
 
 logger = logging.getLogger("coop_rl.players.vllm")
 
@@ -111,10 +111,6 @@ class _Adapter:
     fingerprint: tuple
 
 
-#: the weight files a model folder vLLM can load holds one of (sharded files match too)
-WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt")
-
-
 class VLLMEngine:
     """One ``vllm.LLM`` for a base model, with LoRA adapters registered by name and hot-swapped by int id."""
 
@@ -132,7 +128,7 @@ class VLLMEngine:
         import time
 
         self.model_dir = Path(model_dir)
-        if not any(next(self.model_dir.glob(pattern), None) for pattern in WEIGHT_FILES):
+        if not has_weights(self.model_dir):
             # vLLM's engine core would fail in its own process, with some two hundred lines of its logs
             raise PlayerSpecError(f"vllm cannot load {self.model_dir}: it holds no weights ({', '.join(WEIGHT_FILES)})")
         vllm = _import_vllm()

@@ -4,6 +4,7 @@ Folders here are stand-ins that pass the checks (a config.json, an adapter_confi
 """
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ def base(tmp_path) -> Path:
     directory = tmp_path / "base"
     directory.mkdir()
     (directory / "config.json").write_text("{}")
+    (directory / "model.safetensors").touch()
     return directory
 
 
@@ -44,6 +46,10 @@ def test_resolve_errors_are_one_line_spec_errors(tmp_path):
         (tmp_path / "missing", "model directory not found: "),
         (tmp_path, "holds neither a model (config.json) nor a peft adapter (adapter_config.json)"),
     ]
+    config_only = tmp_path / "config-only"  # train and exploit --learn failed at from_pretrained with a traceback
+    config_only.mkdir()
+    (config_only / "config.json").write_text("{}")
+    cases.append((config_only, "holds a model config but no weights (*.safetensors, *.bin, *.pt)"))
     no_base = tmp_path / "no-base"
     no_base.mkdir()
     (no_base / "adapter_config.json").write_text("{}")
@@ -68,7 +74,7 @@ def test_resolve_errors_are_one_line_spec_errors(tmp_path):
     remote = make_adapter(tmp_path / "remote", "some-org/some-model")
     cases.append((remote, "needs base model some-org/some-model, which is not a local model directory"))
     for path, message in cases:
-        with pytest.raises(PlayerSpecError, match=message.replace("(", r"\(").replace(")", r"\)")) as error:
+        with pytest.raises(PlayerSpecError, match=re.escape(message)) as error:
             resolve_model_dir(str(path))
         assert "\n" not in str(error.value)
 
@@ -131,6 +137,7 @@ def test_a_policy_is_played_at_its_training_answer_length_unless_told(tmp_path):
     policy = tmp_path / "policy"
     policy.mkdir()
     (policy / "config.json").write_text("{}")
+    (policy / "model.safetensors").touch()
     unset = SamplingConfig(temperature=0.5, max_new_tokens=None)  # the command line without --max-new-tokens
     assert _with_answer_length(f"hf:{policy}", unset, "tas") == SamplingConfig(0.5, 1.0, 128)  # none recorded
     write_policy_settings(policy, {"constrain_answers": False, "game": "tas", "max_new_tokens": 400})
