@@ -12,6 +12,7 @@ imports this module.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import sys
@@ -247,8 +248,8 @@ def cmd_init_model(args: argparse.Namespace) -> int:
     import logging
 
     from coop_rl.init_model_args import check_init_model, parse_populations
-    from coop_rl.pretrained import PRETRAINED, PretrainedSourceError, PretrainedWarmStart, init_pretrained_model
-    from coop_rl.tiny_model import RANDOM_MODEL_SIZES, TinyModelConfig, init_random_model, init_tiny_model
+    from coop_rl.pretrained import PRETRAINED, PretrainedSourceError
+    from coop_rl.tiny_model import RANDOM_MODEL_SIZES, TinyModelConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     populations = parse_populations(args.population or [])
@@ -256,21 +257,29 @@ def cmd_init_model(args: argparse.Namespace) -> int:
     given = {"data_scale": args.data_scale} if args.data_scale is not None else {}  # the rest: each kind's defaults
     given.update({"games": games} if games else {})
     seed, precision = (0 if args.seed is None else args.seed), (args.precision or "auto")
-    try:
-        if args.kind in PRETRAINED:  # a real pretrained model, converted from its installed wheel
-            warm = PretrainedWarmStart(seed=seed, **given) if args.warm_start else None
-            out = init_pretrained_model(
-                args.out, args.kind, precision=precision, constrain_answers=not args.unconstrained, warm_start=warm
-            )
-        elif args.kind in RANDOM_MODEL_SIZES:  # random initialisation, no warm start (benchmarks; no TRL needed)
-            out = init_random_model(args.out, args.kind, seed=seed)
-        else:  # tiny (check_init_model refused any other kind)
-            config = TinyModelConfig(seed=seed, precision=precision, populations=populations, **given)
-            out = init_tiny_model(args.out, config)
+    try:  # library output (TRL's loss lines; DeepSpeed's logger, bound to the stdout of its import) to stderr:
+        with contextlib.redirect_stdout(sys.stderr):  # stdout holds the folder's path alone, for scripts
+            out = _build_model(args, populations, games, given, seed, precision)
     except (FileExistsError, ValueError, PretrainedSourceError) as error:
         raise UsageError(str(error)) from None
     print(out)
     return 0
+
+
+def _build_model(args, populations, games, given, seed: int, precision: str) -> Path:
+    """``init-model``'s build of ``args.kind`` into ``args.out`` (the options already checked)."""
+    from coop_rl.pretrained import PRETRAINED, PretrainedWarmStart, init_pretrained_model
+    from coop_rl.tiny_model import RANDOM_MODEL_SIZES, TinyModelConfig, init_random_model, init_tiny_model
+
+    if args.kind in PRETRAINED:  # a real pretrained model, converted from its installed wheel
+        warm = PretrainedWarmStart(seed=seed, **given) if args.warm_start else None
+        return init_pretrained_model(
+            args.out, args.kind, precision=precision, constrain_answers=not args.unconstrained, warm_start=warm
+        )
+    if args.kind in RANDOM_MODEL_SIZES:  # random initialisation, no warm start (benchmarks; no TRL needed)
+        return init_random_model(args.out, args.kind, seed=seed)
+    # tiny (check_init_model refused any other kind)
+    return init_tiny_model(args.out, TinyModelConfig(seed=seed, precision=precision, populations=populations, **given))
 
 
 # ----- train --------------------------------------------------------------------------------------------------
@@ -369,15 +378,32 @@ def _run(run: Callable[[], int], json_mode: bool, is_program: bool) -> int:
         return 1
 
 
+class Terminated(BaseException):
+    """SIGTERM (``kill``, a job scheduler, ``timeout``) as an exception: the ``with`` blocks on the way out run, so
+    temporary folders go and atomic writes are not left half-made, as on Ctrl-C (the default action kills the
+    process where it stands)."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     is_program = argv is None  # called as the program (console script, python -m): the process ends after this
     argv = list(sys.argv[1:] if argv is None else argv)
     send_library_logs_to_stderr()  # before anything imports vLLM (see coop_rl/output.py)
+    if is_program:
+        import signal
+
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return _run(*_command(argv), is_program)
     except KeyboardInterrupt:  # Ctrl-C in any command, a training included: one line, the shell's status for SIGINT
         _say("coop-rl: interrupted")
         return 130
+    except Terminated:  # the shell's status for SIGTERM
+        _say("coop-rl: terminated")
+        return 143
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -346,3 +347,45 @@ def test_an_error_line_is_one_write(monkeypatch):
     monkeypatch.setattr(sys, "stderr", Recorder())
     assert main(["play", "--game", "nope", "--players", "a,b"]) == 2
     assert writes == ["coop-rl: error: unknown game 'nope'; known: ipd, bos, tas, split, spgg\n"]
+
+
+def test_init_model_prints_the_folder_alone_on_stdout(tmp_path, capfd, monkeypatch):
+    # scripts read the built folder from stdout: the warm start's library lines (TRL prints its loss dicts on stdout)
+    # go to stderr. The build is a stand-in here that writes as TRL does (the real build: tests/test_tiny_model.py).
+    import coop_rl.tiny_model as tiny_model
+    from coop_rl.cli import main
+
+    def build(out, config):
+        print({"loss": 1.25, "epoch": 1.0})
+        return Path(out)
+
+    monkeypatch.setattr(tiny_model, "init_tiny_model", build)
+    out = tmp_path / "model"
+    assert main(["init-model", "tiny", "--out", str(out)]) == 0
+    captured = capfd.readouterr()
+    assert captured.out == f"{out}\n"
+    assert "{'loss': 1.25, 'epoch': 1.0}" in captured.err
+
+
+def test_sigterm_exits_143_with_one_line_and_cleans_up(tmp_path):
+    """SIGTERM (kill, timeout, a scheduler) runs the command's `with` blocks on the way out: a killed init-model left
+    its coop_rl_sft_* temporary folder behind. A real signal to a real process, in a command that holds one."""
+    import signal
+
+    code = (
+        "import sys, tempfile, time\n"
+        "from coop_rl import cli\n"
+        "def held(args):\n"
+        f"    with tempfile.TemporaryDirectory(dir={str(tmp_path)!r}):\n"
+        "        sys.stderr.write('ready\\n'); sys.stderr.flush(); time.sleep(60)\n"
+        "cli.COMMANDS['play'] = held\n"
+        "sys.exit(cli.main())\n"
+    )
+    argv = [sys.executable, "-c", code, "play", "--game", "ipd", "--players", "tft,alld"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr.readline() == "ready\n"
+    assert len(list(tmp_path.iterdir())) == 1
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143 and (out, err) == ("", "coop-rl: terminated\n")
+    assert list(tmp_path.iterdir()) == []  # the temporary folder went with the command
