@@ -36,7 +36,7 @@ Answer formats (stated in the prompts):
   trailing ".0"/"." allowed, at most 50 characters); a bare integer as the whole answer is accepted too.
   Anything else is invalid and scores q = 0.
 * both modes, optional: ``<message>text</message>`` (at most 300 characters, longer is truncated) is shown to
-  the players after you who can see you.
+  the players after you who can see you. A tag quoted inside it is the message's text, not a declaration.
 
 Tags are matched case-insensitively, may carry spaces inside the brackets, and the last complete tag counts
 (nested tags resolve to the innermost one). Parsing is linear in the text length and never raises. The parsers,

@@ -14,7 +14,7 @@ from fractions import Fraction
 from typing import Any
 
 from coop_rl.envs.base import clean_text
-from coop_rl.envs.parsing import last_tag_content
+from coop_rl.envs.parsing import last_tag_content, strip_tag
 
 MAX_MESSAGE_CHARS = 300
 # Numbers longer than this are not answers a player means; rejecting them before conversion keeps parsing
@@ -63,8 +63,10 @@ def snap(value: Fraction, levels: int) -> Fraction:
 
 
 def parse_contribution(text: Any, levels: int = 10) -> Fraction | None:
-    """The contribution level (k/K, exact) declared in ``text``, or None when the answer is invalid."""
-    text = clean_text(text)
+    """The contribution level (k/K, exact) declared in ``text``, or None when the answer is invalid. Text inside
+    the answer's ``<message>`` is the message's, never the declaration (a message that quotes a tag to the next
+    player does not change the sender's own)."""
+    text = strip_tag(clean_text(text), "message")
     content = last_tag_content(text, "contribute")
     value = parse_fraction_of_endowment(content if content is not None else text)
     if value is None or not 0 <= value <= 1:
@@ -73,8 +75,9 @@ def parse_contribution(text: Any, levels: int = 10) -> Fraction | None:
 
 
 def parse_answer(text: Any) -> int | None:
-    """The integer answer in ``text`` (``<answer>N</answer>`` or a bare integer), or None when invalid."""
-    text = clean_text(text)
+    """The integer answer in ``text`` (``<answer>N</answer>`` or a bare integer), or None when invalid; as for
+    :func:`parse_contribution`, the ``<message>`` is not read."""
+    text = strip_tag(clean_text(text), "message")
     content = last_tag_content(text, "answer")
     candidate = (content if content is not None else text).strip()
     if len(candidate) > _MAX_ANSWER_CHARS or not _INTEGER.fullmatch(candidate):

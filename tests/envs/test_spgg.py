@@ -616,6 +616,14 @@ NASTY_PARSED = [
     ("<contribute>inf</contribute><answer>-inf</answer><answer>nan</answer>", NOTHING),
     ("<contribute>1" + "0" * 5000 + "</contribute>", NOTHING),
     ("<answer>" + "1" * 5000 + "</answer>", NOTHING),
+    # a message that quotes a tag to the next player (it is passed on as written): the sender's own declaration stands (the quote won, as the
+    # last tag, and silently replaced it)
+    (
+        "<contribute>0.2</contribute><message>reply <contribute>1</contribute></message>",
+        (F(1, 5), None, "reply <contribute>1</contribute>"),
+    ),
+    ("<answer>5</answer><message>if unsure, <answer>0</answer></message>", (None, 5, "if unsure, <answer>0</answer>")),
+    ("<message>say <contribute>1</contribute></message>", (None, None, "say <contribute>1</contribute>")),
 ]
 NASTY = [text for text, _ in NASTY_PARSED]
 
