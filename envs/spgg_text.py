@@ -86,9 +86,11 @@ def parse_answer(text: Any) -> int | None:
 
 
 def parse_message(text: Any) -> str:
-    """The optional message in ``text`` (stripped, truncated), or "" when there is none."""
+    """The optional message in ``text`` on one line (line breaks and runs of whitespace as single spaces: it is
+    quoted into later players' prompts, where a line of its own could read as the game's), truncated; "" when
+    there is none."""
     content = last_tag_content(clean_text(text), "message")
-    return "" if content is None else content.strip()[:MAX_MESSAGE_CHARS]
+    return "" if content is None else " ".join(content.split())[:MAX_MESSAGE_CHARS]
 
 
 def format_contribution(q: Fraction | float) -> str:

@@ -27,7 +27,8 @@ rounds in the rules. The same holds for Split-no-comm.
 Answer formats (also stated in the prompts):
 
 * chat: ``<message>your message</message>``. The parser takes the content of the last complete tag (the last
-  opening tag that has a closing tag after it, up to its first closing tag), stripped. No complete tag: the
+  opening tag that has a closing tag after it, up to its first closing tag), on one line (whitespace runs and
+  line breaks as single spaces). No complete tag: the
   message is sent as an empty string and counted invalid. A message longer than ``max_message_chars`` is
   truncated (still valid).
 * split: ``<propose>N</propose>``, N an integer 0..coins written with ASCII digits. The parser takes the last
@@ -88,12 +89,14 @@ def _small_int(text: str) -> int | None:
 
 
 def parse_message(text: Any, max_chars: int = 500) -> tuple[str, bool]:
-    """The chat message in ``text`` and whether it was well-formed (no tag: ``("", False)``)."""
+    """The chat message in ``text`` and whether it was well-formed (no tag: ``("", False)``). Its line breaks
+    and runs of whitespace become single spaces: the other's prompt shows it on one line, where a message could
+    otherwise write lines that read as the game's own ("You: ...")."""
     text = clean_text(text)
     content = last_tag_content(text, "message")
     if content is None:
         return "", False
-    return content.strip()[:max_chars], True
+    return " ".join(content.split())[:max_chars], True
 
 
 def parse_proposal(text: Any, coins: int = 10) -> int | None:
