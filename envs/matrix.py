@@ -72,7 +72,9 @@ class IteratedMatrixGame(TextGame):
             False, "ask each player to predict the other's move before choosing (Akata et al.)", bool
         ),
         "shuffle_options": GameParam(
-            False, "name the two options in a random order each round (Akata et al.; on with payoffs=akata)", bool
+            False,
+            "name the two options in a random order each round (Akata et al.; on by default with payoffs=akata)",
+            bool,
         ),
         "show_horizon": SHOW_HORIZON,
     }
@@ -248,11 +250,14 @@ class PrisonersDilemma(IteratedMatrixGame):
         ),
     }
 
+    def __init__(self, **params: Any) -> None:
+        if params.get("payoffs") == "akata":  # Akata et al. shuffle the options: the default there, not a rule
+            params.setdefault("shuffle_options", True)
+        super().__init__(**params)
+
     def validate(self) -> None:
         super().validate()
         (self.R, self.S, self.T, self.P), self.labels = PD_PAYOFFS[self.params["payoffs"]]
-        if self.params["payoffs"] == "akata":
-            self.params["shuffle_options"] = True
 
     def payoff(self, a0: int, a1: int) -> tuple[float, float]:
         table = {

@@ -261,7 +261,8 @@ class SequentialPublicGoods(TextGame):
         else:
             parts.append(
                 f"Reply with your contribution as <contribute>X</contribute>, X from 0 to 1 in steps of "
-                f"{_num(Fraction(1, p['levels']))} (for example <contribute>0.5</contribute>)."
+                f"{_num(Fraction(1, p['levels']))} (for example <contribute>{_num(snap(Fraction(1, 2), p['levels']))}"
+                f"</contribute>)."  # a level: with an odd number of steps 0.5 is none
             )
         if seat < n - 1:
             parts.append("You may add a short message for the players after you as <message>...</message>.")

@@ -134,6 +134,14 @@ def test_show_horizon_states_the_number_of_rounds():
         make_game("ipd", show_horizon="sometimes")
 
 
+def test_akata_payoffs_shuffle_the_options_unless_told_not_to():
+    from coop_rl.envs import make_game
+
+    assert make_game("ipd", payoffs="akata").params["shuffle_options"] is True
+    assert make_game("ipd", payoffs="akata", shuffle_options=False).params["shuffle_options"] is False  # was overridden
+    assert make_game("ipd").params["shuffle_options"] is False
+
+
 def test_mutual_cooperation_payoffs_and_labels_akata():
     game = play_scripted("ipd", ["allc", "allc"], payoffs="akata", rounds=4)
     assert game.returns() == [32.0, 32.0]

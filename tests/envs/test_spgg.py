@@ -618,8 +618,8 @@ NASTY_PARSED = [
     ("<contribute>inf</contribute><answer>-inf</answer><answer>nan</answer>", NOTHING),
     ("<contribute>1" + "0" * 5000 + "</contribute>", NOTHING),
     ("<answer>" + "1" * 5000 + "</answer>", NOTHING),
-    # a message that quotes a tag to the next player (it is passed on as written): the sender's own declaration stands (the quote won, as the
-    # last tag, and silently replaced it)
+    # a message that quotes a tag to the next player (it is passed on as written): the sender's own declaration
+    # stands (the quote won, as the last tag, and silently replaced it)
     (
         "<contribute>0.2</contribute><message>reply <contribute>1</contribute></message>",
         (F(1, 5), None, "reply <contribute>1</contribute>"),
@@ -739,3 +739,17 @@ def test_task_mode_is_solved_with_two_levels_and_the_table_says_so():
 def test_the_solver_refuses_a_tree_too_large_to_finish_in_one_line():
     with pytest.raises(GameConfigError, match=r"^players=8, levels=1000: the exact solver would try 2\.8e\+07 "):
         solve_spgg(players=8, levels=1000)
+
+
+@pytest.mark.parametrize("levels", [1, 3, 4, 7, 10])
+def test_the_prompts_example_answer_is_a_level(levels):
+    # with levels 3 the example read "<contribute>0.5</contribute>", which is no level (it snaps to 2/3)
+    import re
+
+    game = SequentialPublicGoods(levels=levels)
+    game.reset(0)
+    prompt = game.pending_turns()[0].messages[1]["content"]
+    example = re.search(r"for example (<contribute>[^<]*</contribute>)", prompt).group(1)
+    level = parse_contribution(example, levels)
+    assert level is not None and float(level) == pytest.approx(float(example[12:-13]), abs=1e-6)
+    assert (level * levels).denominator == 1
