@@ -32,6 +32,8 @@ def _parse_sets(items: Sequence[str] | None) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise UsageError(f"malformed --set {item!r}: expected key=value")
+        if key.strip() in params:  # as a recipe refuses a key given twice: which value was meant is unknown
+            raise UsageError(f"--set {key.strip()} given twice ({params[key.strip()]!r} and {value.strip()!r})")
         params[key.strip()] = value.strip()
     return params
 

@@ -100,6 +100,10 @@ def test_transcripts_hold_the_prompt_each_answer_answered(capsys, tmp_path, extr
         (["play", "--game", "chess", "--players", "tft,alld"], "unknown game 'chess'"),
         (["play", "--game", "ipd", "--players", "tft,nobody"], "unknown strategy 'nobody'"),
         (["play", "--game", "ipd", "--players", "tft,alld", "--set", "rounds"], "malformed --set"),
+        (
+            ["play", "--game", "ipd", "--players", "tft,alld", "--set", "noise=0.1", "--set", "noise=0.9"],
+            "--set noise given twice ('0.1' and '0.9')",
+        ),
         (["play", "--game", "ipd", "--players", "tft,alld", "--set", "rounds=ten"], "rounds='ten'"),
         (["play", "--game", "ipd", "--players", "tft,alld", "--set", "colour=red"], "unknown parameter 'colour'"),
         (["play", "--game", "ipd", "--players", "tft,,alld"], "malformed --players"),
