@@ -104,9 +104,10 @@ def server_urls(value: object) -> list[str] | None:
     if isinstance(items, list) and all(isinstance(item, str) for item in items):
         items = [url.strip() for item in items for url in item.split(",") if url.strip()]
         if all(url.startswith(("http://", "https://")) for url in items):
-            problem = next((f"{url}: {url_problem(url)}" for url in items if url_problem(url)), None)
-            if problem:
-                raise ValueError(f"rollout_servers: {problem}")
+            problems = [(url, url_problem(url)) for url in items]
+            bad = next(((url, problem) for url, problem in problems if problem), None)
+            if bad:
+                raise ValueError(f"rollout_servers: {bad[0]}: {bad[1]}")
             return items or None
     if value is None:
         return None
