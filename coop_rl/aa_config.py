@@ -166,6 +166,11 @@ class AAConfig(TrainingArguments):
     )
     pool_size: int = field(default=8, metadata={"help": "Most past checkpoints kept in the pool (oldest dropped)."})
     pool_every: int = field(default=5, metadata={"help": "Add the learner to the pool every this many rollouts."})
+    learner_seat: int | None = field(
+        default=None,
+        metadata={"help": "With pool or frozen co-players, the one seat the learner always takes (coop-rl exploit "
+                  "--learn trains its exploiter in seat 1, the seat it is judged in); default: seats alternate."},
+    )  # fmt: skip
 
     # ----- credit -------------------------------------------------------------------------------------------
     credit: str = field(
@@ -388,6 +393,10 @@ class AAConfig(TrainingArguments):
             make_game(self.game, **params)
         except ValueError as error:
             raise ValueError(f"game_params: {error}") from None
+        if self.learner_seat is not None and self.opponent == "self_play":
+            raise ValueError("learner_seat is for opponent pool or frozen: in self_play the learner takes every seat")
+        if self.learner_seat is not None and not 0 <= self.learner_seat < self.num_seats:
+            raise ValueError(f"learner_seat={self.learner_seat}: {self.game} has seats 0 to {self.num_seats - 1}")
 
     @property
     def opponent_specs(self) -> list[str]:

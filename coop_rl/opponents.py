@@ -266,9 +266,9 @@ class Opponents:
     def assign_groups(self, num_groups: int, rollout: int = 0) -> list[Setting]:
         """For each seed group: (learner seats, co-player key). Keys: 'live', 'pool:<i>', 'frozen:<spec>'.
 
-        Self-play: every seat is the learner. Otherwise one learner seat per group, alternating across the groups
-        of all rollouts (group g of rollout ``rollout`` is the run's group rollout * num_groups + g, so an odd
-        number of groups, or a single one, still gives every seat its turn);
+        Self-play: every seat is the learner. Otherwise one learner seat per group: ``learner_seat`` when set, else
+        alternating across the groups of all rollouts (group g of rollout ``rollout`` is the run's group rollout *
+        num_groups + g, so an odd number of groups, or a single one, still gives every seat its turn);
         the co-player is a past learner with probability ``pool_prob`` (when the pool has one), else the live
         learner (a frozen copy of it: its turns are not trained), or one of the frozen ``opponents`` at random.
         """
@@ -278,7 +278,9 @@ class Opponents:
             if args.opponent == "self_play":
                 plan.append((tuple(range(self.num_seats)), "live"))
                 continue
-            learner_seat = (rollout * num_groups + group) % self.num_seats
+            learner_seat = args.learner_seat
+            if learner_seat is None:
+                learner_seat = (rollout * num_groups + group) % self.num_seats
             if args.opponent == "pool":
                 key = "live"
                 if self.pool and self.rng.random() < args.pool_prob:

@@ -285,6 +285,8 @@ class BattleOfTheSexes(IteratedMatrixGame):
     name = "bos"
     symmetric = False  # the seats' payoffs differ: J/J pays the first player more, F/F the second
     labels = ("J", "F")
+    # the metric counts J, which is seat 0's own preference and seat 1's concession: not a "cooperation" rate
+    cooperation_label = "rate of choosing J"
 
     def payoff(self, a0: int, a1: int) -> tuple[float, float]:
         if a0 != a1:

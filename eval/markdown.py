@@ -204,7 +204,7 @@ def exploit_markdown(result: dict[str, Any], top: int = TOP_EXPLOITERS) -> str:
         ["best exploiter", f"`{best['exploiter']}`: {best['description']}"],
         ["exploiter return", fmt(result["exploiter_return"])],
         ["policy return against it", fmt(result["policy_return"])],
-        ["self-play return (baseline)", fmt(result["self_play_return"])],
+        ["seat 1's return in self-play (baseline)", fmt(result["self_play_return"])],
         ["gain", fmt(result["gain"])],
         ["gain per round", fmt(result["gain_per_round"], 3)],
     ]
@@ -214,7 +214,7 @@ def exploit_markdown(result: dict[str, Any], top: int = TOP_EXPLOITERS) -> str:
         f"## Exploitability of `{result['policy']}` on {result['game']}",
         "",
         f"Best response searched among the 32 deterministic memory-one strategies, their 31 end-game variants "
-        f"(the second move, D in the IPD and F in BoS, in the last round, round {result['game_params'].get('rounds')}) "
+        f"(the second move, {_second_label(result)}, in the last round, round {result['game_params'].get('rounds')}) "
         f"and the classic suite "
         f"({len(result['candidates'])} candidates, {result['matches']} matches each, seed {result['seed']}); "
         f"the policy sits in seat 0, the exploiter in seat 1. Definition: {result['definition']}.",
@@ -325,6 +325,14 @@ def learned_exploit_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _second_label(result: dict[str, Any]) -> str:
+    """The label of a matrix game's second option (D in the IPD, F under ``payoffs=akata`` and in BoS), as the
+    end-game variants of an exploit search play it."""
+    from coop_rl.envs import game_class
+
+    return game_class(result["game"])(**result["game_params"]).labels[1]
+
+
 def exploit_table(result: dict[str, Any], top: int = 5) -> str:
     """A short plain-text summary of an exploitability search, for the terminal."""
     best = result["best"]
@@ -333,7 +341,7 @@ def exploit_table(result: dict[str, Any], top: int = 5) -> str:
         f"{len(result['candidates'])} candidates",
         f"best exploiter  {best['exploiter']}: {best['description']}",
         f"exploiter return {result['exploiter_return']:.2f} | policy return {result['policy_return']:.2f} | "
-        f"self-play {result['self_play_return']:.2f} | gain {result['gain']:.2f} "
+        f"seat 1 in self-play {result['self_play_return']:.2f} | gain {result['gain']:.2f} "
         f"({result['gain_per_round']:.3f} per round)",
         "top exploiters:",
     ]

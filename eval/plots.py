@@ -3,7 +3,7 @@
 * :func:`plot_returns` (``returns.png``): the policy's mean return per opponent (self-play last) with its 95%
   bootstrap CI as error bars, next to the opponent's mean return;
 * :func:`plot_cooperation` (``cooperation.png``): the policy's and the opponent's cooperation per opponent, named
-  by the game's ``cooperation_label`` (ipd, bos: cooperation rate; spgg: mean contribution level);
+  by the game's ``cooperation_label`` (ipd: cooperation rate; bos: rate of choosing J; spgg: mean contribution level);
 * :func:`plot_exploit` (``exploit.png``): the top exploiters' returns against the self-play baseline;
 * :func:`plot_exploiter_curve` (``exploiter_curve.png``): a learned exploiter's return per training step, beside
   the policy's self-play value, the memory-one best response and the trained exploiter's evaluated return;
@@ -150,7 +150,7 @@ def plot_exploit(result: dict[str, Any], path: Path, top: int = TOP_EXPLOITERS) 
         result["self_play_return"],
         color=SELF_PLAY_COLOR,
         linestyle="--",
-        label=f"policy self-play ({result['self_play_return']:.1f})",
+        label=f"seat 1 in the policy's self-play ({result['self_play_return']:.1f})",
     )
     ax.set_yticks(y, [c["exploiter"] for c in ranked], fontsize=8)
     ax.set_xlabel("mean return per match")

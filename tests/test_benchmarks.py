@@ -349,3 +349,25 @@ def test_gpu_demo_llm_serves_a_gguf_file_as_the_wheel(tmp_path, monkeypatch, cap
     assert locate_gguf().resolve() == gguf.resolve()
     assert gpu_demo_llm.main(["--out", str(tmp_path / "out"), "--gguf", str(tmp_path / "missing.gguf")]) == 2
     assert "is not a file" in capsys.readouterr().err
+
+
+def test_learning_builds_counts_the_bar_over_build_and_seed_pairs():
+    import learning_builds
+
+    runs = [
+        {"build": 0, "seed": 0, "credit": "aa", "meets_bar": True},
+        {"build": 1, "seed": 0, "credit": "aa", "meets_bar": False},
+        {"build": 0, "seed": 0, "credit": "naive", "meets_bar": True},
+        {"build": 1, "seed": 0, "credit": "naive", "meets_bar": None},  # no bar counts as not met
+    ]
+    assert learning_builds.counts(runs) == {"aa": "1/2", "naive": "1/2"}
+    assert learning_builds.counts([]) == {}
+
+
+@pytest.mark.parametrize("argv", [["--builds", "0,x"], ["--seeds", "1;2"]])
+def test_learning_builds_bad_arguments(argv, capsys):
+    import learning_builds
+
+    with pytest.raises(SystemExit) as error:
+        learning_builds.parse_args(argv)
+    assert error.value.code == 2 and "comma-separated integers" in capsys.readouterr().err

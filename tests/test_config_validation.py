@@ -119,6 +119,9 @@ def _train(model_dir, tmp_path, *extra, config=RECIPE):
          ["rollout_backend vllm_server does not support constrain_answers"]),
         (["--rollout_servers", "http://127.0.0.1:8000"], ["rollout_servers is for rollout_backend vllm_server, not"]),
         (["--kl_coef", "0.1"], ["kl_coef > 0 needs use_peft"]),
+        (["--learner_seat", "1"], ["learner_seat is for opponent pool or frozen"]),
+        (["--opponent", "pool", "--learner_seat", "2"], ["learner_seat=2: ipd has seats 0 to 1"]),
+        (["--opponent", "pool", "--learner_seat", "-1"], ["learner_seat=-1: ipd has seats 0 to 1"]),
         (["--play_eval_every", "5", "--play_eval_opponents", " , "], ["play_eval_every > 0 needs play_eval_opponents"]),
         (["--play_eval_every", "-1"], ["play_eval_every", ">= 0"]),
         # opponents are player specs, checked before the weights load

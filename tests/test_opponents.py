@@ -82,6 +82,11 @@ def test_groups_alternate_the_learner_seat_and_draw_co_players_from_the_rng(tmp_
     # One group per rollout (or an odd number): the seat alternates across rollouts.
     assert [frozen.assign_groups(1, rollout)[0][0] for rollout in range(4)] == [(0,), (1,), (0,), (1,)]
     assert [frozen.assign_groups(3, rollout)[2][0] for rollout in range(2)] == [(0,), (1,)]
+    # learner_seat fixes the seat; the co-players are drawn as before
+    fixed = _opponents(_config(tmp_path, opponent="frozen", opponents="tft, alld", learner_seat=1), None)
+    rng = random.Random(3)
+    assert fixed.assign_groups(4) == [((1,), f"frozen:{['tft', 'alld'][rng.randrange(2)]}") for _ in range(4)]
+    assert [fixed.assign_groups(1, rollout)[0][0] for rollout in range(3)] == [(1,), (1,), (1,)]
 
 
 def test_pool_entries_under_lora_are_adapters_on_the_live_model(tmp_path):
