@@ -12,9 +12,9 @@ smollm2``, ``make demo-llm``: the same on SmolLM2-135M-Instruct with LoRA, built
    and ``<out>/demo.json`` with every number of the table (:mod:`coop_rl.demo_report`).
 
 A stage whose output exists is not redone (a trained policy directory trained for the same recipe, model and
-``--max-steps``: :data:`TRAINED_WITH_FILE`; the tiny model), so an interrupted demo resumes where it stopped;
-``--force`` retrains. A training starts from an empty run folder. ``--max-steps`` shortens the trainings (tests,
-a quick look).
+``--max-steps``: :data:`TRAINED_WITH_FILE`; the tiny model), so an interrupted demo resumes where it stopped, an
+interrupted training from its last complete checkpoint; ``--force`` retrains. A new training starts from an empty
+run folder. ``--max-steps`` shortens the trainings (tests, a quick look).
 A stage that fails raises ``DemoError`` (a ``UsageError``: one line, exit status 2); Ctrl-C is not caught here.
 """
 
@@ -236,13 +236,18 @@ def train_stage(recipe: str, model_dir: Path, run_dir: Path, max_steps: int | No
     """Train ``run_dir`` unless it holds this very training. The demo marks a run folder as its own
     (:data:`TRAINED_WITH_FILE`, written before training) and starts a retraining from an empty folder, so that no
     checkpoint, curve or policy of an earlier run is read as this one's; a folder it did not mark is never removed
-    without ``--force``."""
+    without ``--force``. An interrupted training of the same request resumes from its last complete checkpoint
+    (where an uninterrupted run would be: tests/test_crash_resume.py)."""
     from coop_rl import train as training
     from coop_rl.atomic_files import remove_folder, write_text_atomic
 
     request = training_request(recipe, model_dir, max_steps)
     if not force and is_trained(run_dir, request):
         return
+    checkpoint = None if force else _resume_point(run_dir, request)
+    if checkpoint is not None:
+        logger.warning("resuming the interrupted training %s from %s", run_dir, checkpoint.name)
+        return _train(training, training_config(recipe, model_dir, run_dir, max_steps, checkpoint), run_dir)
     if run_dir.is_symlink() or run_dir.is_file():
         raise DemoError(f"{run_dir} is not a folder the demo made; choose another --out")
     earlier = run_dir.exists() and any(run_dir.iterdir())
@@ -257,6 +262,22 @@ def train_stage(recipe: str, model_dir: Path, run_dir: Path, max_steps: int | No
         remove_folder(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / TRAINED_WITH_FILE, json.dumps(request, indent=1) + "\n")  # the folder is the demo's
+    _train(training, config, run_dir)
+
+
+def _resume_point(run_dir: Path, request: dict[str, Any]) -> Path | None:
+    """The last complete checkpoint of an unfinished training of ``request`` in ``run_dir``, if there is one."""
+    from coop_rl.demo_report import complete_checkpoints
+
+    try:
+        same = json.loads((run_dir / TRAINED_WITH_FILE).read_text(encoding="utf-8")) == request
+    except (OSError, ValueError):
+        return None
+    checkpoints = complete_checkpoints(run_dir) if same else []
+    return checkpoints[-1] if checkpoints else None
+
+
+def _train(training: Any, config: Any, run_dir: Path) -> None:
     try:
         training.train(config)
     except UsageError as error:  # one line that names the run; Ctrl-C (KeyboardInterrupt) passes through
@@ -272,12 +293,16 @@ def shipped_recipe(recipe: str) -> str:
     return str(shipped) if shipped.is_file() else recipe
 
 
-def training_config(recipe: str, model_dir: Path, run_dir: Path, max_steps: int | None = None) -> Any:
-    """The checked settings of ``coop-rl train --config RECIPE --model_name_or_path MODEL --output_dir RUN``
-    (``coop_rl.train.load_recipe``); a refused recipe is a DemoError naming the run."""
+def training_config(
+    recipe: str, model_dir: Path, run_dir: Path, max_steps: int | None = None, resume: Path | None = None
+) -> Any:
+    """The checked settings of ``coop-rl train --config RECIPE --model_name_or_path MODEL --output_dir RUN
+    [--resume_from_checkpoint RESUME]`` (``coop_rl.train.load_recipe``); a refused recipe is a DemoError naming the
+    run."""
     from coop_rl import train as training
 
     argv = ["--config", shipped_recipe(recipe), "--model_name_or_path", str(model_dir), "--output_dir", str(run_dir)]
+    argv += ["--resume_from_checkpoint", str(resume)] if resume is not None else []
     if max_steps is not None:  # a short run still logs and checkpoints its last step (trainer_state.json)
         argv += ["--max_steps", str(max_steps), "--save_steps", str(max_steps)]
         argv += ["--logging_steps", str(max(1, min(5, max_steps // 4)))]

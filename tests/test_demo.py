@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -316,6 +317,47 @@ def test_demo_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_path, capsys):
         assert sorted(p.name for p in (out / method).glob("checkpoint-*")) == ["checkpoint-1"]
         assert json.loads((out / method / TRAINED_WITH_FILE).read_text())["max_steps"] == 1
     assert json.loads((out / "demo.json").read_text())["settings"]["max_steps"] == 1
+
+
+def test_only_an_unfinished_training_of_the_same_request_is_resumed(tmp_path):
+    from coop_rl.demo import _resume_point
+
+    model, run = tmp_path / "model", tmp_path / "run"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights")
+    request = training_request(DEMOS["ipd"].recipes["aa"], model, None)
+    for step in (40, 80, 120):
+        (run / f"checkpoint-{step}").mkdir(parents=True)
+        (run / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    (run / "checkpoint-120" / "trainer_state.json").write_text('{"global_st')  # a save cut short
+    assert _resume_point(run, request) is None  # no record: not the demo's training
+    (run / TRAINED_WITH_FILE).write_text(json.dumps(request))
+    assert _resume_point(run, request) == run / "checkpoint-80"
+    assert _resume_point(run, training_request(DEMOS["ipd"].recipes["aa"], model, 100)) is None  # --max-steps 100
+
+
+@pytest.mark.slow
+def test_an_interrupted_demo_training_resumes_from_its_checkpoint(tiny_model_dir, tmp_path, monkeypatch):
+    import coop_rl.demo as demo
+
+    def every_two_steps(*args, **kwargs):  # the shipped recipe saves every 40
+        config = training_config(*args, **kwargs)
+        config.save_steps = 2
+        return config
+
+    training_config = demo.training_config
+    monkeypatch.setattr(demo, "training_config", every_two_steps)
+    recipe, run = DEMOS["ipd"].recipes["aa"], tmp_path / "aa"
+    train_stage(recipe, tiny_model_dir, run, max_steps=4, force=False)
+    finished = (run / "model.safetensors").read_bytes()
+    for name in ("model.safetensors", "coop_rl_policy.json", "trainer_state.json"):  # killed after checkpoint-2
+        (run / name).unlink(missing_ok=True)
+    shutil.rmtree(run / "checkpoint-4")
+    (run / "left-by-the-interrupted-run").write_text("")  # a retraining would start from an empty folder
+    train_stage(recipe, tiny_model_dir, run, max_steps=4, force=False)
+    assert json.loads((run / "checkpoint-4" / "trainer_state.json").read_text())["global_step"] == 4
+    assert (run / "left-by-the-interrupted-run").exists()  # resumed in place
+    assert (run / "model.safetensors").read_bytes() == finished  # where the uninterrupted run ended
 
 
 @pytest.mark.slow
