@@ -15,7 +15,7 @@ from coop_rl.envs.parsing import integer_pattern
 # game: (symmetric, cooperation_metric, cooperation_label)
 TRAITS = {
     "ipd": (True, "cooperation_rate", "cooperation rate"),
-    "bos": (False, "cooperation_rate", "cooperation rate"),
+    "bos": (False, "cooperation_rate", "rate of choosing J"),
     "tas": (True, None, "cooperation rate"),
     "split": (True, None, "cooperation rate"),
     "spgg": (False, "mean_contribution", "mean contribution level"),
