@@ -21,7 +21,6 @@ import json
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -77,17 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from coop_rl.precision import describe_cpu
-
     work = ROOT / args.work
     work.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {
-        "machine": {"cpu": describe_cpu()},
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": "benchmarks/learning_builds.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "bar": learning_seeds.describe_bar(),
-        "builds": [],
-    }
+    report: dict[str, Any] = {**learning_seeds.report_header("learning_builds.py", argv), "builds": []}
     runs: list[dict[str, Any]] = []
     for seed in args.builds:
         model = work / f"tiny-b{seed}"

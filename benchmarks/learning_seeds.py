@@ -122,6 +122,19 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, str]:
     return counts
 
 
+def report_header(script: str, argv: list[str] | None) -> dict[str, Any]:
+    """What a sweep's JSON opens with: the machine's CPU, the date, the command (``script`` and its arguments) and
+    the bar."""
+    from coop_rl.precision import describe_cpu
+
+    return {
+        "machine": {"cpu": describe_cpu()},
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": f"benchmarks/{script} " + " ".join(sys.argv[1:] if argv is None else argv),
+        "bar": describe_bar(),
+    }
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated recipe paths")
@@ -154,15 +167,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from coop_rl.precision import describe_cpu
-
     work = ROOT / args.work
     work.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
-        "machine": {"cpu": describe_cpu()},
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": "benchmarks/learning_seeds.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "bar": describe_bar(),
+        **report_header("learning_seeds.py", argv),
         "evaluation": {"matches": args.matches, "seed": args.eval_seed, "opponents": ["self", *KEY_OPPONENTS]},
         "overrides": args.overrides,
         "runs": [],

@@ -224,8 +224,12 @@ def is_trained(run_dir: Path, request: dict[str, Any] | None = None) -> bool:
 
     if not (run_dir / POLICY_SETTINGS_FILE).exists() or not any(run_dir.glob("*.safetensors")):
         return False
-    if request is None:
-        return True
+    return request is None or _records(run_dir, request)
+
+
+def _records(run_dir: Path, request: dict[str, Any]) -> bool:
+    """``run_dir``'s :data:`TRAINED_WITH_FILE` records ``request`` (the demo's training of that request, finished or
+    not)."""
     try:
         return json.loads((run_dir / TRAINED_WITH_FILE).read_text(encoding="utf-8")) == request
     except (OSError, ValueError):
@@ -269,11 +273,7 @@ def _resume_point(run_dir: Path, request: dict[str, Any]) -> Path | None:
     """The last complete checkpoint of an unfinished training of ``request`` in ``run_dir``, if there is one."""
     from coop_rl.demo_report import complete_checkpoints
 
-    try:
-        same = json.loads((run_dir / TRAINED_WITH_FILE).read_text(encoding="utf-8")) == request
-    except (OSError, ValueError):
-        return None
-    checkpoints = complete_checkpoints(run_dir) if same else []
+    checkpoints = complete_checkpoints(run_dir) if _records(run_dir, request) else []
     return checkpoints[-1] if checkpoints else None
 
 
